@@ -1,0 +1,1 @@
+"""Sub-commands of the `gen-nvs` console command (see gen_nvs.cli)."""

@@ -1,0 +1,1 @@
+"""Camera geometry, trajectories and RGB-D geometry (one place for all of it)."""

@@ -1,0 +1,206 @@
+"""Camera trajectories for rendering videos and novel views.
+
+All trajectories are built around a reference camera (usually the first source view
+after scene normalisation) and a focus distance: the point `focus` units in front of
+the reference camera is what orbits and spirals look at. They return OpenCV c2w
+poses [n, 4, 4] in the reference camera's world frame; intrinsics are reused from
+the reference view.
+
+Presets (as in generative NVS tools): orbit, spiral, dolly-in, dolly-out, pan, and
+`interpolate` through given cameras.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from gen_nvs.geometry.cameras import look_at, matrix_to_quaternion, quaternion_to_matrix
+
+
+def _check(reference: Tensor, num_frames: int) -> None:
+    if reference.shape != (4, 4):
+        raise ValueError(f"reference camera must be a 4x4 c2w, got {tuple(reference.shape)}")
+    if not torch.isfinite(reference).all():
+        raise ValueError("reference camera has non-finite values")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+
+
+def _focus_point(reference: Tensor, focus: float) -> Tensor:
+    if focus <= 0:
+        raise ValueError(f"focus distance must be positive, got {focus}")
+    return reference[:3, 3] + focus * reference[:3, 2]
+
+
+def orbit(
+    reference: Tensor,
+    num_frames: int,
+    focus: float = 1.0,
+    degrees: float = 360.0,
+    elevation_deg: float = 0.0,
+) -> Tensor:
+    """Cameras on a circle around the focus point, starting at the reference camera.
+
+    The circle lies in the plane spanned by the reference camera's x and z axes
+    (its horizontal plane), raised by `elevation_deg` towards the camera's up (-y).
+    """
+    _check(reference, num_frames)
+    center = _focus_point(reference, focus)
+    x, y, z = reference[:3, 0], reference[:3, 1], reference[:3, 2]
+    full_turn = abs(degrees) >= 360.0  # a closed loop must not repeat its first frame
+    angles = torch.linspace(
+        0.0, math.radians(degrees), num_frames + int(full_turn), dtype=reference.dtype
+    )[:num_frames]
+    elev = math.radians(elevation_deg)
+    # Offset from the centre: -z at angle 0 (the reference camera's position).
+    horizontal = -torch.cos(angles)[:, None] * z + torch.sin(angles)[:, None] * x
+    offset = focus * (math.cos(elev) * horizontal - math.sin(elev) * y)
+    eyes = center + offset
+    return look_at(eyes, center.expand_as(eyes), up=(-y).expand_as(eyes))
+
+
+def spiral(
+    reference: Tensor,
+    num_frames: int,
+    focus: float = 1.0,
+    radius: float = 0.1,
+    rotations: float = 2.0,
+    depth_amplitude: float = 0.05,
+) -> Tensor:
+    """Forward-facing spiral (as for LLFF / RealEstate10K scenes) looking at the focus point."""
+    _check(reference, num_frames)
+    center = _focus_point(reference, focus)
+    x, y, z = reference[:3, 0], reference[:3, 1], reference[:3, 2]
+    t = torch.linspace(0.0, 2 * math.pi * rotations, num_frames, dtype=reference.dtype)
+    offset = (
+        radius * torch.cos(t)[:, None] * x
+        + radius * torch.sin(t)[:, None] * y
+        + depth_amplitude * torch.sin(t / max(rotations, 1e-6))[:, None] * z
+    )
+    eyes = reference[:3, 3] + offset - radius * x  # starts at the reference camera
+    return look_at(eyes, center.expand_as(eyes), up=(-y).expand_as(eyes))
+
+
+def dolly(reference: Tensor, num_frames: int, distance: float = 0.5) -> Tensor:
+    """Move along the viewing direction: positive `distance` dollies in, negative out."""
+    _check(reference, num_frames)
+    steps = torch.linspace(0.0, distance, num_frames, dtype=reference.dtype)
+    poses = reference.expand(num_frames, 4, 4).clone()
+    poses[:, :3, 3] = reference[:3, 3] + steps[:, None] * reference[:3, 2]
+    return poses
+
+
+def dolly_in(reference: Tensor, num_frames: int, distance: float = 0.5) -> Tensor:
+    return dolly(reference, num_frames, abs(distance))
+
+
+def dolly_out(reference: Tensor, num_frames: int, distance: float = 0.5) -> Tensor:
+    return dolly(reference, num_frames, -abs(distance))
+
+
+def pan(reference: Tensor, num_frames: int, degrees: float = 30.0) -> Tensor:
+    """Rotate the camera in place about its vertical axis, sweeping -degrees/2..degrees/2."""
+    _check(reference, num_frames)
+    angles = torch.linspace(-math.radians(degrees) / 2, math.radians(degrees) / 2, num_frames)
+    c, s = torch.cos(angles), torch.sin(angles)
+    rot = torch.zeros(num_frames, 3, 3, dtype=reference.dtype)
+    rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = c, s, 1.0, -s, c
+    poses = reference.expand(num_frames, 4, 4).clone()
+    poses[:, :3, :3] = reference[:3, :3] @ rot.to(reference)  # yaw in the camera frame
+    return poses
+
+
+def _slerp(q0: Tensor, q1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation of unit quaternions q0, q1 [4] at times t [n] -> [n, 4]."""
+    dot = (q0 * q1).sum()
+    if dot < 0:  # take the short way round
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + t[:, None] * (q1 - q0)
+        return torch.nn.functional.normalize(q, dim=-1)
+    theta = torch.acos(dot.clamp(-1, 1))
+    w0 = torch.sin((1 - t) * theta) / torch.sin(theta)
+    w1 = torch.sin(t * theta) / torch.sin(theta)
+    return w0[:, None] * q0 + w1[:, None] * q1
+
+
+def _catmull_rom(p: Tensor, seg: int, t: Tensor) -> Tensor:
+    """Uniform Catmull-Rom between key points p[seg] and p[seg+1]."""
+    n = p.shape[0]
+    p0, p1 = p[max(seg - 1, 0)], p[seg]
+    p2, p3 = p[seg + 1], p[min(seg + 2, n - 1)]
+    t = t[:, None]
+    return 0.5 * (
+        2 * p1
+        + (p2 - p0) * t
+        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+        + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+    )
+
+
+def interpolate(keyframes: Tensor, num_frames: int) -> Tensor:
+    """A smooth path through key cameras [k, 4, 4] with `num_frames` poses.
+
+    Positions follow a Catmull-Rom spline through the camera centres; rotations are
+    slerped between consecutive keys. The first and last poses equal the first and
+    last keys.
+    """
+    if keyframes.ndim != 3 or keyframes.shape[-2:] != (4, 4) or keyframes.shape[0] < 1:
+        raise ValueError(f"keyframes must be [K,4,4] with K >= 1, got {tuple(keyframes.shape)}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    k = keyframes.shape[0]
+    if k == 1:
+        return keyframes.expand(num_frames, 4, 4).clone()
+    quats = matrix_to_quaternion(keyframes[:, :3, :3])
+    centers = keyframes[:, :3, 3]
+    s = torch.linspace(0.0, k - 1, num_frames, dtype=keyframes.dtype)
+    seg = s.floor().long().clamp(max=k - 2)
+    local = s - seg
+    poses = torch.zeros(num_frames, 4, 4, dtype=keyframes.dtype)
+    poses[:, 3, 3] = 1.0
+    for i in range(k - 1):
+        sel = seg == i
+        if sel.any():
+            poses[sel, :3, :3] = quaternion_to_matrix(_slerp(quats[i], quats[i + 1], local[sel]))
+            poses[sel, :3, 3] = _catmull_rom(centers, i, local[sel])
+    return poses
+
+
+# name -> builder(reference [4,4], num_frames, focus) -> c2w [n,4,4]
+TRAJECTORY_PRESETS: dict[str, Callable[[Tensor, int, float], Tensor]] = {
+    "orbit": lambda ref, n, focus: orbit(ref, n, focus=focus, degrees=60.0, elevation_deg=0.0),
+    "orbit-360": lambda ref, n, focus: orbit(ref, n, focus=focus, degrees=360.0),
+    "spiral": lambda ref, n, focus: spiral(ref, n, focus=focus, radius=0.1 * focus),
+    "dolly-in": lambda ref, n, focus: dolly_in(ref, n, distance=0.4 * focus),
+    "dolly-out": lambda ref, n, focus: dolly_out(ref, n, distance=0.4 * focus),
+    "pan": lambda ref, n, focus: pan(ref, n, degrees=30.0),
+}
+
+
+def make_trajectory(
+    name: str,
+    source_c2w: Tensor,
+    num_frames: int,
+    focus: float = 1.0,
+) -> Tensor:
+    """A named preset around the first source camera, or `interpolate` through all sources.
+
+    Args:
+        name: one of TRAJECTORY_PRESETS or "interpolate".
+        source_c2w: [s, 4, 4] source cameras (normalised scene frame).
+        num_frames: number of poses to return.
+        focus: distance from the first camera to the point orbits look at.
+    Returns:
+        [num_frames, 4, 4] c2w poses.
+    """
+    if name == "interpolate":
+        return interpolate(source_c2w, num_frames)
+    if name not in TRAJECTORY_PRESETS:
+        valid = ", ".join([*TRAJECTORY_PRESETS, "interpolate"])
+        raise ValueError(f"unknown trajectory {name!r}; valid: {valid}")
+    return TRAJECTORY_PRESETS[name](source_c2w[0], num_frames, focus)

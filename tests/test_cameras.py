@@ -1,0 +1,212 @@
+"""Camera geometry against the official fixtures, and its own invariants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gen_nvs.geometry import cameras as C
+from gen_nvs.geometry import trajectories as T
+
+TOL = 1e-5
+
+
+def random_c2w(n: int, generator: torch.Generator) -> torch.Tensor:
+    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+    c2w[:, :3, :3] = C.quaternion_to_matrix(q)
+    c2w[:, :3, 3] = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    return c2w
+
+
+def test_fixture_scene_normalisation(fixture):
+    meta, t = fixture
+    c2w, scale = C.normalize_scene(t["io.c2w_raw"], meta["num_source_views"])
+    assert (c2w - t["io.c2w_normalized"]).abs().max() < TOL
+    assert (scale - t["io.camera_scale"]).abs() < TOL
+
+
+def test_fixture_camera_tokens_from_raw_cameras(fixture):
+    meta, t = fixture
+    s, hw = meta["num_source_views"], tuple(meta["image_hw"])
+    c2w, scale = C.normalize_scene(t["io.c2w_raw"], s)
+    tokens = C.camera_tokens(c2w, t["io.fxfycxcy"], hw, s, scale, posed=meta["posed"])
+    assert tokens.shape == (c2w.shape[0], C.CAMERA_TOKEN_DIM)
+    assert (tokens - t["io.camera_tokens"]).abs().max() < TOL
+
+
+def test_fixture_plucker_rays(fixture):
+    meta, t = fixture
+    s, (h, w) = meta["num_source_views"], meta["image_hw"]
+    c2w, _ = C.normalize_scene(t["io.c2w_raw"], s)
+    rays = C.plucker_rays(c2w, t["io.fxfycxcy"], h, w)
+    if not meta["posed"]:
+        rays[:s] = 0.0  # pose-free: source ray maps carry no information
+    assert rays.shape == t["io.plucker_rays"].shape
+    assert (rays - t["io.plucker_rays"]).abs().max() < TOL
+
+
+def test_single_source_token_pair_and_scale():
+    g = torch.Generator().manual_seed(0)
+    c2w = random_c2w(3, g).float()
+    k = torch.tensor([[50.0, 50.0, 32.0, 32.0]]).repeat(3, 1)
+    norm, scale = C.normalize_scene(c2w, 1)
+    assert scale == pytest.approx(0.0, abs=1e-6)  # the only source is the origin
+    assert torch.allclose(norm[0], torch.eye(4), atol=1e-5)
+    test_tokens = C.camera_tokens(norm, k, (64, 64), 1, scale)
+    assert torch.equal(test_tokens[:, 9:], torch.tensor([[0.0, 1.0]]).repeat(3, 1))
+    train_tokens = C.camera_tokens(norm, k, (64, 64), 1, scale, training=True)
+    assert torch.allclose(train_tokens[:, 9:], torch.zeros(3, 2), atol=1e-6)
+
+
+def test_normalisation_max_source_distance():
+    g = torch.Generator().manual_seed(1)
+    c2w = random_c2w(5, g)
+    norm, scale = C.normalize_scene(c2w, 3)
+    dists = norm[:3, :3, 3].norm(dim=-1)
+    assert dists.max().item() == pytest.approx(1 / 1.35, rel=1e-9)
+    assert scale.item() == pytest.approx(1 / 1.35, rel=1e-9)
+
+
+def test_pose_encoding_round_trip():
+    g = torch.Generator().manual_seed(2)
+    c2w = random_c2w(16, g)
+    k = torch.tensor([60.0, 70.0, 40.0, 24.0], dtype=torch.float64).repeat(16, 1)
+    enc = C.pose_encoding(c2w, k, (48, 80))
+    assert (enc[:, 6] >= 0).all()  # real part made non-negative
+    back, k_back = C.pose_encoding_to_camera(enc, (48, 80))
+    assert torch.allclose(back, c2w, atol=1e-9)
+    assert torch.allclose(k_back[:, :2], k[:, :2], atol=1e-9)
+    assert torch.allclose(k_back[:, 2:], torch.tensor([40.0, 24.0], dtype=torch.float64))
+
+
+def test_quaternion_handles_large_rotations():
+    angles = torch.tensor([0.0, math.pi / 2, math.pi - 1e-7, math.pi], dtype=torch.float64)
+    for axis in torch.eye(3, dtype=torch.float64):
+        q = torch.cat([axis * torch.sin(angles / 2)[:, None], torch.cos(angles / 2)[:, None]], -1)
+        R = C.quaternion_to_matrix(q)
+        R_back = C.quaternion_to_matrix(C.matrix_to_quaternion(R))
+        assert torch.allclose(R_back, R, atol=1e-7)
+
+
+def test_invert_rigid_is_inverse():
+    c2w = random_c2w(8, torch.Generator().manual_seed(3))
+    assert torch.allclose(C.invert_rigid(c2w) @ c2w, torch.eye(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_intrinsics_K_round_trip():
+    k = torch.tensor([[10.0, 20.0, 3.0, 4.0]])
+    K = C.fxfycxcy_to_K(k)
+    assert torch.equal(K[0], torch.tensor([[10.0, 0, 3], [0, 20.0, 4], [0, 0, 1]]))
+    assert torch.equal(C.K_to_fxfycxcy(K), k)
+
+
+def test_crop_resize_intrinsics_keeps_projection():
+    # A 3D point projects to pixel p in the original; after crop + resize it must
+    # land at (p - crop offset) * scale.
+    k = torch.tensor([[100.0, 110.0, 81.0, 47.0]], dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64)[None]
+    point = torch.tensor([[[0.3, -0.2, 2.0]]], dtype=torch.float64)
+    uv, _ = C.project_points(point, c2w, k)
+    in_hw, out_hw = (90, 160), (64, 64)
+    top, left, ch, cw = C.center_crop_box(in_hw, out_hw)
+    assert (top, left, ch, cw) == (0, 35, 90, 90)
+    k2 = C.crop_resize_intrinsics(k, in_hw, out_hw)
+    uv2, _ = C.project_points(point, c2w, k2)
+    expected = (uv - torch.tensor([left, top], dtype=torch.float64)) * (64 / 90)
+    assert torch.allclose(uv2, expected, atol=1e-9)
+
+
+def test_unproject_project_round_trip():
+    g = torch.Generator().manual_seed(4)
+    c2w = random_c2w(2, g)
+    k = torch.tensor([[30.0, 30.0, 16.0, 12.0]], dtype=torch.float64).repeat(2, 1)
+    depth = 1 + torch.rand(2, 24, 32, generator=g, dtype=torch.float64)
+    pts = C.unproject_depth(depth, k, c2w)  # (2, 24, 32, 3)
+    uv, z = C.project_points(pts.flatten(1, 2), c2w, k)
+    assert torch.allclose(z, depth.flatten(1), atol=1e-9)
+    centers = C.pixel_centers(24, 32, dtype=torch.float64).flatten(0, 1)
+    assert torch.allclose(uv, centers.expand_as(uv), atol=1e-9)
+
+
+def test_plucker_moment_orthogonal_to_direction():
+    c2w = random_c2w(2, torch.Generator().manual_seed(5))
+    k = torch.tensor([[20.0, 20.0, 8.0, 8.0]], dtype=torch.float64).repeat(2, 1)
+    rays = C.plucker_rays(c2w, k, 16, 16)
+    m, d = rays[:, :3], rays[:, 3:]
+    assert torch.allclose(d.norm(dim=1), torch.ones(2, 16, 16, dtype=torch.float64))
+    assert (m * d).sum(1).abs().max() < 1e-12
+
+
+def test_look_at_points_camera_at_target():
+    eye = torch.tensor([[1.0, -0.5, -2.0]], dtype=torch.float64)
+    target = torch.zeros(1, 3, dtype=torch.float64)
+    c2w = C.look_at(eye, target)
+    uv, z = C.project_points(target[None], c2w, torch.tensor([[10.0, 10.0, 5.0, 5.0]]).double())
+    assert torch.allclose(uv, torch.tensor([[[5.0, 5.0]]], dtype=torch.float64), atol=1e-9)
+    assert z.item() > 0
+    assert torch.allclose(torch.linalg.det(c2w[0, :3, :3]), torch.tensor(1.0).double())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c, k: c.__setitem__((1, 0, 3), float("nan")), "non-finite"),
+        (lambda c, k: c.__setitem__((0, slice(0, 3), 0), torch.zeros(3)), "not a proper rotation"),
+        (lambda c, k: k.__setitem__((0, 0), -5.0), "focal lengths must be positive"),
+        (lambda c, k: k.__setitem__((1, 2), 500.0), "outside the"),
+    ],
+)
+def test_validate_cameras_errors(mutate, message):
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    k = torch.tensor([[50.0, 50.0, 32.0, 32.0]]).repeat(2, 1)
+    C.validate_cameras(c2w, k, (64, 64), "scene.json")
+    mutate(c2w, k)
+    with pytest.raises(ValueError, match=message) as err:
+        C.validate_cameras(c2w, k, (64, 64), "scene.json")
+    assert "scene.json" in str(err.value)
+
+
+@pytest.mark.parametrize("name", [*T.TRAJECTORY_PRESETS, "interpolate"])
+def test_trajectory_presets_are_valid_cameras(name):
+    src = random_c2w(3, torch.Generator().manual_seed(6)).float()
+    poses = T.make_trajectory(name, src, num_frames=12, focus=2.0)
+    assert poses.shape == (12, 4, 4)
+    C.validate_cameras(poses, torch.tensor([[50.0, 50.0, 32.0, 32.0]]).repeat(12, 1), (64, 64))
+    assert (poses[1:, :3, :] - poses[:-1, :3, :]).abs().max() > 0  # the camera moves
+
+
+def test_orbit_starts_at_reference_and_keeps_focus_in_centre():
+    ref = random_c2w(1, torch.Generator().manual_seed(7))[0]
+    poses = T.orbit(ref, 8, focus=2.0, degrees=90.0, elevation_deg=10.0)
+    k = torch.tensor([[50.0, 50.0, 32.0, 32.0]], dtype=torch.float64).repeat(8, 1)
+    focus = (ref[:3, 3] + 2.0 * ref[:3, 2]).expand(8, 1, 3)
+    uv, z = C.project_points(focus, poses, k)
+    assert torch.allclose(uv, torch.full_like(uv, 32.0), atol=1e-6)
+    assert torch.allclose(z, torch.full_like(z, 2.0), atol=1e-6)
+    flat = T.orbit(ref, 3, focus=2.0, degrees=90.0)
+    assert torch.allclose(flat[0], ref, atol=1e-9)
+
+
+def test_interpolate_passes_through_keys():
+    keys = random_c2w(3, torch.Generator().manual_seed(8))
+    path = T.interpolate(keys, 9)  # keys land on frames 0, 4, 8
+    for frame, key in zip([0, 4, 8], keys, strict=True):
+        assert torch.allclose(path[frame], key, atol=1e-9)
+
+
+def test_dolly_and_pan():
+    ref = torch.eye(4)
+    assert torch.allclose(T.dolly_in(ref, 5, 1.0)[-1, :3, 3], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(T.dolly_out(ref, 5, 1.0)[-1, :3, 3], torch.tensor([0.0, 0.0, -1.0]))
+    poses = T.pan(ref, 3, degrees=60.0)
+    assert torch.allclose(poses[:, :3, 3], torch.zeros(3, 3))
+    yaw = torch.atan2(poses[:, 0, 2], poses[:, 2, 2])
+    assert torch.allclose(yaw, torch.tensor([-math.pi / 6, 0.0, math.pi / 6]), atol=1e-6)
+
+
+def test_unknown_trajectory_lists_valid_names():
+    with pytest.raises(ValueError, match="orbit"):
+        T.make_trajectory("zoom", torch.eye(4)[None], 4)
