@@ -249,9 +249,12 @@ def pose_encoding_to_camera(encoding: Tensor, image_hw: tuple[int, int]) -> tupl
     The principal point is placed at the image centre (the encoding does not hold it).
     """
     if encoding.shape[-1] != POSE_ENCODING_DIM:
-        raise ValueError(f"pose encoding must have {POSE_ENCODING_DIM} numbers, got {encoding.shape[-1]}")
+        raise ValueError(
+            f"pose encoding must have {POSE_ENCODING_DIM} numbers, got {encoding.shape[-1]}"
+        )
     h, w = image_hw
-    t, quat, fov_h, fov_w = encoding[..., :3], encoding[..., 3:7], encoding[..., 7], encoding[..., 8]
+    t, quat = encoding[..., :3], encoding[..., 3:7]
+    fov_h, fov_w = encoding[..., 7], encoding[..., 8]
     c2w = torch.zeros(*encoding.shape[:-1], 4, 4, dtype=encoding.dtype, device=encoding.device)
     c2w[..., :3, :3] = quaternion_to_matrix(quat)
     c2w[..., :3, 3] = t
@@ -400,14 +403,19 @@ def validate_cameras(
         if err > rotation_tol or abs(det - 1) > rotation_tol:
             raise ValueError(
                 f"{where}: view {i}: pose rotation is not a proper rotation "
-                f"(|R^T R - I| = {err:.3g}, det = {det:.3g}); the pose is not an invertible rigid transform"
+                f"(|R^T R - I| = {err:.3g}, det = {det:.3g}); "
+                "the pose is not an invertible rigid transform"
             )
         bottom = c2w64[i, 3]
         if (bottom - bottom.new_tensor([0, 0, 0, 1])).abs().max() > 1e-6:
-            raise ValueError(f"{where}: view {i}: last pose row must be [0,0,0,1], got {bottom.tolist()}")
+            raise ValueError(
+                f"{where}: view {i}: last pose row must be [0,0,0,1], got {bottom.tolist()}"
+            )
         fx, fy, cx, cy = k64[i].tolist()
         if fx <= 0 or fy <= 0:
-            raise ValueError(f"{where}: view {i}: focal lengths must be positive, got fx={fx}, fy={fy}")
+            raise ValueError(
+                f"{where}: view {i}: focal lengths must be positive, got fx={fx}, fy={fy}"
+            )
         if not (0 <= cx <= w and 0 <= cy <= h):
             raise ValueError(
                 f"{where}: view {i}: principal point ({cx:.4g}, {cy:.4g}) lies outside the "
