@@ -1,0 +1,146 @@
+"""Checkpoint files: official releases in, our own exports in and out.
+
+- Official checkpoints (`facebook/VGGT-1B` `model.pt`, `facebook/lagernvs_*` `model.pt`)
+  are PyTorch pickles of a state dict (LagerNVS wraps it as `{"model": state_dict}`).
+  They are read with `weights_only=True` and converted to our key names by
+  `gen_nvs.models.convert`.
+- Our exports are a directory with `model.safetensors` (inference weights, EMA
+  where there is one) and `config.json` (everything needed to rebuild the model).
+
+Paths are local files/directories or `hf://org/repo/path/in/repo[@revision]`, resolved
+through huggingface_hub's cache (offline use works once the file is cached).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+HF_PREFIX = "hf://"
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A local path, or the cached local copy of an `hf://org/repo/file[@rev]` path."""
+    text = str(path)
+    if not text.startswith(HF_PREFIX):
+        local = Path(text).expanduser()
+        if not local.exists():
+            raise FileNotFoundError(f"checkpoint not found: {local}")
+        return local
+    spec = text[len(HF_PREFIX) :]
+    revision = None
+    if "@" in spec:
+        spec, revision = spec.rsplit("@", 1)
+    parts = spec.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"hf path must look like hf://org/repo/file, got {text!r}")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
+    except Exception as err:  # network, auth (gated repo) or missing file: say which
+        raise FileNotFoundError(
+            f"could not fetch {text} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Gated models need `huggingface-cli login`; offline machines need the file "
+            "in the local cache or a local path."
+        ) from err
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read an official `model.pt` (a state dict, or a dict whose "model" entry is one)."""
+    file = resolve_path(path)
+    if file.is_dir():
+        raise ValueError(f"{file} is a directory; expected an official model.pt file")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ValueError(f"{file}: not a readable PyTorch checkpoint ({err})") from err
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{file}: expected a state dict of tensors (or {{'model': state_dict}})")
+    return dict(obj)
+
+
+def check_layout(
+    actual: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
+    what: str,
+) -> None:
+    """Raise ValueError listing every missing key, extra key and shape mismatch."""
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    mismatched = [
+        f"{k}: expected {tuple(expected[k])}, got {tuple(actual[k])}"
+        for k in sorted(set(expected) & set(actual))
+        if tuple(expected[k]) != tuple(actual[k])
+    ]
+    if not (missing or extra or mismatched):
+        return
+    lines = [f"{what}: state dict does not match the expected layout"]
+    for title, items in (("missing", missing), ("unexpected", extra), ("shape", mismatched)):
+        if items:
+            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+            lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
+    raise ValueError("\n".join(lines))
+
+
+def read_key_manifest(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """A `*.keys.json` manifest (`{"tensors": [{"key", "shape", "dtype"}]}`) as key -> shape."""
+    data = json.loads(Path(path).read_text())
+    entries = data["tensors"] if isinstance(data, dict) else data
+    return {e["key"]: tuple(e["shape"]) for e in entries}
+
+
+def save_export(directory: str | Path, state_dict: Mapping[str, Tensor], config: dict) -> Path:
+    """Write `model.safetensors` + `config.json` into `directory` (created if needed)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tmp = out / (EXPORT_WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / EXPORT_WEIGHTS)  # never leave a half-written export behind
+    (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_export(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """Read an export -> (config, state_dict).
+
+    `path` is an export directory, its `model.safetensors`, or `hf://org/repo[/subdir]`
+    (the repo folder holding `config.json` and `model.safetensors`).
+    """
+    text = str(path)
+    if text.startswith(HF_PREFIX):
+        base = text.rstrip("/")
+        revision = ""
+        if "@" in base:
+            base, revision = base.rsplit("@", 1)
+            revision = "@" + revision
+        if base.endswith(EXPORT_WEIGHTS):
+            base = base[: -len(EXPORT_WEIGHTS) - 1]
+        weights = resolve_path(f"{base}/{EXPORT_WEIGHTS}{revision}")
+        config_file = resolve_path(f"{base}/{EXPORT_CONFIG}{revision}")
+    else:
+        location = resolve_path(path)
+        directory = location if location.is_dir() else location.parent
+        weights, config_file = directory / EXPORT_WEIGHTS, directory / EXPORT_CONFIG
+        for needed in (weights, config_file):
+            if not needed.exists():
+                raise FileNotFoundError(
+                    f"{directory} is not a gen-nvs export: {needed.name} is missing "
+                    f"(expected {EXPORT_WEIGHTS} and {EXPORT_CONFIG})"
+                )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file}: invalid JSON ({err})") from err
+    return config, load_file(str(weights))
