@@ -1,0 +1,546 @@
+"""LagerNVS "highway" renderer: source tokens + target Pluecker rays -> target views.
+
+Each target view is rendered on its own (a batch entry of its own): targets never see
+each other. A target's token sequence is `[registers, ray patches]`; how it meets the
+sources depends on the variant, each matching the published arithmetic (the golden
+fixtures in tests/data/reference match it to below 1e-6):
+
+- `full_attention`: per target, one self-attention over `[sources, target]`; the
+  sources are updated too, so they depend on the target.
+- `cross_attention`: per block, target self-attention (norm1), then the target
+  (norm2 as queries) attends to the fixed encoder tokens (norm2_kv as keys/values),
+  then an MLP (norm_ffn). The sources' keys/values per block are cacheable.
+- `bidirectional_cross_attention`: depth - 1 blocks of target self-attention (norm1_x),
+  then a two-way exchange computed from the same inputs: the target (norm2_x) attends to
+  the sources (norm1_rec) and the sources (norm1_rec) attend to the target (norm2_x,
+  registers included); then an MLP per stream (norm3_x, norm2_rec). The last block is a
+  `cross_attention` block against the updated sources.
+- `causal` (RnG's reconstruction-guided causal attention; no published checkpoint, the
+  `full_attention` block layout): the sources attend only to the sources and are updated
+  block by block; a target attends to `[sources at that block, target]`. The source
+  stream never depends on a target, so every block's source keys/values are cacheable.
+
+Dimension legend:
+    b   scenes (batch)               t   target views per scene
+    s   source views                 p   tokens per source view
+    n   tokens in a sequence         c   channels (width)
+    m   source tokens (all views)    g   query sequences sharing one scene's keys/values
+    nh  attention heads              d   channels per head (c / nh)
+    h, w    image height / width     gh, gw  patch grid (h / patch, w / patch)
+    k   pixel channels (6 ray, 3 rgb)    r   register tokens per target view
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar, get_args
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from gen_nvs.models.heads import PointHead, RGBHead
+
+logger = logging.getLogger(__name__)
+
+Variant = Literal["full_attention", "cross_attention", "bidirectional_cross_attention", "causal"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+RAY_CHANNELS = 6
+KeyValue = tuple[Tensor, Tensor]
+T = TypeVar("T")
+
+# Named sizes; "base" is the published EncDecVitB/8, "tiny" the golden fixtures' size.
+DECODER_PRESETS: dict[str, dict[str, int]] = {
+    "base": {"width": 768, "depth": 12, "num_heads": 12, "patch_size": 8},
+    "small": {"width": 384, "depth": 12, "num_heads": 6, "patch_size": 8},
+    "tiny": {"width": 64, "depth": 3, "num_heads": 2, "patch_size": 8},
+}
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks (all bias-free, as published)
+# --------------------------------------------------------------------------------------
+
+
+def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=eps, bias=False)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections and per-head RMS qk-norm.
+
+    Queries may come in `g` times as many sequences as keys/values (`[(b g), nh, n, d]`
+    against `[b, nh, m, d]`): the `g` query groups then share the keys/values without
+    copying them, which is exact because queries are independent of each other.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, qk_norm_eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+
+    def _split(self, x: Tensor, norm: nn.RMSNorm | None) -> Tensor:
+        x = rearrange(x, "b n (nh d) -> b nh n d", nh=self.num_heads)
+        if norm is None:
+            return x
+        # Normalise in float32 (fused kernel, no bf16 rounding), keep the compute dtype.
+        return norm(x.float()).to(x.dtype)
+
+    def queries(self, x: Tensor) -> Tensor:
+        """[b, n, c] normed tokens -> [b, nh, n, d] queries."""
+        return self._split(self.q_proj(x), self.q_norm)
+
+    def keys_values(self, x: Tensor) -> KeyValue:
+        """[b, n, c] normed tokens -> keys and values, each [b, nh, n, d]."""
+        return self._split(self.k_proj(x), self.k_norm), self._split(self.v_proj(x), None)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q [(b g), nh, n, d] against k, v [b, nh, m, d] -> [(b g), n, c]."""
+        groups = q.shape[0] // k.shape[0]
+        k, v = k.to(q.dtype), v.to(q.dtype)  # a cache built without autocast
+        q = rearrange(q, "(b g) nh n d -> b nh (g n) d", g=groups)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "b nh (g n) d -> (b g) n (nh d)", g=groups)
+        return self.proj(out)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x [b, n, c] attends to itself, or to `context` [b, m, c] (both already normed)."""
+        kv_tokens = x if context is None else context
+        return self.attend(self.queries(x), *self.keys_values(kv_tokens))
+
+
+class Mlp(nn.Module):
+    def __init__(self, *, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+@dataclass(frozen=True)
+class BlockSize:
+    dim: int
+    num_heads: int
+    mlp_hidden: int
+    norm_eps: float
+    qk_norm_eps: float
+
+    def attention(self) -> Attention:
+        return Attention(dim=self.dim, num_heads=self.num_heads, qk_norm_eps=self.qk_norm_eps)
+
+    def mlp(self) -> Mlp:
+        return Mlp(dim=self.dim, hidden=self.mlp_hidden)
+
+    def norm(self) -> nn.LayerNorm:
+        return _layer_norm(self.dim, self.norm_eps)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm self-attention + MLP (`full_attention` and `causal`)."""
+
+    def __init__(self, size: BlockSize) -> None:
+        super().__init__()
+        self.norm1 = size.norm()
+        self.attn = size.attention()
+        self.norm2 = size.norm()
+        self.mlp = size.mlp()
+
+    def keys_values(self, x: Tensor) -> KeyValue:
+        """This block's keys/values of the tokens x [b, n, c]: each [b, nh, n, d]."""
+        return self.attn.keys_values(self.norm1(x))
+
+    def forward(self, x: Tensor, prefix_kv: KeyValue | None = None) -> Tensor:
+        """x [(b g), n, c] -> [(b g), n, c].
+
+        With `prefix_kv` (keys/values [b, nh, m, d] of tokens that precede x and do not
+        see it, shared by the g sequences of a scene) x attends to `[prefix, x]`.
+        """
+        return self._step(x, prefix_kv)[0]
+
+    def forward_with_kv(self, x: Tensor) -> tuple[Tensor, KeyValue]:
+        """x [b, n, c] -> (x after the block, this block's keys/values of x [b, nh, n, d])."""
+        return self._step(x, None)
+
+    def _step(self, x: Tensor, prefix_kv: KeyValue | None) -> tuple[Tensor, KeyValue]:
+        h = self.norm1(x)
+        q = self.attn.queries(h)
+        own_kv = k, v = self.attn.keys_values(h)
+        if prefix_kv is not None:
+            groups = x.shape[0] // prefix_kv[0].shape[0]
+            k_pre, v_pre = (repeat(t, "b nh m d -> (b g) nh m d", g=groups) for t in prefix_kv)
+            k = torch.cat([k_pre.to(k.dtype), k], dim=2)  # [(b g), nh, m + n, d]
+            v = torch.cat([v_pre.to(v.dtype), v], dim=2)
+        x = x + self.attn.attend(q, k, v)
+        return x + self.mlp(self.norm2(x)), own_kv
+
+
+class CrossAttentionBlock(nn.Module):
+    """Target self-attention, target-to-source cross-attention, MLP (all pre-norm)."""
+
+    def __init__(self, size: BlockSize) -> None:
+        super().__init__()
+        self.norm1 = size.norm()
+        self.self_attn = size.attention()
+        self.norm2 = size.norm()
+        self.norm2_kv = size.norm()
+        self.cross_attn = size.attention()
+        self.norm_ffn = size.norm()
+        self.mlp = size.mlp()
+
+    def source_kv(self, sources: Tensor) -> KeyValue:
+        """Source tokens [b, m, c] -> this block's cross-attention keys/values [b, nh, m, d]."""
+        return self.cross_attn.keys_values(self.norm2_kv(sources))
+
+    def forward(self, x: Tensor, source_kv: KeyValue) -> Tensor:
+        """x [(b g), n, c] with keys/values [b, nh, m, d] shared by g targets -> [(b g), n, c]."""
+        x = x + self.self_attn(self.norm1(x))
+        x = x + self.cross_attn.attend(self.cross_attn.queries(self.norm2(x)), *source_kv)
+        return x + self.mlp(self.norm_ffn(x))
+
+
+class BidirectionalBlock(nn.Module):
+    """Target self-attention, then target <-> source cross-attention from the same inputs.
+
+    `_x` modules belong to the target stream, `_rec` modules to the source stream.
+    """
+
+    def __init__(self, size: BlockSize) -> None:
+        super().__init__()
+        self.norm1_x = size.norm()
+        self.self_attn = size.attention()
+        self.norm2_x = size.norm()
+        self.cross_attn_x = size.attention()
+        self.norm3_x = size.norm()
+        self.mlp_x = size.mlp()
+        self.norm1_rec = size.norm()
+        self.cross_attn_rec = size.attention()
+        self.norm2_rec = size.norm()
+        self.mlp_rec = size.mlp()
+
+    def forward(self, x: Tensor, sources: Tensor) -> tuple[Tensor, Tensor]:
+        """x [b, n, c], sources [b, m, c] (one copy per target) -> updated (x, sources)."""
+        x = x + self.self_attn(self.norm1_x(x))
+        hx, hs = self.norm2_x(x), self.norm1_rec(sources)
+        x = x + self.cross_attn_x(hx, hs)
+        sources = sources + self.cross_attn_rec(hs, hx)
+        x = x + self.mlp_x(self.norm3_x(x))
+        sources = sources + self.mlp_rec(self.norm2_rec(sources))
+        return x, sources
+
+
+class RendererCore(nn.Module):
+    """Holds the blocks under the published name `renderer_blocks`."""
+
+    def __init__(self, *, variant: Variant, depth: int, size: BlockSize) -> None:
+        super().__init__()
+        if variant in ("full_attention", "causal"):
+            blocks = [SelfAttentionBlock(size) for _ in range(depth)]
+        elif variant == "cross_attention":
+            blocks = [CrossAttentionBlock(size) for _ in range(depth)]
+        else:
+            blocks = [BidirectionalBlock(size) for _ in range(depth - 1)]
+            blocks.append(CrossAttentionBlock(size))
+        self.renderer_blocks = nn.ModuleList(blocks)
+
+
+class PatchEmbed(nn.Module):
+    """Pluecker ray map [b, 6, h, w] -> patch tokens [b, gh * gw, c] (bias-free conv)."""
+
+    def __init__(self, *, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(RAY_CHANNELS, dim, patch_size, stride=patch_size, bias=False)
+
+    def forward(self, rays: Tensor) -> Tensor:
+        return rearrange(self.proj(rays), "b c gh gw -> b (gh gw) c")
+
+
+# --------------------------------------------------------------------------------------
+# The renderer
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceContext:
+    """What the renderer needs of a scene's sources, independent of any target.
+
+    tokens: [b, n, c] encoder tokens of all source views, views flattened into n.
+    kv: per block, the sources' keys and values [b, nh, n, d] (`cross_attention`,
+        `causal`); empty for the variants whose sources depend on the target.
+    """
+
+    tokens: Tensor
+    kv: tuple[KeyValue, ...]
+
+
+@dataclass
+class DecoderOutput:
+    """rgb [b, t, 3, h, w] in [0, 1]; with a point head, points [b, t, h, w, 3] in the
+    scene frame (first source camera) and their confidence conf [b, t, h, w] (> 1)."""
+
+    rgb: Tensor
+    points: Tensor | None = None
+    conf: Tensor | None = None
+
+
+class HighwayDecoder(nn.Module):
+    """LagerNVS renderer ("highway" decoder): source tokens + target rays -> target views."""
+
+    def __init__(
+        self,
+        *,
+        variant: Variant = "bidirectional_cross_attention",
+        width: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        patch_size: int = 8,
+        mlp_ratio: float = 4.0,
+        num_registers: int = 4,
+        point_head: bool = False,
+        norm_eps: float = 1e-5,
+        qk_norm_eps: float = 1e-5,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_config(variant, width, depth, num_heads, patch_size, mlp_ratio, num_registers)
+        self.variant = variant
+        self.width = width
+        self.patch_size = patch_size
+        self.num_registers = num_registers
+        self.gradient_checkpointing = gradient_checkpointing
+        size = BlockSize(
+            dim=width,
+            num_heads=num_heads,
+            mlp_hidden=int(width * mlp_ratio),
+            norm_eps=norm_eps,
+            qk_norm_eps=qk_norm_eps,
+        )
+        self.tgt_embedder = PatchEmbed(dim=width, patch_size=patch_size)
+        self.tgt_norm = _layer_norm(width, norm_eps)
+        self.per_view_register_tokens = nn.Parameter(torch.zeros(1, num_registers, width))
+        self.renderer_core = RendererCore(variant=variant, depth=depth, size=size)
+        self.final_layer = RGBHead(dim=width, patch_size=patch_size, norm_eps=norm_eps)
+        self.point_head = (
+            PointHead(dim=width, patch_size=patch_size, norm_eps=norm_eps) if point_head else None
+        )
+        self._init_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> HighwayDecoder:
+        """A named size from DECODER_PRESETS; keyword arguments override or add to it."""
+        if name not in DECODER_PRESETS:
+            raise ValueError(
+                f"decoder preset must be one of {sorted(DECODER_PRESETS)}, got {name!r}"
+            )
+        return cls(**{**DECODER_PRESETS[name], **overrides})
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.per_view_register_tokens, std=0.02)
+        for module in self.renderer_core.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(self.final_layer.linear.weight, std=0.02)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.renderer_core.renderer_blocks
+
+    # ----------------------------------------------------------------------------------
+    # Public API
+    # ----------------------------------------------------------------------------------
+
+    def forward(self, source_tokens: Tensor, target_rays: Tensor) -> DecoderOutput:
+        """Render every target of every scene.
+
+        source_tokens: [b, s, p, c] encoder tokens of the s source views.
+        target_rays: [b, t, 6, h, w] Pluecker ray maps of the targets, in the scene frame.
+        Returns a DecoderOutput with rgb [b, t, 3, h, w] (and points/conf with a point head).
+        """
+        return self.render(self.prepare_sources(source_tokens), target_rays)
+
+    def prepare_sources(self, source_tokens: Tensor) -> SourceContext:
+        """[b, s, p, c] encoder tokens -> the SourceContext every target is rendered against."""
+        if source_tokens.ndim != 4 or source_tokens.shape[-1] != self.width:
+            raise ValueError(
+                f"source tokens must be [b, s, p, {self.width}], got {list(source_tokens.shape)}"
+            )
+        tokens = rearrange(source_tokens, "b s p c -> b (s p) c")
+        if self.variant == "cross_attention":
+            kv = tuple(block.source_kv(tokens) for block in self.blocks)
+        elif self.variant == "causal":
+            kv = self._causal_source_stream(tokens)
+        else:
+            kv = ()
+        return SourceContext(tokens=tokens, kv=kv)
+
+    def render(self, context: SourceContext, target_rays: Tensor) -> DecoderOutput:
+        """Render targets [b, t, 6, h, w] against a prepared SourceContext (batch b)."""
+        b, _, _, h, w = self._check_rays(target_rays, context.tokens.shape[0])
+        x = self._embed_targets(rearrange(target_rays, "b t k h w -> (b t) k h w"))
+        if self.variant == "full_attention":
+            x = self._full_attention(context.tokens, x)
+        elif self.variant == "bidirectional_cross_attention":
+            x = self._bidirectional(context.tokens, x)
+        else:  # cross_attention and causal: blocks against the cached source keys/values
+            for block, kv in zip(self.blocks, context.kv, strict=True):
+                x = self._run(block, x, kv)
+        x = x[:, self.num_registers :]  # [(b t), gh * gw, c]
+        grid = (h // self.patch_size, w // self.patch_size)
+        rgb = rearrange(self.final_layer(x, grid), "(b t) k h w -> b t k h w", b=b)
+        if self.point_head is None:
+            return DecoderOutput(rgb=rgb)
+        points, conf = self.point_head(x, grid)
+        return DecoderOutput(
+            rgb=rgb,
+            points=rearrange(points, "(b t) h w k -> b t h w k", b=b),
+            conf=rearrange(conf, "(b t) h w -> b t h w", b=b),
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Internals
+    # ----------------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[..., T], *args: Tensor | KeyValue) -> T:
+        """fn(*args), through activation checkpointing when that is switched on."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _check_rays(self, rays: Tensor, num_scenes: int) -> tuple[int, ...]:
+        if rays.ndim != 5 or rays.shape[2] != RAY_CHANNELS:
+            raise ValueError(f"target rays must be [b, t, 6, h, w], got {list(rays.shape)}")
+        b, t, _, h, w = rays.shape
+        if t < 1:
+            raise ValueError(f"need at least 1 target view, got target rays {list(rays.shape)}")
+        if b != num_scenes:
+            raise ValueError(f"target rays are for {b} scenes but the sources for {num_scenes}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"target image size {h}x{w} is not divisible by patch size {self.patch_size}"
+            )
+        if not torch.isfinite(rays).all():
+            raise ValueError("target rays have non-finite values")
+        return tuple(rays.shape)
+
+    def _embed_targets(self, rays: Tensor) -> Tensor:
+        """[(b t), 6, h, w] -> [(b t), r + gh * gw, c]: registers, then normed ray patches."""
+        patches = self.tgt_norm(self.tgt_embedder(rays))
+        registers = self.per_view_register_tokens.expand(rays.shape[0], -1, -1)
+        return torch.cat([registers.to(patches.dtype), patches], dim=1)
+
+    def _full_attention(self, sources: Tensor, x: Tensor) -> Tensor:
+        """sources [b, m, c], targets x [(b t), n, c] -> targets after all blocks."""
+        groups = x.shape[0] // sources.shape[0]
+        sources = repeat(sources, "b m c -> (b g) m c", g=groups).to(x.dtype)
+        z = torch.cat([sources, x], dim=1)  # [(b t), m + n, c]
+        for block in self.blocks:
+            z = self._run(block, z)
+        return z[:, sources.shape[1] :]
+
+    def _bidirectional(self, sources: Tensor, x: Tensor) -> Tensor:
+        """sources [b, m, c], targets x [(b t), n, c] -> targets after all blocks."""
+        groups = x.shape[0] // sources.shape[0]
+        sources = repeat(sources, "b m c -> (b g) m c", g=groups)  # one copy per target
+        *exchange, final = self.blocks
+        for block in exchange:
+            x, sources = self._run(block, x, sources)
+        return self._run(lambda x, s: final(x, final.source_kv(s)), x, sources)
+
+    def _causal_source_stream(self, sources: Tensor) -> tuple[KeyValue, ...]:
+        """sources [b, m, c] -> each block's source keys/values [b, nh, m, d].
+
+        The sources attend only to themselves, so this never sees a target.
+        """
+        *updating, last = self.blocks
+        kv = []
+        for block in updating:
+            sources, block_kv = self._run(block.forward_with_kv, sources)
+            kv.append(block_kv)
+        kv.append(last.keys_values(sources))  # the last block's source update is never read
+        return tuple(kv)
+
+
+def _check_config(
+    variant: str,
+    width: int,
+    depth: int,
+    num_heads: int,
+    patch_size: int,
+    mlp_ratio: float,
+    num_registers: int,
+) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"decoder variant must be one of {VARIANTS}, got {variant!r}")
+    if depth < 1 or num_heads < 1 or patch_size < 1 or num_registers < 0 or mlp_ratio <= 0:
+        raise ValueError(
+            "decoder needs depth, num_heads, patch_size >= 1, num_registers >= 0 and "
+            f"mlp_ratio > 0, got depth {depth}, num_heads {num_heads}, patch_size "
+            f"{patch_size}, num_registers {num_registers}, mlp_ratio {mlp_ratio}"
+        )
+    if width % num_heads:
+        raise ValueError(f"decoder width {width} is not divisible by num_heads {num_heads}")
+
+
+# --------------------------------------------------------------------------------------
+# Official checkpoints
+# --------------------------------------------------------------------------------------
+
+OFFICIAL_PREFIX = "renderer."
+
+
+def convert_official_renderer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official LagerNVS state dict (its `"model"` entry) -> HighwayDecoder state dict.
+
+    Our module names are the published ones, so `renderer.<name>` maps to `<name>`; the
+    other keys (encoder) are left out. Tensors become float32 (the register tokens are
+    stored in bfloat16).
+    """
+    return {
+        key.removeprefix(OFFICIAL_PREFIX): value.float()
+        for key, value in state_dict.items()
+        if key.startswith(OFFICIAL_PREFIX)
+    }
+
+
+def load_official_renderer(decoder: HighwayDecoder, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Load an official LagerNVS state dict into `decoder`.
+
+    Keys of our own (the point head) are absent from official checkpoints: they stay at
+    their initial values, are logged, and returned. Any other missing or unexpected key
+    (e.g. a checkpoint of another variant) raises ValueError.
+    """
+    converted = convert_official_renderer_state_dict(state_dict)
+    expected = decoder.state_dict()
+    wrong = [
+        f"{key} {list(value.shape)} (expected {list(expected[key].shape)})"
+        for key, value in converted.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if wrong:
+        raise ValueError(f"checkpoint sizes do not fit the decoder: {wrong[:5]} ({len(wrong)})")
+    result = decoder.load_state_dict(converted, strict=False)
+    ours_only = [key for key in result.missing_keys if key.startswith("point_head.")]
+    missing = [key for key in result.missing_keys if key not in ours_only]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint does not fit a {decoder.variant} decoder: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {result.unexpected_keys[:5]} "
+            f"({len(result.unexpected_keys)})"
+        )
+    if ours_only:
+        logger.warning(
+            "official checkpoint has no point head: %d point-head tensors keep their init",
+            len(ours_only),
+        )
+    return ours_only
