@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "gen_nvs.commands.make_scenes",
         "render procedural RGB-D scenes to disk (RealEstate10K layout)",
     ),
+    "check-reference": (
+        "gen_nvs.commands.check_reference",
+        "recompute golden fixtures of the official implementation (max error per quantity)",
+    ),
     "bench": ("gen_nvs.commands.bench", "benchmarks that print their figures as JSON"),
 }
 

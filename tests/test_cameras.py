@@ -210,3 +210,18 @@ def test_dolly_and_pan():
 def test_unknown_trajectory_lists_valid_names():
     with pytest.raises(ValueError, match="orbit"):
         T.make_trajectory("zoom", torch.eye(4)[None], 4)
+
+
+def test_pose_free_tokens_equal_unposed_tokens_of_any_scene(fixture):
+    meta, t = fixture
+    s, hw = meta["num_source_views"], tuple(meta["image_hw"])
+    c2w, scale = C.normalize_scene(t["io.c2w_raw"], s)
+    unposed = C.camera_tokens(c2w, t["io.fxfycxcy"], hw, s, scale, posed=False)[:s]
+    assert torch.allclose(C.pose_free_camera_tokens(s), unposed, atol=1e-6)
+
+
+def test_apply_normalization_matches_normalize_scene():
+    c2w = random_c2w(6, torch.Generator().manual_seed(9))
+    normalized, _ = C.normalize_scene(c2w, 3)
+    ref, scale = C.scene_normalization(c2w[:3], 3)
+    assert torch.allclose(C.apply_normalization(c2w[3:], ref, scale), normalized[3:], atol=1e-12)

@@ -122,6 +122,33 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
     return c2w
 
 
+def scene_normalization(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
+    """The similarity that normalises a scene: (reference_w2c [4, 4], scale []).
+
+    reference_w2c is the inverse of the first camera; scale is 1.35 times the largest
+    source distance from the first camera (1 for a single source view).
+    Args: c2w [v, 4, 4] poses, source views first; num_sources >= 1 leading sources.
+    """
+    if c2w.ndim != 3 or c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"c2w must be [V,4,4], got {tuple(c2w.shape)}")
+    if not 1 <= num_sources <= c2w.shape[0]:
+        raise ValueError(f"num_sources must be in 1..{c2w.shape[0]}, got {num_sources}")
+    reference_w2c = invert_rigid(c2w[0])
+    if num_sources == 1:
+        return reference_w2c, c2w.new_tensor(1.0)
+    source_dist = (reference_w2c @ c2w[:num_sources])[:, :3, 3].norm(dim=-1)  # (s,)
+    if source_dist.max() <= 0:
+        raise ValueError("all source cameras sit at the same position: cannot normalise scale")
+    return reference_w2c, SCENE_SCALE_FACTOR * source_dist.max()
+
+
+def apply_normalization(c2w: Tensor, reference_w2c: Tensor, scale: Tensor) -> Tensor:
+    """Cameras [..., 4, 4] -> the normalised frame of `scene_normalization`."""
+    rel = reference_w2c @ c2w
+    translation = rel[..., :3, 3:] / scale
+    return torch.cat([torch.cat([rel[..., :3, :3], translation], -1), rel[..., 3:, :]], -2)
+
+
 def normalize_scene(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
     """Express all cameras relative to the first source camera and rescale.
 
@@ -132,19 +159,10 @@ def normalize_scene(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
         c2w_normalized [v, 4, 4] and camera_scale [] (the largest source distance
         from the first camera after rescaling).
     """
-    if c2w.ndim != 3 or c2w.shape[-2:] != (4, 4):
-        raise ValueError(f"c2w must be [V,4,4], got {tuple(c2w.shape)}")
-    if not 1 <= num_sources <= c2w.shape[0]:
-        raise ValueError(f"num_sources must be in 1..{c2w.shape[0]}, got {num_sources}")
-    rel = invert_rigid(c2w[:1]) @ c2w  # (v, 4, 4)
-    source_dist = rel[:num_sources, :3, 3].norm(dim=-1)  # (s,)
-    scale = SCENE_SCALE_FACTOR * source_dist.max() if num_sources > 1 else rel.new_tensor(1.0)
-    if num_sources > 1 and scale <= 0:
-        raise ValueError("all source cameras sit at the same position: cannot normalise scale")
-    rel = rel.clone()
-    rel[:, :3, 3] = rel[:, :3, 3] / scale
-    camera_scale = rel[:num_sources, :3, 3].norm(dim=-1).max()
-    return rel, camera_scale
+    reference_w2c, scale = scene_normalization(c2w, num_sources)
+    normalized = apply_normalization(c2w, reference_w2c, scale)
+    camera_scale = normalized[:num_sources, :3, 3].norm(dim=-1).max()
+    return normalized, camera_scale
 
 
 # --------------------------------------------------------------------------------------
@@ -295,6 +313,23 @@ def camera_tokens(
     if not posed:
         tokens = tokens.clone()
         tokens[:num_sources, :POSE_ENCODING_DIM] = 0.0
+    return tokens
+
+
+def pose_free_camera_tokens(
+    num_sources: int, training: bool = False, dtype=torch.float32, device=None
+) -> Tensor:
+    """Source camera tokens [s, 11] when no camera is known.
+
+    The 9 pose numbers are zero; the pair is what a posed scene would give, which does
+    not depend on the cameras: [1 / 1.35, 0] for several sources (the normalised
+    camera scale), [0, 1] for a single source at test time ([0, 0] in training).
+    """
+    tokens = torch.zeros(num_sources, CAMERA_TOKEN_DIM, dtype=dtype, device=device)
+    if num_sources > 1:
+        tokens[:, POSE_ENCODING_DIM] = 1 / SCENE_SCALE_FACTOR
+    elif not training:
+        tokens[:, POSE_ENCODING_DIM + 1] = 1.0
     return tokens
 
 

@@ -1,0 +1,323 @@
+"""The deterministic NVS model: VGGT encoder + highway decoder (+ camera head).
+
+`NVSModel` owns the camera pipeline that glues the parts together, as the published
+LagerNVS model does: scene normalisation relative to the first source camera, camera
+tokens for the encoder, Pluecker ray maps for the decoder's targets. Scenes are encoded
+once into an `EncodedScene` (the decoder's `SceneCache` plus the normalisation), then any
+number of target cameras are rendered against it.
+
+Dimension legend:
+    b   scenes (batch)       s   source views      t   target views
+    h, w    image height / width (sources and targets may differ)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gen_nvs.geometry import cameras as cam
+from gen_nvs.models import checkpoint as ckpt
+from gen_nvs.models.cache import SceneCache
+from gen_nvs.models.camera_head import CAMERA_HEAD_PRESETS, CameraHead
+from gen_nvs.models.decoder import DECODER_PRESETS, DecoderOutput, HighwayDecoder
+from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder
+
+# Named whole-model sizes: (encoder preset, decoder preset, camera-head preset).
+MODEL_PRESETS: dict[str, tuple[str, str, str]] = {
+    "lagernvs": ("vggt-1b", "base", "vggt-1b"),  # the published size
+    "small": ("vggt-small", "small", "vggt-small"),
+    "tiny": ("tiny", "tiny", "tiny"),  # the golden fixtures' size
+}
+
+
+def model_config(
+    preset: str, *, variant: str = "causal", point_head: bool = True, **decoder_overrides
+) -> dict[str, Any]:
+    """A full model config (plain dict, JSON-serialisable) from a named preset."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}, expected one of {list(MODEL_PRESETS)}")
+    enc, dec, head = MODEL_PRESETS[preset]
+    decoder = {**DECODER_PRESETS[dec], "variant": variant, "point_head": point_head}
+    encoder = {**ENCODER_PRESETS[enc], "out_dim": decoder["width"]}
+    return {
+        "encoder": encoder,
+        "decoder": {**decoder, **decoder_overrides},
+        "camera_head": dict(CAMERA_HEAD_PRESETS[head]),
+    }
+
+
+@dataclass
+class EncodedScene:
+    """A scene's sources, encoded once.
+
+    cache: the decoder's SceneCache (encoder tokens, cached source keys/values).
+    reference_w2c: [b, 4, 4] inverse of the first source camera (input world frame).
+    scale: [b] divisor applied to translations after `reference_w2c`.
+    source_c2w: [b, s, 4, 4] normalised source cameras (the camera head's estimate
+        when pose-free; None when pose-free without a camera head).
+    posed: whether the source cameras were given.
+    """
+
+    cache: SceneCache
+    reference_w2c: Tensor
+    scale: Tensor
+    source_c2w: Tensor | None
+    posed: bool
+
+    def normalize(self, c2w: Tensor) -> Tensor:
+        """Cameras [b, t, 4, 4] in the input world frame -> the normalised scene frame."""
+        return _apply(c2w, self.reference_w2c, self.scale)
+
+
+class NVSModel(nn.Module):
+    """Source images (+ cameras) -> novel views (RGB, and points + confidence with a point
+    head) for any target camera."""
+
+    def __init__(
+        self,
+        *,
+        encoder: dict[str, Any],
+        decoder: dict[str, Any],
+        camera_head: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if encoder.get("out_dim") != decoder.get("width"):
+            raise ValueError(
+                f"encoder out_dim {encoder.get('out_dim')} must equal the decoder width "
+                f"{decoder.get('width')}"
+            )
+        self._config = copy.deepcopy(
+            {"encoder": encoder, "decoder": decoder, "camera_head": camera_head}
+        )
+        self.encoder = VGGTEncoder(**encoder)
+        self.decoder = HighwayDecoder(**decoder)
+        self.camera_head = CameraHead(**camera_head) if camera_head is not None else None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> NVSModel:
+        """Rebuild from `model.config` (as saved next to every export)."""
+        unknown = set(config) - {"encoder", "decoder", "camera_head"}
+        if unknown or "encoder" not in config or "decoder" not in config:
+            raise ValueError(
+                f"model config needs 'encoder' and 'decoder' (and optional 'camera_head'), "
+                f"got keys {sorted(config)}"
+            )
+        return cls(
+            encoder=config["encoder"],
+            decoder=config["decoder"],
+            camera_head=config.get("camera_head"),
+        )
+
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs) -> NVSModel:
+        return cls.from_config(model_config(preset, **kwargs))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    @property
+    def patch_size(self) -> int:
+        return self.decoder.patch_size
+
+    # ----------------------------------------------------------------------------------
+    # Cameras
+    # ----------------------------------------------------------------------------------
+
+    def estimate_cameras(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Pose-free use: the camera head's estimate of every view's camera.
+
+        images [b, s, 3, h, w] in [0, 1] -> (c2w [b, s, 4, 4] relative to the first view,
+        fxfycxcy [b, s, 4] in pixels of the input images). VGGT's pose encoding decodes to
+        world-to-camera extrinsics, which are inverted here.
+        """
+        if self.camera_head is None:
+            raise ValueError("this model has no camera head: source cameras must be given")
+        tokens = self.encoder.aggregate(images, None)  # (b, s, n, 2c)
+        encoding = self.camera_head(tokens)  # (b, s, 9)
+        w2c, fxfycxcy = cam.pose_encoding_to_camera(encoding, tuple(images.shape[-2:]))
+        return cam.invert_rigid(w2c), fxfycxcy
+
+    # ----------------------------------------------------------------------------------
+    # Encoding and rendering
+    # ----------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        images: Tensor,
+        c2w: Tensor | None = None,
+        fxfycxcy: Tensor | None = None,
+    ) -> EncodedScene:
+        """Encode the source views of b scenes once.
+
+        images [b, s, 3, h, w] in [0, 1]; c2w [b, s, 4, 4] and fxfycxcy [b, s, 4] (pixels of
+        the source images), or both None for pose-free use: the camera tokens then carry
+        no pose, target cameras are given in the first source camera's frame at the
+        normalised scale, and the camera head (if any) estimates the source cameras.
+        """
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be [b, s, 3, h, w], got {list(images.shape)}")
+        b, s = images.shape[:2]
+        hw = (images.shape[-2], images.shape[-1])
+        posed = c2w is not None
+        if posed != (fxfycxcy is not None):
+            raise ValueError("give both c2w and fxfycxcy for posed input, or neither")
+        if posed:
+            _check_cameras(c2w, fxfycxcy, (b, s), hw, "source cameras")
+            reference_w2c, scale = _batch_normalization(c2w, s)
+            source_c2w = _apply(c2w, reference_w2c, scale)
+            tokens = _camera_tokens(source_c2w, fxfycxcy, hw, s, posed=True, training=False)
+        else:
+            eye = torch.eye(4, dtype=images.dtype, device=images.device)
+            reference_w2c, scale = eye.repeat(b, 1, 1), images.new_ones(b)
+            source_c2w = self._estimate_normalized_cameras(images)
+            tokens = cam.pose_free_camera_tokens(s, dtype=images.dtype, device=images.device)
+            tokens = tokens.expand(b, s, -1)
+        source_tokens = self.encoder(images, tokens).tokens  # (b, s, p, c)
+        return EncodedScene(
+            cache=SceneCache.build(self.decoder, source_tokens),
+            reference_w2c=reference_w2c,
+            scale=scale,
+            source_c2w=source_c2w,
+            posed=posed,
+        )
+
+    def _estimate_normalized_cameras(self, images: Tensor) -> Tensor | None:
+        """The camera head's source cameras in the normalised scene frame, if it has one."""
+        if self.camera_head is None:
+            return None
+        c2w, _ = self.estimate_cameras(images)
+        reference_w2c, scale = _batch_normalization(c2w, c2w.shape[1])
+        return _apply(c2w, reference_w2c, scale)
+
+    def render(
+        self,
+        scene: EncodedScene,
+        target_c2w: Tensor,
+        target_fxfycxcy: Tensor,
+        image_hw: tuple[int, int],
+        *,
+        normalized: bool = False,
+        chunk_size: int | None = None,
+    ) -> DecoderOutput:
+        """Render target cameras against an encoded scene.
+
+        target_c2w [b, t, 4, 4] in the input world frame (or, with `normalized`, already in
+        the scene frame: always so for pose-free scenes); target_fxfycxcy [b, t, 4] in
+        pixels of the `image_hw` target images (h and w multiples of the patch size).
+        Returns DecoderOutput: rgb [b, t, 3, h, w]; points [b, t, h, w, 3] in the scene
+        frame and conf [b, t, h, w] with a point head.
+        """
+        b = scene.cache.num_scenes
+        if target_c2w.ndim != 4 or target_c2w.shape[0] != b:
+            raise ValueError(
+                f"target cameras must be [{b}, t, 4, 4] (one set per encoded scene), "
+                f"got {list(target_c2w.shape)}"
+            )
+        t = target_c2w.shape[1]
+        _check_cameras(target_c2w, target_fxfycxcy, (b, t), image_hw, "target cameras")
+        if not normalized and scene.posed:
+            target_c2w = scene.normalize(target_c2w)
+        rays = cam.plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
+        return scene.cache.render(rays, chunk_size=chunk_size)
+
+    def forward(
+        self,
+        images: Tensor,
+        c2w: Tensor,
+        fxfycxcy: Tensor,
+        num_sources: int,
+        *,
+        posed: bool = True,
+    ) -> DecoderOutput:
+        """Training/evaluation path: render the targets of b scenes.
+
+        images [b, v, 3, h, w] (sources first; the targets' images are not used),
+        c2w [b, v, 4, 4], fxfycxcy [b, v, 4]. posed=False zeroes the sources' pose
+        numbers in the camera tokens (camera-token dropout, pose-free training).
+        Returns the targets' DecoderOutput (rgb [b, v - num_sources, 3, h, w], ...).
+        """
+        b, v = images.shape[:2]
+        if not 1 <= num_sources < v:
+            raise ValueError(f"num_sources must be in 1..{v - 1} for {v} views, got {num_sources}")
+        hw = (images.shape[-2], images.shape[-1])
+        _check_cameras(c2w, fxfycxcy, (b, v), hw, "cameras")
+        reference_w2c, scale = _batch_normalization(c2w, num_sources)
+        normalized = _apply(c2w, reference_w2c, scale)
+        tokens = _camera_tokens(normalized, fxfycxcy, hw, num_sources, posed, self.training)
+        s = num_sources
+        source_tokens = self.encoder(images[:, :s], tokens[:, :s]).tokens  # (b, s, p, c)
+        rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
+        return self.decoder(source_tokens, rays)
+
+
+def _batch_normalization(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
+    """Per-scene `scene_normalization`: c2w [b, v, 4, 4] -> (reference_w2c [b, 4, 4], scale [b])."""
+    pairs = [cam.scene_normalization(scene, num_sources) for scene in c2w]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _apply(c2w: Tensor, reference_w2c: Tensor, scale: Tensor) -> Tensor:
+    """`apply_normalization` per scene: c2w [b, v, 4, 4], reference_w2c [b, 4, 4], scale [b]."""
+    return cam.apply_normalization(c2w, reference_w2c[:, None], scale[:, None, None, None])
+
+
+def _camera_tokens(
+    c2w: Tensor,
+    fxfycxcy: Tensor,
+    image_hw: tuple[int, int],
+    num_sources: int,
+    posed: bool,
+    training: bool,
+) -> Tensor:
+    """Camera tokens [b, v, 11] of normalised cameras c2w [b, v, 4, 4]."""
+    camera_scale = c2w[:, :num_sources, :3, 3].norm(dim=-1).amax(dim=-1)  # (b,)
+    return torch.stack(
+        [
+            cam.camera_tokens(
+                c2w[i], fxfycxcy[i], image_hw, num_sources, camera_scale[i], posed, training
+            )
+            for i in range(c2w.shape[0])
+        ]
+    )
+
+
+def _check_cameras(
+    c2w: Tensor, fxfycxcy: Tensor, batch: tuple[int, int], image_hw: tuple[int, int], what: str
+) -> None:
+    if tuple(c2w.shape) != (*batch, 4, 4) or tuple(fxfycxcy.shape) != (*batch, 4):
+        raise ValueError(
+            f"{what}: expected c2w {[*batch, 4, 4]} and fxfycxcy {[*batch, 4]} (one camera per "
+            f"image), got {list(c2w.shape)} and {list(fxfycxcy.shape)}"
+        )
+    for i in range(batch[0]):
+        cam.validate_cameras(c2w[i], fxfycxcy[i], image_hw, where=f"{what} (scene {i})")
+
+
+def save_model(model: NVSModel, directory: str | Path, **info: Any) -> Path:
+    """Inference export: `model.safetensors` + `config.json` ({"model": config, **info})."""
+    return ckpt.save_export(directory, model.state_dict(), {"model": model.config, **info})
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NVSModel:
+    """Rebuild an exported model (local directory or `hf://org/repo[/subdir]`), in eval mode.
+
+    The weights must fit the config exactly; a mismatch lists every differing tensor.
+    """
+    config, state_dict = ckpt.load_export(path)
+    if "model" not in config:
+        raise ValueError(f"{path}: config.json has no 'model' entry; not a gen-nvs model export")
+    model = NVSModel.from_config(config["model"])
+    ckpt.check_layout(
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        f"{path}: weights vs config",
+    )
+    model.load_state_dict(state_dict)
+    return model.to(map_location).eval()

@@ -1,0 +1,188 @@
+"""The full NVS model: official checkpoints, the fixtures end to end, exports, caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gen_nvs.cli import main
+from gen_nvs.geometry import cameras as cam
+from gen_nvs.models.convert import check_official_layout, load_official_weights
+from gen_nvs.models.nvs import NVSModel, load_model, model_config, save_model
+from gen_nvs.models.reference import TOLERANCE, check_fixture, read_fixture
+from tests.conftest import FIXTURES, REFERENCE_DIR
+
+MANIFESTS = {
+    "full_attention": "lagernvs_full_attention.keys.json",
+    "cross_attention": "lagernvs_cross_attention.keys.json",
+    "bidirectional_cross_attention": "lagernvs_bidirectional_cross_attention.keys.json",
+}
+
+
+@pytest.mark.parametrize("variant", [*MANIFESTS, "causal"])
+def test_full_size_layout_matches_official_manifests(variant):
+    manifest = MANIFESTS.get(variant, MANIFESTS["full_attention"])  # causal: same layout
+    check_official_layout(variant, REFERENCE_DIR / manifest)
+    check_official_layout(variant, REFERENCE_DIR / "vggt_1b_aggregator_camera_head.keys.json")
+
+
+def test_layout_mismatch_lists_keys():
+    with pytest.raises(ValueError, match=r"missing \(\d+\): renderer\.renderer_core"):
+        check_official_layout("cross_attention", REFERENCE_DIR / MANIFESTS["full_attention"])
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_check_fixture_reproduces_every_quantity(path):
+    errors = check_fixture(path)
+    assert set(errors) >= {"io.rendered_targets", "io.encoder_tokens", "io.camera_head_pose_enc"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_check_reference_command_fails_on_a_tampered_fixture(tmp_path, capsys):
+    meta, tensors = read_fixture(FIXTURES[0])
+    tensors["io.rendered_targets"] = tensors["io.rendered_targets"] + 1e-3
+    import json
+
+    bad = tmp_path / "tampered.safetensors"
+    save_file(tensors, str(bad), metadata={"meta": json.dumps(meta)})
+    assert main(["check-reference", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "io.rendered_targets" in out and "exceeds" in out
+    assert main(["check-reference", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def fixture_model(path) -> tuple[NVSModel, dict, dict]:
+    from gen_nvs.models.reference import _official_parts, fixture_model_config
+
+    meta, t = read_fixture(path)
+    model = NVSModel.from_config(fixture_model_config(meta)).eval()
+    lagernvs, vggt = _official_parts(t)
+    load_official_weights(model, lagernvs=lagernvs, vggt=vggt)
+    return model, meta, t
+
+
+def test_official_model_pt_files_load(tmp_path):
+    model, _, t = fixture_model(FIXTURES[0])
+    lagernvs = {k.removeprefix("model."): v for k, v in t.items() if k.startswith("model.")}
+    torch.save({"model": lagernvs}, tmp_path / "lagernvs.pt")
+    torch.save({k: v for k, v in t.items() if k.startswith("camera_head.")}, tmp_path / "vggt.pt")
+    fresh = NVSModel.from_config(model.config).eval()
+    untouched = load_official_weights(
+        fresh, lagernvs=tmp_path / "lagernvs.pt", vggt=tmp_path / "vggt.pt"
+    )
+    assert untouched == []
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_wrong_variant_or_size_checkpoint_is_rejected():
+    model, meta, t = fixture_model(FIXTURES[0])  # a bidirectional fixture
+    lagernvs = {k.removeprefix("model."): v for k, v in t.items() if k.startswith("model.")}
+    other = NVSModel.from_config(
+        {**model.config, "decoder": {**model.config["decoder"], "variant": "full_attention"}}
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        load_official_weights(other, lagernvs=lagernvs)
+    wider = NVSModel.from_preset("tiny", variant=meta["variant"], point_head=False)
+    wider_config = wider.config
+    wider_config["decoder"]["width"] = wider_config["encoder"]["out_dim"] = 32
+    with pytest.raises(ValueError, match="expected"):
+        load_official_weights(NVSModel.from_config(wider_config), lagernvs=lagernvs)
+
+
+def small_scene(num_views: int = 4, hw=(32, 48), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(1, num_views, 3, *hw, generator=g)
+    eyes = torch.randn(num_views, 3, generator=g, dtype=torch.float64) * 0.3 + torch.tensor(
+        [0, 0, -3.0], dtype=torch.float64
+    )
+    c2w = cam.look_at(eyes, torch.zeros_like(eyes)).float()[None]
+    k = torch.tensor([40.0, 40.0, hw[1] / 2, hw[0] / 2]).repeat(1, num_views, 1)
+    return images, c2w, k
+
+
+@pytest.mark.parametrize(
+    "variant", ["causal", "cross_attention", "full_attention", "bidirectional_cross_attention"]
+)
+def test_encode_render_equals_forward(variant):
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny", variant=variant).eval()
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        expected = model(images, c2w, k, num_sources=2)
+        scene = model.encode(images[:, :2], c2w[:, :2], k[:, :2])
+        got = model.render(scene, c2w[:, 2:], k[:, 2:], (32, 48), chunk_size=1)
+    assert torch.allclose(got.rgb, expected.rgb, atol=1e-5)
+    assert torch.allclose(got.points, expected.points, atol=1e-5)
+    assert got.conf.shape == (1, 2, 32, 48) and (got.conf > 1).all()
+
+
+def test_pose_free_encoding_uses_pose_free_tokens_and_estimates_cameras():
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny").eval()
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        scene = model.encode(images[:, :3])
+        posed = model(images, c2w, k, num_sources=3, posed=False)
+        normalized = scene.normalize(c2w)  # identity normalisation for pose-free scenes
+        assert torch.equal(normalized, c2w)
+        ref, scale = cam.scene_normalization(c2w[0], 3)
+        target = cam.apply_normalization(c2w[0, 3:], ref, scale)[None]
+        got = model.render(scene, target, k[:, 3:], (32, 48))
+    assert scene.source_c2w.shape == (1, 3, 4, 4)
+    assert torch.allclose(scene.source_c2w[0, 0], torch.eye(4), atol=1e-5)
+    assert torch.allclose(got.rgb, posed.rgb, atol=1e-5)
+
+
+def test_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny", variant="causal").eval()
+    save_model(model, tmp_path / "export", kind="regression")
+    loaded = load_model(tmp_path / "export")
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        assert torch.equal(model(images, c2w, k, 2).rgb, loaded(images, c2w, k, 2).rgb)
+
+
+def test_export_with_wrong_weights_is_rejected(tmp_path):
+    model = NVSModel.from_preset("tiny", variant="causal")
+    save_model(model, tmp_path, kind="regression")
+    other = NVSModel.from_preset("tiny", variant="cross_attention")
+    save_model(other, tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text((tmp_path / "config.json").read_text())
+    with pytest.raises(ValueError, match="weights vs config"):
+        load_model(tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda im, c, k: (im, c[:, :3], k), "one camera per"),
+        (
+            lambda im, c, k: (
+                im,
+                c.index_put(
+                    (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([3])),
+                    torch.tensor(float("nan")),
+                ),
+                k,
+            ),
+            "non-finite",
+        ),
+        (lambda im, c, k: (im[:, :, :2], c, k), r"\[b, s, 3, h, w\]"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, message):
+    model = NVSModel.from_preset("tiny").eval()
+    images, c2w, k = small_scene()
+    images, c2w, k = change(images, c2w, k)
+    with pytest.raises(ValueError, match=message):
+        model.encode(images, c2w, k)
+
+
+def test_model_config_checks_widths():
+    config = model_config("tiny")
+    config["encoder"]["out_dim"] = 32
+    with pytest.raises(ValueError, match="must equal the decoder width"):
+        NVSModel.from_config(config)
