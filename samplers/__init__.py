@@ -1,0 +1,31 @@
+"""Sampling for the diffusion decoder: diffusers schedulers by name, classifier-free guidance
+and the seeded sampling loop with RePaint-style completion."""
+
+from samplers.guidance import cfg, guided_prediction, in_guidance_interval, rescale_guidance
+from samplers.sampling import STOP, SamplingCancelled, Signal, StepInfo, sample
+from samplers.schedulers import (
+    PREDICTION_TYPES,
+    SCHEDULER_NAMES,
+    add_noise,
+    build_scheduler,
+    noise_levels,
+    set_steps,
+)
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "SCHEDULER_NAMES",
+    "STOP",
+    "SamplingCancelled",
+    "Signal",
+    "StepInfo",
+    "add_noise",
+    "build_scheduler",
+    "cfg",
+    "guided_prediction",
+    "in_guidance_interval",
+    "noise_levels",
+    "rescale_guidance",
+    "sample",
+    "set_steps",
+]
