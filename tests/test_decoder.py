@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from gen_nvs.geometry.cameras import quaternion_to_matrix, unproject_depth
+from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.decoder import (
     VARIANTS,
@@ -17,7 +18,7 @@ from gen_nvs.models.decoder import (
     convert_official_renderer_state_dict,
     load_official_renderer,
 )
-from gen_nvs.models.heads import PointHead, points_to_depth
+from gen_nvs.models.heads import PointHead
 from gen_nvs.models.losses import ConfidencePointLoss
 
 from .conftest import REFERENCE_DIR
@@ -274,7 +275,7 @@ def test_points_to_depth_inverts_unprojection():
     depth = 0.5 + torch.rand(2, 8, 12, generator=g)
     points = unproject_depth(depth, fxfycxcy, c2w)
     assert torch.allclose(points_to_depth(points, c2w), depth, atol=1e-5)
-    with pytest.raises(ValueError, match="views"):
+    with pytest.raises(ValueError, match="c2w"):
         points_to_depth(points, c2w[:1])
 
 
