@@ -20,6 +20,10 @@ fixtures in tests/data/reference match it to below 1e-6):
   block by block; a target attends to `[sources at that block, target]`. The source
   stream never depends on a target, so every block's source keys/values are cacheable.
 
+The blocks and heads take optional adaLN modulations of their target sub-layers (see
+`Modulation`), which the diffusion decoder (`gen_nvs.models.diffusion`) computes from
+the timestep; without them every computation is the plain renderer's.
+
 Dimension legend:
     b   scenes (batch)               t   target views per scene
     s   source views                 p   tokens per source view
@@ -32,9 +36,10 @@ Dimension legend:
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal, TypeVar, get_args
 
 import torch
@@ -64,6 +69,53 @@ DECODER_PRESETS: dict[str, dict[str, int]] = {
 # --------------------------------------------------------------------------------------
 # Building blocks (all bias-free, as published)
 # --------------------------------------------------------------------------------------
+
+
+def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: normed tokens h [N, n, c] -> h * (1 + scale) + shift, with shift, scale [N, 1, c]."""
+    return h * (1 + scale) + shift
+
+
+@dataclass(frozen=True)
+class Modulation:
+    """adaLN modulation (DiT) of one pre-norm sub-layer, for the target tokens only.
+
+    shift, scale, gate: [N, 1, c], one per target sequence. The sub-layer's normed input
+    becomes `modulate(h, shift, scale)` and its residual branch y becomes `y * (1 + gate)`:
+    the gate is centred on 1, not 0 as in DiT, so all-zero modulation leaves a pretrained
+    sub-layer exactly as it was instead of switching it off. Tokens before `start` (the
+    sources in a joint `[sources, target]` sequence) are never modulated.
+    """
+
+    shift: Tensor
+    scale: Tensor
+    gate: Tensor
+    start: int = 0
+
+    def norm(self, h: Tensor) -> Tensor:
+        """The sub-layer's normed input h [N, n, c] -> modulated [N, n, c]."""
+        return self._targets(h, lambda target: modulate(target, self.shift, self.scale))
+
+    def branch(self, y: Tensor) -> Tensor:
+        """The sub-layer's residual branch y [N, n, c] -> gated [N, n, c]."""
+        return self._targets(y, lambda target: target * (1 + self.gate))
+
+    def _targets(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.start == 0:
+            return fn(x)
+        return torch.cat([x[:, : self.start], fn(x[:, self.start :])], dim=1)
+
+
+BlockModulation = tuple[Modulation, ...]
+"""One Modulation per target sub-layer of a block, in order (`MODULATED_SUBLAYERS`)."""
+
+
+def _modulated(h: Tensor, mod: Modulation | None) -> Tensor:
+    return h if mod is None else mod.norm(h)
+
+
+def _gated(y: Tensor, mod: Modulation | None) -> Tensor:
+    return y if mod is None else mod.branch(y)
 
 
 def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
@@ -150,6 +202,8 @@ class BlockSize:
 class SelfAttentionBlock(nn.Module):
     """Pre-norm self-attention + MLP (`full_attention` and `causal`)."""
 
+    MODULATED_SUBLAYERS = 2  # attention (norm1), MLP (norm2)
+
     def __init__(self, size: BlockSize) -> None:
         super().__init__()
         self.norm1 = size.norm()
@@ -161,20 +215,29 @@ class SelfAttentionBlock(nn.Module):
         """This block's keys/values of the tokens x [b, n, c]: each [b, nh, n, d]."""
         return self.attn.keys_values(self.norm1(x))
 
-    def forward(self, x: Tensor, prefix_kv: KeyValue | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        prefix_kv: KeyValue | None = None,
+        mods: BlockModulation | None = None,
+    ) -> Tensor:
         """x [(b g), n, c] -> [(b g), n, c].
 
         With `prefix_kv` (keys/values [b, nh, m, d] of tokens that precede x and do not
         see it, shared by the g sequences of a scene) x attends to `[prefix, x]`.
+        `mods`: adaLN modulation of the attention and MLP sub-layers.
         """
-        return self._step(x, prefix_kv)[0]
+        return self._step(x, prefix_kv, mods)[0]
 
     def forward_with_kv(self, x: Tensor) -> tuple[Tensor, KeyValue]:
         """x [b, n, c] -> (x after the block, this block's keys/values of x [b, nh, n, d])."""
-        return self._step(x, None)
+        return self._step(x, None, None)
 
-    def _step(self, x: Tensor, prefix_kv: KeyValue | None) -> tuple[Tensor, KeyValue]:
-        h = self.norm1(x)
+    def _step(
+        self, x: Tensor, prefix_kv: KeyValue | None, mods: BlockModulation | None
+    ) -> tuple[Tensor, KeyValue]:
+        attn_mod, mlp_mod = (None, None) if mods is None else mods
+        h = _modulated(self.norm1(x), attn_mod)
         q = self.attn.queries(h)
         own_kv = k, v = self.attn.keys_values(h)
         if prefix_kv is not None:
@@ -182,12 +245,14 @@ class SelfAttentionBlock(nn.Module):
             k_pre, v_pre = (repeat(t, "b nh m d -> (b g) nh m d", g=groups) for t in prefix_kv)
             k = torch.cat([k_pre.to(k.dtype), k], dim=2)  # [(b g), nh, m + n, d]
             v = torch.cat([v_pre.to(v.dtype), v], dim=2)
-        x = x + self.attn.attend(q, k, v)
-        return x + self.mlp(self.norm2(x)), own_kv
+        x = x + _gated(self.attn.attend(q, k, v), attn_mod)
+        return x + _gated(self.mlp(_modulated(self.norm2(x), mlp_mod)), mlp_mod), own_kv
 
 
 class CrossAttentionBlock(nn.Module):
     """Target self-attention, target-to-source cross-attention, MLP (all pre-norm)."""
+
+    MODULATED_SUBLAYERS = 3  # self-attention (norm1), cross-attention (norm2), MLP (norm_ffn)
 
     def __init__(self, size: BlockSize) -> None:
         super().__init__()
@@ -203,11 +268,19 @@ class CrossAttentionBlock(nn.Module):
         """Source tokens [b, m, c] -> this block's cross-attention keys/values [b, nh, m, d]."""
         return self.cross_attn.keys_values(self.norm2_kv(sources))
 
-    def forward(self, x: Tensor, source_kv: KeyValue) -> Tensor:
-        """x [(b g), n, c] with keys/values [b, nh, m, d] shared by g targets -> [(b g), n, c]."""
-        x = x + self.self_attn(self.norm1(x))
-        x = x + self.cross_attn.attend(self.cross_attn.queries(self.norm2(x)), *source_kv)
-        return x + self.mlp(self.norm_ffn(x))
+    def forward(
+        self, x: Tensor, source_kv: KeyValue, mods: BlockModulation | None = None
+    ) -> Tensor:
+        """x [(b g), n, c] with keys/values [b, nh, m, d] shared by g targets -> [(b g), n, c].
+
+        `mods`: adaLN modulation of the three target sub-layers (the sources' norm2_kv
+        is never modulated, so `source_kv` does not depend on it).
+        """
+        self_mod, cross_mod, mlp_mod = (None, None, None) if mods is None else mods
+        x = x + _gated(self.self_attn(_modulated(self.norm1(x), self_mod)), self_mod)
+        q = self.cross_attn.queries(_modulated(self.norm2(x), cross_mod))
+        x = x + _gated(self.cross_attn.attend(q, *source_kv), cross_mod)
+        return x + _gated(self.mlp(_modulated(self.norm_ffn(x), mlp_mod)), mlp_mod)
 
 
 class BidirectionalBlock(nn.Module):
@@ -215,6 +288,8 @@ class BidirectionalBlock(nn.Module):
 
     `_x` modules belong to the target stream, `_rec` modules to the source stream.
     """
+
+    MODULATED_SUBLAYERS = 3  # target self-attention, cross-attention, MLP (norm1/2/3_x)
 
     def __init__(self, size: BlockSize) -> None:
         super().__init__()
@@ -229,13 +304,20 @@ class BidirectionalBlock(nn.Module):
         self.norm2_rec = size.norm()
         self.mlp_rec = size.mlp()
 
-    def forward(self, x: Tensor, sources: Tensor) -> tuple[Tensor, Tensor]:
-        """x [b, n, c], sources [b, m, c] (one copy per target) -> updated (x, sources)."""
-        x = x + self.self_attn(self.norm1_x(x))
-        hx, hs = self.norm2_x(x), self.norm1_rec(sources)
-        x = x + self.cross_attn_x(hx, hs)
+    def forward(
+        self, x: Tensor, sources: Tensor, mods: BlockModulation | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x [b, n, c], sources [b, m, c] (one copy per target) -> updated (x, sources).
+
+        `mods`: adaLN modulation of the three target sub-layers; the source stream's own
+        norms are not modulated, but the sources attend to the modulated target tokens.
+        """
+        self_mod, cross_mod, mlp_mod = (None, None, None) if mods is None else mods
+        x = x + _gated(self.self_attn(_modulated(self.norm1_x(x), self_mod)), self_mod)
+        hx, hs = _modulated(self.norm2_x(x), cross_mod), self.norm1_rec(sources)
+        x = x + _gated(self.cross_attn_x(hx, hs), cross_mod)
         sources = sources + self.cross_attn_rec(hs, hx)
-        x = x + self.mlp_x(self.norm3_x(x))
+        x = x + _gated(self.mlp_x(_modulated(self.norm3_x(x), mlp_mod)), mlp_mod)
         sources = sources + self.mlp_rec(self.norm2_rec(sources))
         return x, sources
 
@@ -314,6 +396,19 @@ class HighwayDecoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(variant, width, depth, num_heads, patch_size, mlp_ratio, num_registers)
+        self._config = {
+            "variant": variant,
+            "width": width,
+            "depth": depth,
+            "num_heads": num_heads,
+            "patch_size": patch_size,
+            "mlp_ratio": mlp_ratio,
+            "num_registers": num_registers,
+            "point_head": point_head,
+            "norm_eps": norm_eps,
+            "qk_norm_eps": qk_norm_eps,
+            "gradient_checkpointing": gradient_checkpointing,
+        }
         self.variant = variant
         self.width = width
         self.patch_size = patch_size
@@ -356,6 +451,11 @@ class HighwayDecoder(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.renderer_core.renderer_blocks
 
+    @property
+    def config(self) -> dict:
+        """The constructor's keyword arguments: `HighwayDecoder(**config)` rebuilds it."""
+        return dict(self._config)
+
     # ----------------------------------------------------------------------------------
     # Public API
     # ----------------------------------------------------------------------------------
@@ -386,16 +486,8 @@ class HighwayDecoder(nn.Module):
 
     def render(self, context: SourceContext, target_rays: Tensor) -> DecoderOutput:
         """Render targets [b, t, 6, h, w] against a prepared SourceContext (batch b)."""
-        b, _, _, h, w = self._check_rays(target_rays, context.tokens.shape[0])
-        x = self._embed_targets(rearrange(target_rays, "b t k h w -> (b t) k h w"))
-        if self.variant == "full_attention":
-            x = self._full_attention(context.tokens, x)
-        elif self.variant == "bidirectional_cross_attention":
-            x = self._bidirectional(context.tokens, x)
-        else:  # cross_attention and causal: blocks against the cached source keys/values
-            for block, kv in zip(self.blocks, context.kv, strict=True):
-                x = self._run(block, x, kv)
-        x = x[:, self.num_registers :]  # [(b t), gh * gw, c]
+        x = self.target_tokens(context, target_rays)  # [(b t), gh * gw, c]
+        b, _, _, h, w = target_rays.shape
         grid = (h // self.patch_size, w // self.patch_size)
         rgb = rearrange(self.final_layer(x, grid), "(b t) k h w -> b t k h w", b=b)
         if self.point_head is None:
@@ -407,17 +499,42 @@ class HighwayDecoder(nn.Module):
             conf=rearrange(conf, "(b t) h w -> b t h w", b=b),
         )
 
-    # ----------------------------------------------------------------------------------
-    # Internals
-    # ----------------------------------------------------------------------------------
+    def target_tokens(
+        self,
+        context: SourceContext,
+        target_rays: Tensor,
+        *,
+        added_patches: Tensor | None = None,
+        modulations: Sequence[BlockModulation] | None = None,
+    ) -> Tensor:
+        """The targets' patch tokens after all blocks, ready for the heads.
 
-    def _run(self, fn: Callable[..., T], *args: Tensor | KeyValue) -> T:
-        """fn(*args), through activation checkpointing when that is switched on."""
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+        target_rays [b, t, 6, h, w] against `context` (batch b) -> [(b t), gh * gw, c].
+        The diffusion decoder's hooks: `added_patches` [(b t), gh * gw, c] are added to
+        the ray patch embedding (see `_embed_targets`); `modulations` holds one
+        BlockModulation per block, for the target sub-layers only. The source stream
+        (`prepare_sources`) takes neither.
+        """
+        self.check_rays(target_rays, context.tokens.shape[0])
+        if modulations is not None and len(modulations) != len(self.blocks):
+            raise ValueError(
+                f"expected one modulation per block ({len(self.blocks)}), got {len(modulations)}"
+            )
+        mods = [None] * len(self.blocks) if modulations is None else list(modulations)
+        rays = rearrange(target_rays, "b t k h w -> (b t) k h w")
+        x = self._embed_targets(rays, added_patches)  # [(b t), r + gh * gw, c]
+        if self.variant == "full_attention":
+            x = self._full_attention(context.tokens, x, mods)
+        elif self.variant == "bidirectional_cross_attention":
+            x = self._bidirectional(context.tokens, x, mods)
+        else:  # cross_attention and causal: blocks against the cached source keys/values
+            for block, kv, mod in zip(self.blocks, context.kv, mods, strict=True):
+                x = self._run(functools.partial(block, mods=mod), x, kv)
+        return x[:, self.num_registers :]
 
-    def _check_rays(self, rays: Tensor, num_scenes: int) -> tuple[int, ...]:
+    def check_rays(self, rays: Tensor, num_scenes: int) -> None:
+        """Raise ValueError unless rays are finite [num_scenes, t >= 1, 6, h, w] with h and
+        w multiples of the patch size."""
         if rays.ndim != 5 or rays.shape[2] != RAY_CHANNELS:
             raise ValueError(f"target rays must be [b, t, 6, h, w], got {list(rays.shape)}")
         b, t, _, h, w = rays.shape
@@ -431,31 +548,55 @@ class HighwayDecoder(nn.Module):
             )
         if not torch.isfinite(rays).all():
             raise ValueError("target rays have non-finite values")
-        return tuple(rays.shape)
 
-    def _embed_targets(self, rays: Tensor) -> Tensor:
-        """[(b t), 6, h, w] -> [(b t), r + gh * gw, c]: registers, then normed ray patches."""
-        patches = self.tgt_norm(self.tgt_embedder(rays))
+    # ----------------------------------------------------------------------------------
+    # Internals
+    # ----------------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[..., T], *args: Tensor | KeyValue) -> T:
+        """fn(*args), through activation checkpointing when that is switched on."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _embed_targets(self, rays: Tensor, added_patches: Tensor | None = None) -> Tensor:
+        """[(b t), 6, h, w] -> [(b t), r + gh * gw, c]: registers, then normed ray patches.
+
+        `added_patches` [(b t), gh * gw, c] join the ray patches before the norm, as extra
+        input channels of the patch embedding would.
+        """
+        patches = self.tgt_embedder(rays)
+        if added_patches is not None:
+            patches = patches + added_patches
+        patches = self.tgt_norm(patches)
         registers = self.per_view_register_tokens.expand(rays.shape[0], -1, -1)
         return torch.cat([registers.to(patches.dtype), patches], dim=1)
 
-    def _full_attention(self, sources: Tensor, x: Tensor) -> Tensor:
+    def _full_attention(
+        self, sources: Tensor, x: Tensor, mods: list[BlockModulation | None]
+    ) -> Tensor:
         """sources [b, m, c], targets x [(b t), n, c] -> targets after all blocks."""
         groups = x.shape[0] // sources.shape[0]
         sources = repeat(sources, "b m c -> (b g) m c", g=groups).to(x.dtype)
+        m = sources.shape[1]
         z = torch.cat([sources, x], dim=1)  # [(b t), m + n, c]
-        for block in self.blocks:
-            z = self._run(block, z)
-        return z[:, sources.shape[1] :]
+        for block, mod in zip(self.blocks, mods, strict=True):
+            if mod is not None:  # the target tokens follow the m sources
+                mod = tuple(replace(sub, start=m) for sub in mod)
+            z = self._run(functools.partial(block, mods=mod), z)
+        return z[:, m:]
 
-    def _bidirectional(self, sources: Tensor, x: Tensor) -> Tensor:
+    def _bidirectional(
+        self, sources: Tensor, x: Tensor, mods: list[BlockModulation | None]
+    ) -> Tensor:
         """sources [b, m, c], targets x [(b t), n, c] -> targets after all blocks."""
         groups = x.shape[0] // sources.shape[0]
         sources = repeat(sources, "b m c -> (b g) m c", g=groups)  # one copy per target
         *exchange, final = self.blocks
-        for block in exchange:
-            x, sources = self._run(block, x, sources)
-        return self._run(lambda x, s: final(x, final.source_kv(s)), x, sources)
+        *exchange_mods, final_mod = mods
+        for block, mod in zip(exchange, exchange_mods, strict=True):
+            x, sources = self._run(functools.partial(block, mods=mod), x, sources)
+        return self._run(lambda x, s: final(x, final.source_kv(s), final_mod), x, sources)
 
     def _causal_source_stream(self, sources: Tensor) -> tuple[KeyValue, ...]:
         """sources [b, m, c] -> each block's source keys/values [b, nh, m, d].

@@ -1,5 +1,9 @@
 """Output heads of the renderer: per target patch token -> pixels of that patch.
 
+Each head splits into `raw` (norm, linear: the pre-activation pixels) and its activation.
+`raw` takes an optional `modulate` applied to the normed tokens: the diffusion decoder's
+adaLN hook (`gen_nvs.models.diffusion`), which also reads the pre-activation pixels.
+
 Dimension legend:
     n   target views (any batch, flattened)     c   channels (width)
     gh, gw  patch grid                           q   patch size (q1, q2: rows, columns)
@@ -9,12 +13,11 @@ Dimension legend:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-
-from gen_nvs.geometry.cameras import world_to_camera
 
 
 class RGBHead(nn.Module):
@@ -31,7 +34,19 @@ class RGBHead(nn.Module):
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """tokens [n, gh * gw, c], grid (gh, gw) -> rgb [n, 3, h, w] in [0, 1]."""
-        x = torch.sigmoid(self.linear(self.norm_final(tokens)))  # [n, gh * gw, q * q * 3]
+        return torch.sigmoid(self.raw(tokens, grid))
+
+    def raw(
+        self,
+        tokens: Tensor,
+        grid: tuple[int, int],
+        modulate: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """tokens [n, gh * gw, c], grid (gh, gw) -> pre-sigmoid rgb [n, 3, h, w]."""
+        h = self.norm_final(tokens)
+        if modulate is not None:
+            h = modulate(h)
+        x = self.linear(h)  # [n, gh * gw, q * q * 3]
         q = self.patch_size
         return rearrange(
             x, "n (gh gw) (q1 q2 k) -> n k (gh q1) (gw q2)", gh=grid[0], gw=grid[1], q1=q, q2=q
@@ -65,30 +80,32 @@ class PointHead(nn.Module):
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """tokens [n, gh * gw, c], grid (gh, gw) -> (points [n, h, w, 3], conf [n, h, w])."""
-        x = self.linear(self.norm(tokens)).float()  # activations in float32
+        raw = self.raw(tokens, grid)
+        return expand_points(raw[..., :3]), 1 + torch.exp(raw[..., 3])
+
+    def raw(
+        self,
+        tokens: Tensor,
+        grid: tuple[int, int],
+        modulate: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """tokens [n, gh * gw, c], grid (gh, gw) -> pre-activation [n, h, w, 4] in float32
+        (xyz, then confidence)."""
+        h = self.norm(tokens)
+        if modulate is not None:
+            h = modulate(h)
+        x = self.linear(h).float()  # activations in float32
         q = self.patch_size
-        x = rearrange(
+        return rearrange(
             x, "n (gh gw) (q1 q2 k) -> n (gh q1) (gw q2) k", gh=grid[0], gw=grid[1], q1=q, q2=q
         )
-        xyz, raw_conf = x[..., :3], x[..., 3]
-        return torch.sign(xyz) * torch.expm1(xyz.abs()), 1 + torch.exp(raw_conf)
 
 
-def points_to_depth(points: Tensor, c2w: Tensor) -> Tensor:
-    """Scene-frame points [..., h, w, 3] seen from cameras c2w [..., 4, 4] -> depth [..., h, w].
+def expand_points(x: Tensor) -> Tensor:
+    """The point activation sign(x) * expm1(|x|), any shape."""
+    return torch.sign(x) * torch.expm1(x.abs())
 
-    Depth is z in the camera frame (along the optical axis); <= 0 means behind the camera.
-    """
-    if points.shape[-1] != 3 or c2w.shape[-2:] != (4, 4):
-        raise ValueError(
-            f"points must be [..., h, w, 3] and c2w [..., 4, 4], got {list(points.shape)} "
-            f"and {list(c2w.shape)}"
-        )
-    if points.shape[:-3] != c2w.shape[:-2]:
-        raise ValueError(
-            f"points are for views {list(points.shape[:-3])} but c2w for {list(c2w.shape[:-2])}"
-        )
-    h, w = points.shape[-3:-1]
-    flat = rearrange(points, "... h w k -> ... (h w) k")
-    depth = world_to_camera(flat, c2w.to(points.dtype))[..., 2]
-    return rearrange(depth, "... (h w) -> ... h w", h=h, w=w)
+
+def compress_points(points: Tensor) -> Tensor:
+    """Inverse of `expand_points`: sign(p) * log1p(|p|), any shape."""
+    return torch.sign(points) * torch.log1p(points.abs())

@@ -1,6 +1,7 @@
-"""Losses for the renderer's outputs.
+"""Losses for the renderer's outputs and the diffusion decoder's predictions.
 
-Dimension legend: `...` any leading dimensions (e.g. b, t, h, w pixels).
+Dimension legend: `...` any leading dimensions (e.g. b, t, h, w pixels); for the
+denoising loss, `n...` the sample dimensions (e.g. b, t) that own one noise level each.
 """
 
 from __future__ import annotations
@@ -54,3 +55,107 @@ class ConfidencePointLoss:
         if self.reduction == "sum":
             return total
         return total / valid.sum().clamp(min=1)
+
+
+class DenoisingLoss:
+    """Mean squared error of a denoiser's prediction against its target.
+
+    The loss is schedule-agnostic: the caller passes each sample's noise level (alpha,
+    sigma) with `x_t = alpha * x0 + sigma * noise` (from a discrete schedule,
+    alpha = sqrt(alphas_cumprod[t]) and sigma = sqrt(1 - alphas_cumprod[t])). The target
+    is `noise` ("epsilon"), `alpha * noise - sigma * x0` ("v_prediction") or `x0`
+    ("sample"). Per sample the squared error is averaged over its valid elements, then
+    weighted, then averaged over samples.
+
+    weighting "min_snr": Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training
+    via Min-SNR Weighting Strategy"), SNR = alpha^2 / sigma^2. Its x0-loss weight
+    min(SNR, gamma) becomes min(SNR, gamma) / SNR for epsilon and
+    min(SNR, gamma) / (SNR + 1) for v, whose squared errors are SNR and SNR + 1 times the
+    x0 error. Clean samples (sigma 0) get weight 0 for epsilon and v, pure noise (alpha 0)
+    weight 1 for epsilon.
+    """
+
+    PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+    def __init__(
+        self,
+        *,
+        prediction_type: Literal["epsilon", "v_prediction", "sample"],
+        weighting: Literal["none", "min_snr"] = "none",
+        min_snr_gamma: float = 5.0,
+    ) -> None:
+        if prediction_type not in self.PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {self.PREDICTION_TYPES}, got {prediction_type!r}"
+            )
+        if weighting not in ("none", "min_snr"):
+            raise ValueError(f"weighting must be 'none' or 'min_snr', got {weighting!r}")
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+        self.prediction_type = prediction_type
+        self.weighting = weighting
+        self.min_snr_gamma = min_snr_gamma
+
+    def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """What a perfect prediction is: x0, noise [n..., ...]; alpha, sigma [n...]."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        return _per_sample(alpha, x0) * noise - _per_sample(sigma, x0) * x0
+
+    def weights(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Per-sample loss weights [n...] for noise levels alpha, sigma [n...]."""
+        if self.weighting == "none":
+            return torch.ones_like(alpha)
+        snr = (alpha / sigma) ** 2
+        gamma = self.min_snr_gamma
+        if self.prediction_type == "epsilon":  # min(snr, gamma) / snr, finite at snr 0
+            return (gamma / snr).clamp(max=1)
+        clipped = snr.clamp(max=gamma)
+        return clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped
+
+    def __call__(
+        self,
+        prediction: Tensor,
+        x0: Tensor,
+        noise: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        valid: Tensor | None = None,
+    ) -> Tensor:
+        """prediction, x0, noise [n..., ...]; alpha, sigma [n...] -> scalar loss.
+
+        valid: optional bool mask broadcastable to the prediction (e.g. [b, t, 1, h, w]);
+        invalid elements (say, points without ground truth, which may hold NaN) are left
+        out. A sample without valid elements contributes 0.
+        """
+        if prediction.shape != x0.shape or prediction.shape != noise.shape:
+            raise ValueError(
+                f"prediction, x0 and noise must have one shape, got {list(prediction.shape)}, "
+                f"{list(x0.shape)} and {list(noise.shape)}"
+            )
+        sample_shape = prediction.shape[: alpha.ndim]
+        if alpha.shape != sigma.shape or alpha.shape != sample_shape or alpha.ndim == 0:
+            raise ValueError(
+                f"alpha and sigma must be the prediction's sample dimensions {list(sample_shape)}"
+                f", got {list(alpha.shape)} and {list(sigma.shape)}"
+            )
+        target = self.target(x0, noise, alpha, sigma)
+        dims = tuple(range(alpha.ndim, prediction.ndim))
+        if valid is None:
+            per_sample = (prediction - target).square().mean(dim=dims)
+        else:
+            if valid.dtype != torch.bool:
+                raise ValueError(f"valid must be a bool mask, got {valid.dtype}")
+            valid = valid.expand_as(prediction)
+            # Masking only the loss would still send NaN gradients through invalid targets.
+            target = torch.where(valid, target, prediction.detach())
+            count = valid.sum(dim=dims).clamp(min=1)
+            per_sample = (prediction - target).square().sum(dim=dims) / count
+        return (self.weights(alpha, sigma) * per_sample).mean()
+
+
+def _per_sample(level: Tensor, like: Tensor) -> Tensor:
+    """Noise levels [n...] -> [n..., 1, ...], broadcastable against `like`."""
+    return level.reshape(*level.shape, *[1] * (like.ndim - level.ndim))

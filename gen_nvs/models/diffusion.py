@@ -1,0 +1,510 @@
+"""Pixel-space diffusion decoder: the LagerNVS highway decoder turned into a denoiser.
+
+The recipe (LagerNVS): start from a trained regression `HighwayDecoder` and let it see
+the noisy target and the timestep, so that fine-tuning begins at the regression renderer.
+
+- Noisy target. The diffusion sample of a target view is `to_diffusion_space(rgb, points)`:
+  RGB scaled to [-1, 1] (`rgb * 2 - 1`) and, with `noise_channels=6`, the point map in
+  the point head's pre-activation space, `sign(p) * log1p(|p|)` (scene frame, the inverse
+  of the head's `sign(x) * expm1(|x|)`), so RGB-D is generated jointly and far points do
+  not dwarf near ones. The noisy sample x_t enters through a bias-free patch conv
+  (noise channels -> c, zero-initialised) added to the ray patch embedding before its
+  norm: the same as giving the published ray embedding extra input channels.
+- Timestep. A sinusoidal embedding and an MLP give, per target view, adaLN modulation
+  (shift, scale, gate; DiT) of every target-stream sub-layer of every block and of each
+  head's norm. The modulation layers are zero-initialised and the gate is centred on 1
+  (`Modulation`), so a freshly converted decoder computes exactly the regression
+  decoder's tokens whatever the noise and timestep.
+- Sources. The source stream (encoder tokens and, for `cross_attention` and `causal`,
+  every block's source keys/values) is never modulated and never sees x_t, so one
+  SceneCache (`SceneCache.build(diffusion.decoder, tokens)`) serves every denoising step
+  of every sample. For `full_attention` and `bidirectional_cross_attention` the sources
+  are updated by each target, so only the target tokens' norms are modulated, the cache
+  holds the encoder tokens only, and the source blocks rerun at every network call.
+- Prediction. The network does not know the noise schedule; its output is read by the
+  scheduler according to `prediction_type` (use the same string for both):
+  "sample" (the default) predicts x0 as `[sigmoid(rgb_raw) * 2 - 1, xyz_raw]`, the
+  regression heads' outputs in diffusion space, so at conversion the x0 prediction is
+  exactly the regression render (`denoise_views` gives it as rgb, points and
+  confidence). "epsilon" and "v_prediction" read the same heads' pre-activations
+  linearly as the prediction; they start from the pretrained trunk and heads but not
+  from a meaningful prediction, so only "sample" keeps the exact-at-init property.
+- Classifier-free guidance. In training (`forward`) each scene's encoder tokens are
+  replaced, with probability `cond_dropout`, by one learned null token repeated in
+  place of every source token; the target rays are kept. At sampling `conditional=False`
+  uses `null_context(b, m)`, the same null sources with their keys/values computed once.
+
+Dimension legend:
+    b   scenes (batch)              t   target views per scene
+    s   source views (in `make_model_fn`: samples per target)
+    p   tokens per source view      m   source tokens per scene (s * p)
+    n   rows: target sequences (b t), or the sampler's samples x scenes x targets
+    c   channels (width)            k   diffusion channels (3 rgb + 3 xyz, or 3 rgb)
+    h, w    image height / width    gh, gw  patch grid (h / patch, w / patch)
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from gen_nvs.models.cache import SceneCache
+from gen_nvs.models.decoder import (
+    BlockModulation,
+    DecoderOutput,
+    HighwayDecoder,
+    Modulation,
+    SourceContext,
+    modulate,
+)
+from gen_nvs.models.heads import compress_points, expand_points
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+NOISE_CHANNELS = (3, 6)  # rgb, or rgb + xyz
+
+ModelFn = Callable[[Tensor, Tensor, bool], Tensor]
+
+
+# --------------------------------------------------------------------------------------
+# Data space
+# --------------------------------------------------------------------------------------
+
+
+def to_diffusion_space(rgb: Tensor, points: Tensor | None = None) -> Tensor:
+    """Target views -> the diffusion sample x0 [b, t, k, h, w].
+
+    rgb [b, t, 3, h, w] in [0, 1] becomes `rgb * 2 - 1`; points [b, t, h, w, 3] (scene
+    frame), if given, become `sign(p) * log1p(|p|)` in channels 3..5.
+    """
+    if rgb.ndim != 5 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be [b, t, 3, h, w], got {list(rgb.shape)}")
+    x_rgb = rgb * 2 - 1
+    if points is None:
+        return x_rgb
+    b, t, _, h, w = rgb.shape
+    if tuple(points.shape) != (b, t, h, w, 3):
+        raise ValueError(f"points must be {[b, t, h, w, 3]} to match rgb, got {list(points.shape)}")
+    x_xyz = rearrange(compress_points(points), "b t h w k -> b t k h w")
+    return torch.cat([x_rgb, x_xyz.to(x_rgb.dtype)], dim=2)
+
+
+def from_diffusion_space(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A diffusion sample x [b, t, k, h, w] -> (rgb [b, t, 3, h, w] in [0, 1], points
+    [b, t, h, w, 3] in the scene frame, or None for k = 3)."""
+    if x.ndim != 5 or x.shape[2] not in NOISE_CHANNELS:
+        raise ValueError(
+            f"diffusion sample must be [b, t, k, h, w] with k in {NOISE_CHANNELS}, "
+            f"got {list(x.shape)}"
+        )
+    rgb = ((x[:, :, :3] + 1) / 2).clamp(0, 1)
+    if x.shape[2] == 3:
+        return rgb, None
+    return rgb, expand_points(rearrange(x[:, :, 3:], "b t k h w -> b t h w k"))
+
+
+# --------------------------------------------------------------------------------------
+# Timestep conditioning
+# --------------------------------------------------------------------------------------
+
+
+def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding of timesteps [n] (any real values) -> [n, dim] float32:
+    cosines then sines of geometrically spaced frequencies from 1 to 1 / max_period."""
+    half = dim // 2
+    exponents = torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    angles = timesteps.float()[:, None] * torch.exp(-math.log(max_period) * exponents)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Timesteps [n] -> conditioning vectors [n, c]: sinusoids, then a two-layer MLP."""
+
+    def __init__(self, *, dim: int, frequency_dim: int) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        for layer in (self.mlp[0], self.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, timesteps: Tensor) -> Tensor:
+        emb = timestep_embedding(timesteps, self.frequency_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+def _zero_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+# --------------------------------------------------------------------------------------
+# The diffusion decoder
+# --------------------------------------------------------------------------------------
+
+
+class DiffusionDecoder(nn.Module):
+    """A HighwayDecoder as a denoiser: `denoise(sources, x_t, timesteps, target_rays)`.
+
+    Build it from a trained regression decoder with `from_regression`, or from its
+    `config` (exports) with `from_config`. `decoder` holds the HighwayDecoder's keyword
+    arguments; the renderer itself is `self.decoder`.
+    """
+
+    def __init__(
+        self,
+        *,
+        decoder: dict[str, Any],
+        prediction_type: PredictionType = "sample",
+        noise_channels: int = 6,
+        cond_dropout: float = 0.1,
+        frequency_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        _check_config(decoder, prediction_type, noise_channels, cond_dropout, frequency_dim)
+        self._config = copy.deepcopy(
+            {
+                "decoder": decoder,
+                "prediction_type": prediction_type,
+                "noise_channels": noise_channels,
+                "cond_dropout": cond_dropout,
+                "frequency_dim": frequency_dim,
+            }
+        )
+        self.prediction_type = prediction_type
+        self.noise_channels = noise_channels
+        self.cond_dropout = cond_dropout
+        self.decoder = HighwayDecoder(**decoder)
+        width, patch = self.decoder.width, self.decoder.patch_size
+        self.noise_embedder = nn.Conv2d(noise_channels, width, patch, stride=patch, bias=False)
+        nn.init.zeros_(self.noise_embedder.weight)
+        self.time_embedder = TimestepEmbedder(dim=width, frequency_dim=frequency_dim)
+        self.block_modulation = nn.ModuleList(
+            _zero_linear(width, 3 * block.MODULATED_SUBLAYERS * width)
+            for block in self.decoder.blocks
+        )
+        heads = ["rgb", "points"] if self.decoder.point_head is not None else ["rgb"]
+        self.head_modulation = nn.ModuleDict({h: _zero_linear(width, 2 * width) for h in heads})
+        self.null_tokens = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.null_tokens, std=0.02)
+
+    @classmethod
+    def from_regression(
+        cls,
+        decoder: HighwayDecoder,
+        *,
+        prediction_type: PredictionType = "sample",
+        noise_channels: int = 6,
+        cond_dropout: float = 0.1,
+        frequency_dim: int = 256,
+    ) -> DiffusionDecoder:
+        """A diffusion decoder whose renderer is a copy of the regression `decoder`
+        (same device and dtype); with "sample" prediction it initially renders exactly
+        as `decoder` does."""
+        if not isinstance(decoder, HighwayDecoder):
+            raise ValueError(
+                f"from_regression needs a regression HighwayDecoder, got {type(decoder).__name__}"
+            )
+        model = cls(
+            decoder=decoder.config,
+            prediction_type=prediction_type,
+            noise_channels=noise_channels,
+            cond_dropout=cond_dropout,
+            frequency_dim=frequency_dim,
+        )
+        model.decoder.load_state_dict(decoder.state_dict())
+        weight = decoder.final_layer.linear.weight
+        return model.to(device=weight.device, dtype=weight.dtype)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DiffusionDecoder:
+        """Rebuild from `model.config` (as saved next to every export)."""
+        return cls(**config)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    # ----------------------------------------------------------------------------------
+    # Conditioning
+    # ----------------------------------------------------------------------------------
+
+    def null_context(self, batch: int, num_tokens: int) -> SourceContext:
+        """The unconditional sources of `batch` scenes: the null token in place of each of
+        `num_tokens` source tokens, as in training, so use the conditional context's count
+        (`full_attention` and `causal` targets attend to the sources alongside their own
+        tokens, where the count matters). Prepare it once per sampling run."""
+        if batch < 1 or num_tokens < 1:
+            raise ValueError(
+                f"null context needs batch and num_tokens >= 1, got {batch} and {num_tokens}"
+            )
+        tokens = self.null_tokens.expand(batch, num_tokens, -1)
+        return self.decoder.prepare_sources(rearrange(tokens, "b m c -> b 1 m c"))
+
+    def drop_sources(self, source_tokens: Tensor, drop: Tensor) -> Tensor:
+        """Encoder tokens [b, s, p, c] with the scenes where `drop` [b] (bool) is set
+        replaced by the null token at every position."""
+        if drop.shape != source_tokens.shape[:1] or drop.dtype != torch.bool:
+            raise ValueError(
+                f"drop must be a bool mask [{source_tokens.shape[0]}], got "
+                f"{drop.dtype} {list(drop.shape)}"
+            )
+        null = self.null_tokens.to(source_tokens.dtype)[None]  # [1, 1, 1, c]
+        return torch.where(drop[:, None, None, None], null, source_tokens)
+
+    # ----------------------------------------------------------------------------------
+    # Denoising
+    # ----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        source_tokens: Tensor,
+        x_t: Tensor,
+        timesteps: Tensor,
+        target_rays: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Training: encoder tokens [b, s, p, c] -> prediction [b, t, k, h, w] (see
+        `denoise`). In training mode each scene's sources are dropped (null tokens) with
+        probability `cond_dropout`, drawn on the CPU from `generator`."""
+        if self.training and self.cond_dropout > 0:
+            drop = torch.rand(source_tokens.shape[0], generator=generator) < self.cond_dropout
+            source_tokens = self.drop_sources(source_tokens, drop.to(source_tokens.device))
+        context = self.decoder.prepare_sources(source_tokens)
+        return self.denoise(context, x_t, timesteps, target_rays)
+
+    def denoise(
+        self,
+        sources: SceneCache | SourceContext,
+        x_t: Tensor,
+        timesteps: Tensor,
+        target_rays: Tensor,
+        *,
+        conditional: bool = True,
+        null_context: SourceContext | None = None,
+    ) -> Tensor:
+        """The network's prediction for noisy targets.
+
+        sources: a scene cache (`SceneCache.build(self.decoder, tokens)`) or SourceContext
+            of b scenes; unchanged by the call, so build it once per sampling run.
+        x_t: [b, t, k, h, w] noisy targets in diffusion space (`to_diffusion_space`),
+            k = `noise_channels`.
+        timesteps: [b * t] (flattened as (b t)) or [b, t], one per target view.
+        target_rays: [b, t, 6, h, w] Pluecker rays of the targets.
+        conditional: False uses `null_context` (`self.null_context(b, m)`, built here when
+            None, which reruns the source stream) instead of `sources`.
+        Returns the prediction [b, t, k, h, w] of type `prediction_type`.
+        """
+        with_points = self.noise_channels == 6
+        rgb_raw, point_raw = self._raw(
+            sources, x_t, timesteps, target_rays, conditional, null_context, with_points
+        )
+        if self.prediction_type == "sample":
+            rgb_raw = torch.sigmoid(rgb_raw) * 2 - 1
+        parts = [rgb_raw]
+        if with_points:
+            parts.append(rearrange(point_raw[..., :3], "n h w k -> n k h w").to(rgb_raw.dtype))
+        prediction = torch.cat(parts, dim=1).to(x_t.dtype)  # [(b t), k, h, w]
+        return rearrange(prediction, "(b t) k h w -> b t k h w", b=x_t.shape[0])
+
+    def denoise_views(
+        self,
+        sources: SceneCache | SourceContext,
+        x_t: Tensor,
+        timesteps: Tensor,
+        target_rays: Tensor,
+        *,
+        conditional: bool = True,
+        null_context: SourceContext | None = None,
+    ) -> DecoderOutput:
+        """The x0 prediction as views (sample prediction only; arguments as `denoise`):
+        rgb [b, t, 3, h, w] in [0, 1] and, with a point head, points [b, t, h, w, 3] and
+        their confidence [b, t, h, w], through the regression heads' activations."""
+        if self.prediction_type != "sample":
+            raise ValueError(
+                f"denoise_views needs prediction_type 'sample', got {self.prediction_type!r}"
+            )
+        with_points = self.decoder.point_head is not None
+        rgb_raw, point_raw = self._raw(
+            sources, x_t, timesteps, target_rays, conditional, null_context, with_points
+        )
+        b = x_t.shape[0]
+        rgb = rearrange(torch.sigmoid(rgb_raw), "(b t) k h w -> b t k h w", b=b)
+        if not with_points:
+            return DecoderOutput(rgb=rgb)
+        return DecoderOutput(
+            rgb=rgb,
+            points=rearrange(expand_points(point_raw[..., :3]), "(b t) h w k -> b t h w k", b=b),
+            conf=rearrange(1 + torch.exp(point_raw[..., 3]), "(b t) h w -> b t h w", b=b),
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Internals
+    # ----------------------------------------------------------------------------------
+
+    def _raw(
+        self,
+        sources: SceneCache | SourceContext,
+        x_t: Tensor,
+        timesteps: Tensor,
+        target_rays: Tensor,
+        conditional: bool,
+        null_context: SourceContext | None,
+        with_points: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Pre-activation heads: (rgb [(b t), 3, h, w], xyz + conf [(b t), h, w, 4] or None
+        without `with_points`)."""
+        context = self._context(sources, conditional, null_context)
+        self.decoder.check_rays(target_rays, context.tokens.shape[0])
+        steps = self._check_inputs(x_t, timesteps, target_rays)  # [(b t)]
+        h, w = x_t.shape[-2:]
+        noisy = self.noise_embedder(rearrange(x_t, "b t k h w -> (b t) k h w"))
+        cond = F.silu(self.time_embedder(steps))  # [(b t), c]
+        tokens = self.decoder.target_tokens(
+            context,
+            target_rays,
+            added_patches=rearrange(noisy, "n c gh gw -> n (gh gw) c"),
+            modulations=self._block_modulations(cond),
+        )  # [(b t), gh * gw, c]
+        grid = (h // self.decoder.patch_size, w // self.decoder.patch_size)
+        rgb_raw = self.decoder.final_layer.raw(tokens, grid, self._head_modulation("rgb", cond))
+        if not with_points:
+            return rgb_raw, None
+        point_mod = self._head_modulation("points", cond)
+        return rgb_raw, self.decoder.point_head.raw(tokens, grid, point_mod)
+
+    def _context(
+        self,
+        sources: SceneCache | SourceContext,
+        conditional: bool,
+        null_context: SourceContext | None,
+    ) -> SourceContext:
+        if isinstance(sources, SceneCache):
+            if sources.decoder is not self.decoder:
+                raise ValueError(
+                    "the SceneCache was built for another decoder; build it with "
+                    "SceneCache.build(diffusion.decoder, source_tokens)"
+                )
+            sources = sources.context
+        if conditional:
+            return sources
+        b, m = sources.tokens.shape[:2]
+        if null_context is None:
+            return self.null_context(b, m)
+        if tuple(null_context.tokens.shape[:2]) != (b, m):
+            raise ValueError(
+                f"null context must hold {b} scenes x {m} source tokens like the sources, got "
+                f"{list(null_context.tokens.shape[:2])}"
+            )
+        return null_context
+
+    def _check_inputs(self, x_t: Tensor, timesteps: Tensor, target_rays: Tensor) -> Tensor:
+        """Check x_t and timesteps against the rays; -> timesteps flattened to [(b t)]."""
+        b, t, _, h, w = target_rays.shape
+        expected = [b, t, self.noise_channels, h, w]
+        if list(x_t.shape) != expected:
+            raise ValueError(
+                f"x_t must be {expected} (targets of the rays, {self.noise_channels} diffusion "
+                f"channels), got {list(x_t.shape)}"
+            )
+        if tuple(timesteps.shape) not in ((b * t,), (b, t)):
+            raise ValueError(
+                f"timesteps must be [{b * t}] or [{b}, {t}] (one per target view), got "
+                f"{list(timesteps.shape)}"
+            )
+        return timesteps.reshape(b * t)
+
+    def _block_modulations(self, cond: Tensor) -> list[BlockModulation]:
+        """cond [n, c] -> per block, one Modulation (each part [n, 1, c]) per sub-layer."""
+        modulations = []
+        for layer in self.block_modulation:
+            parts = rearrange(layer(cond), "n (l j c) -> l j n 1 c", j=3, c=self.decoder.width)
+            modulations.append(tuple(Modulation(*sub) for sub in parts))
+        return modulations
+
+    def _head_modulation(self, head: str, cond: Tensor) -> Callable[[Tensor], Tensor]:
+        shift, scale = rearrange(self.head_modulation[head](cond), "n (j c) -> j n 1 c", j=2)
+        return functools.partial(modulate, shift=shift, scale=scale)
+
+
+def _check_config(
+    decoder: dict[str, Any],
+    prediction_type: str,
+    noise_channels: int,
+    cond_dropout: float,
+    frequency_dim: int,
+) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+        )
+    if noise_channels not in NOISE_CHANNELS:
+        raise ValueError(f"noise_channels must be one of {NOISE_CHANNELS}, got {noise_channels}")
+    if noise_channels == 6 and not decoder.get("point_head", False):
+        raise ValueError(
+            "noise_channels 6 (rgb + points) needs a decoder with point_head=True, got "
+            f"point_head={decoder.get('point_head', False)}"
+        )
+    if not 0 <= cond_dropout <= 1:
+        raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")
+    if frequency_dim < 2 or frequency_dim % 2:
+        raise ValueError(f"frequency_dim must be even and >= 2, got {frequency_dim}")
+
+
+# --------------------------------------------------------------------------------------
+# Sampling glue
+# --------------------------------------------------------------------------------------
+
+
+def make_model_fn(
+    decoder: DiffusionDecoder,
+    context: SceneCache | SourceContext,
+    null_context: SourceContext | None,
+    target_rays: Tensor,
+) -> ModelFn:
+    """The `model_fn(x_t, t, conditional)` of `samplers.sample` for b scenes' t targets.
+
+    context: the scenes' sources (built once); null_context: `decoder.null_context(b, m)`
+        (built once), needed for guidance (conditional=False calls), else may be None.
+    target_rays: [b, t, 6, h, w].
+    The sampler's rows n = samples x b x t, ordered (samples, scenes, targets): row
+    (i * b + j) * t + l is sample i of target l of scene j, so sample i keeps its seeds
+    when more samples are drawn. Every sample of a scene shares its cached sources.
+    """
+    if not isinstance(decoder, DiffusionDecoder):
+        raise ValueError(f"make_model_fn needs a DiffusionDecoder, got {type(decoder).__name__}")
+    if target_rays.ndim != 5:
+        raise ValueError(f"target rays must be [b, t, 6, h, w], got {list(target_rays.shape)}")
+    b, t = target_rays.shape[:2]
+
+    def model_fn(x_t: Tensor, timesteps: Tensor, conditional: bool) -> Tensor:
+        if x_t.ndim != 4 or x_t.shape[0] % (b * t):
+            raise ValueError(
+                f"x_t must be [samples * {b * t}, k, h, w] (samples x {b} scenes x {t} "
+                f"targets), got {list(x_t.shape)}"
+            )
+        if not conditional and null_context is None:
+            raise ValueError("guidance needs a null context, got null_context=None")
+        s = x_t.shape[0] // (b * t)
+        prediction = decoder.denoise(
+            context,
+            rearrange(x_t, "(s b t) k h w -> b (s t) k h w", b=b, t=t),
+            rearrange(timesteps, "(s b t) -> b (s t)", b=b, t=t),
+            repeat(target_rays, "b t k h w -> b (s t) k h w", s=s),
+            conditional=conditional,
+            null_context=null_context,
+        )
+        return rearrange(prediction, "b (s t) k h w -> (s b t) k h w", s=s)
+
+    return model_fn
