@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gen_nvs.bench.render import add_render_arguments, run_render_bench
 from gen_nvs.cli import CommandError
 
 
@@ -149,6 +150,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         help="procedural scene rendering speed and the unseen fraction of target views",
         add_arguments=_scenes_arguments,
         run=_scenes_run,
+    ),
+    "render": Benchmark(
+        help="per-target render time with and without the scene cache, per variant and "
+        "source-view count",
+        add_arguments=add_render_arguments,
+        run=run_render_bench,
     ),
 }
 

@@ -1,0 +1,1 @@
+"""Benchmarks whose figures `gen-nvs bench` prints as JSON."""

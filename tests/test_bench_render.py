@@ -1,0 +1,126 @@
+"""The render benchmark in its smoke setting: structure, sane figures, equal renders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from gen_nvs.bench.render import add_render_arguments, bench_render, run_render_bench
+from gen_nvs.models.decoder import VARIANTS
+
+FIGURES = (
+    "ms_encode",
+    "ms_cache_build",
+    "ms_per_view_cached",
+    "ms_per_view_uncached",
+    "ms_per_view_reencode",
+    "speedup",
+    "cache_bytes",
+)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench_render(
+        variants=VARIANTS,
+        source_counts=[1, 2],
+        image_hw=(32, 32),
+        num_targets=2,
+        encoder_preset="tiny",
+        decoder_preset="tiny",
+        device="cpu",
+        dtype="float32",
+        repeats=1,
+        warmup=0,
+    )
+
+
+def test_report_is_json_with_settings(report):
+    assert json.loads(json.dumps(report)) == report
+    settings = report["settings"]
+    assert settings["device"] == "cpu"
+    assert settings["torch_version"]
+    assert settings["image_hw"] == [32, 32]
+    assert settings["num_targets"] == 2
+    assert settings["source_tokens_per_view"] == 37 * 37  # 518 / 14 patches a side
+    assert settings["target_tokens_per_view"] == 4 * 4  # 32 / 8
+    assert any("encoder tokens are reused" in note for note in report["notes"])
+
+
+def test_one_entry_per_variant_and_source_count(report):
+    keys = [(r["variant"], r["num_sources"]) for r in report["results"]]
+    assert sorted(keys) == sorted((v, s) for v in VARIANTS for s in (1, 2))
+
+
+def test_figures_are_positive_and_finite(report):
+    for entry in report["results"]:
+        for name in FIGURES:
+            assert math.isfinite(entry[name]) and entry[name] > 0, (entry, name)
+        assert entry["speedup"] == pytest.approx(
+            entry["ms_per_view_uncached"] / entry["ms_per_view_cached"], rel=1e-3
+        )
+
+
+def test_cached_and_uncached_renders_are_equal(report):
+    for entry in report["results"]:
+        assert entry["max_abs_diff"] < 1e-4, entry
+
+
+def test_causal_cache_holds_source_keys_values(report):
+    by_key = {(r["variant"], r["num_sources"]): r for r in report["results"]}
+    # Keys/values of every block outweigh the encoder tokens alone, and grow with the views.
+    assert by_key["causal", 1]["cache_bytes"] > by_key["full_attention", 1]["cache_bytes"]
+    assert by_key["causal", 2]["cache_bytes"] == 2 * by_key["causal", 1]["cache_bytes"]
+
+
+def test_fast_option_resolves_to_tiny_settings():
+    parser = argparse.ArgumentParser()
+    add_render_arguments(parser)
+    args = parser.parse_args(
+        ["--fast", "--device", "cpu", "--variants", "causal", "--sources", "1"]
+    )
+    report = run_render_bench(args)
+    settings = report["settings"]
+    assert (settings["encoder_preset"], settings["decoder_preset"]) == ("tiny", "tiny")
+    assert (settings["repeats"], settings["num_targets"]) == (1, 2)
+    assert [(r["variant"], r["num_sources"]) for r in report["results"]] == [("causal", 1)]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(source_counts=[0]), dict(source_counts=[10]), dict(variants=["nope"]), dict(repeats=0)],
+)
+def test_bad_settings_raise(overrides):
+    settings = dict(
+        variants=["causal"],
+        source_counts=[1],
+        image_hw=(32, 32),
+        num_targets=1,
+        encoder_preset="tiny",
+        decoder_preset="tiny",
+        device="cpu",
+        dtype="float32",
+        repeats=1,
+        warmup=0,
+    )
+    with pytest.raises(ValueError):
+        bench_render(**{**settings, **overrides})
+
+
+def test_mismatched_widths_raise():
+    with pytest.raises(ValueError, match="channels"):
+        bench_render(
+            variants=["causal"],
+            source_counts=[1],
+            image_hw=(32, 32),
+            num_targets=1,
+            encoder_preset="tiny",
+            decoder_preset="small",
+            device="cpu",
+            dtype="float32",
+            repeats=1,
+            warmup=0,
+        )
