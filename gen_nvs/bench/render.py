@@ -15,7 +15,9 @@ images, source cameras on an arc, targets on an orbit around the scene):
   both timings are known to compute the same images.
 
 Times are medians over repeats, taken with `time.perf_counter` under
-`torch.inference_mode` (and `torch.cuda.synchronize` on GPU).
+`torch.inference_mode` (and `torch.cuda.synchronize` on GPU). Within a repeat the cache
+build, the cached and the uncached renders take turns, so that load from other processes
+on a shared machine does not bias their ratio.
 
 Dimension legend:
     s   source views        t   target views
