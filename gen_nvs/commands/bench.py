@@ -177,6 +177,8 @@ def _readable_lines(result: dict, prefix: str = "") -> list[str]:
     """Nested figures as `a.b: value` lines."""
     lines = []
     for key, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            value = {str(i): v for i, v in enumerate(value)}  # e.g. one entry per run
         if isinstance(value, dict):
             lines += _readable_lines(value, f"{prefix}{key}.")
         else:
