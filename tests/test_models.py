@@ -8,8 +8,15 @@ from safetensors.torch import save_file
 
 from gen_nvs.cli import main
 from gen_nvs.geometry import cameras as cam
+from gen_nvs.models import nvs
 from gen_nvs.models.convert import check_official_layout, load_official_weights
-from gen_nvs.models.nvs import NVSModel, load_model, model_config, save_model
+from gen_nvs.models.nvs import (
+    NVSModel,
+    load_model,
+    model_config,
+    require_diffusion,
+    save_model,
+)
 from gen_nvs.models.reference import TOLERANCE, check_fixture, read_fixture
 from tests.conftest import FIXTURES, REFERENCE_DIR
 
@@ -186,3 +193,36 @@ def test_model_config_checks_widths():
     config["encoder"]["out_dim"] = 32
     with pytest.raises(ValueError, match="must equal the decoder width"):
         NVSModel.from_config(config)
+
+
+def test_diffusion_model_export_round_trip_in_half_precision(tmp_path):
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny").eval()
+    assert not model.can_sample
+    with pytest.raises(ValueError, match="regression model .* cannot sample"):
+        require_diffusion(model, "tiny")
+    model.add_diffusion(prediction_type="sample", cond_dropout=0.2)
+    assert model.can_sample and model.config["diffusion"]["cond_dropout"] == 0.2
+    save_model(model.half(), tmp_path / "export")
+    loaded = load_model(tmp_path / "export")
+    assert loaded.can_sample and loaded.config == model.config
+    assert next(loaded.parameters()).dtype == torch.float32
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value.float()), key
+
+
+def test_encode_builds_the_diffusion_cache_once():
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny").eval()
+    images = torch.rand(1, 2, 3, 32, 32)
+    assert model.encode(images).diffusion_cache is None
+    model.add_diffusion()
+    scene = model.encode(images)
+    assert scene.diffusion_cache.decoder is model.diffusion.decoder
+    assert torch.equal(scene.diffusion_cache.context.tokens, scene.cache.context.tokens)
+
+
+def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(nvs, "DEFAULT_MODEL_DIR", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="embedded default model is missing"):
+        nvs.load_model_or_default(None)

@@ -103,6 +103,7 @@ CAMERA_HEAD_PRESETS: dict[str, dict[str, int]] = {
     "vggt-1b": dict(dim=2048, num_heads=16, trunk_depth=4),
     "vggt-small": dict(dim=768, num_heads=6, trunk_depth=4),
     "tiny": dict(dim=128, num_heads=2, trunk_depth=4),
+    "embedded": dict(dim=256, num_heads=4, trunk_depth=2),
 }
 
 

@@ -63,6 +63,7 @@ DECODER_PRESETS: dict[str, dict[str, int]] = {
     "base": {"width": 768, "depth": 12, "num_heads": 12, "patch_size": 8},
     "small": {"width": 384, "depth": 12, "num_heads": 6, "patch_size": 8},
     "tiny": {"width": 64, "depth": 3, "num_heads": 2, "patch_size": 8},
+    "embedded": {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 8},
 }
 
 

@@ -425,6 +425,11 @@ ENCODER_PRESETS: dict[str, dict[str, int | float]] = {
         embed_dim=64, depth=2, num_heads=2, patch_embed_depth=2, patch_embed_heads=2,
         out_dim=64,
     ),
+    # The embedded default model (CPU-trainable, a few MB): 8x8 patches of 112x112 inputs.
+    "embedded": dict(
+        embed_dim=128, depth=4, num_heads=4, patch_embed_depth=4, patch_embed_heads=4,
+        out_dim=128, image_size=112,
+    ),
 }  # fmt: skip
 
 

@@ -26,13 +26,18 @@ from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.camera_head import CAMERA_HEAD_PRESETS, CameraHead
 from gen_nvs.models.decoder import DECODER_PRESETS, DecoderOutput, HighwayDecoder
+from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder
+
+# The embedded default model's inference export, shipped inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 
 # Named whole-model sizes: (encoder preset, decoder preset, camera-head preset).
 MODEL_PRESETS: dict[str, tuple[str, str, str]] = {
     "lagernvs": ("vggt-1b", "base", "vggt-1b"),  # the published size
     "small": ("vggt-small", "small", "vggt-small"),
     "tiny": ("tiny", "tiny", "tiny"),  # the golden fixtures' size
+    "embedded": ("embedded", "embedded", "embedded"),  # the default model shipped inside
 }
 
 
@@ -57,6 +62,8 @@ class EncodedScene:
     """A scene's sources, encoded once.
 
     cache: the decoder's SceneCache (encoder tokens, cached source keys/values).
+    diffusion_cache: the same sources prepared for the diffusion decoder (None for a
+        regression-only model); one cache serves every step of every sample.
     reference_w2c: [b, 4, 4] inverse of the first source camera (input world frame).
     scale: [b] divisor applied to translations after `reference_w2c`.
     source_c2w: [b, s, 4, 4] normalised source cameras (the camera head's estimate
@@ -69,6 +76,7 @@ class EncodedScene:
     scale: Tensor
     source_c2w: Tensor | None
     posed: bool
+    diffusion_cache: SceneCache | None = None
 
     def normalize(self, c2w: Tensor) -> Tensor:
         """Cameras [b, t, 4, 4] in the input world frame -> the normalised scene frame."""
@@ -77,7 +85,13 @@ class EncodedScene:
 
 class NVSModel(nn.Module):
     """Source images (+ cameras) -> novel views (RGB, and points + confidence with a point
-    head) for any target camera."""
+    head) for any target camera.
+
+    With a `diffusion` config the model also holds a DiffusionDecoder (`self.diffusion`,
+    its own copy of the renderer, fine-tuned as a denoiser) beside the regression decoder,
+    which stays for fast rendering and for the known region of occlusion-aware sampling.
+    `diffusion` holds DiffusionDecoder's options except `decoder` (always the model's).
+    """
 
     def __init__(
         self,
@@ -85,6 +99,7 @@ class NVSModel(nn.Module):
         encoder: dict[str, Any],
         decoder: dict[str, Any],
         camera_head: dict[str, Any] | None = None,
+        diffusion: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if encoder.get("out_dim") != decoder.get("width"):
@@ -92,26 +107,33 @@ class NVSModel(nn.Module):
                 f"encoder out_dim {encoder.get('out_dim')} must equal the decoder width "
                 f"{decoder.get('width')}"
             )
+        if diffusion is not None and "decoder" in diffusion:
+            raise ValueError("the diffusion config must not hold 'decoder' (the model's is used)")
         self._config = copy.deepcopy(
             {"encoder": encoder, "decoder": decoder, "camera_head": camera_head}
         )
         self.encoder = VGGTEncoder(**encoder)
         self.decoder = HighwayDecoder(**decoder)
         self.camera_head = CameraHead(**camera_head) if camera_head is not None else None
+        self.diffusion: DiffusionDecoder | None = None
+        if diffusion is not None:
+            self._config["diffusion"] = copy.deepcopy(diffusion)
+            self.diffusion = DiffusionDecoder(decoder=decoder, **diffusion)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NVSModel:
         """Rebuild from `model.config` (as saved next to every export)."""
-        unknown = set(config) - {"encoder", "decoder", "camera_head"}
+        unknown = set(config) - {"encoder", "decoder", "camera_head", "diffusion"}
         if unknown or "encoder" not in config or "decoder" not in config:
             raise ValueError(
-                f"model config needs 'encoder' and 'decoder' (and optional 'camera_head'), "
-                f"got keys {sorted(config)}"
+                f"model config needs 'encoder' and 'decoder' (and optional 'camera_head', "
+                f"'diffusion'), got keys {sorted(config)}"
             )
         return cls(
             encoder=config["encoder"],
             decoder=config["decoder"],
             camera_head=config.get("camera_head"),
+            diffusion=config.get("diffusion"),
         )
 
     @classmethod
@@ -125,6 +147,21 @@ class NVSModel(nn.Module):
     @property
     def patch_size(self) -> int:
         return self.decoder.patch_size
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether the model has a diffusion decoder (can draw samples)."""
+        return self.diffusion is not None
+
+    def add_diffusion(self, **options: Any) -> DiffusionDecoder:
+        """Start the diffusion stage: a DiffusionDecoder converted from the (trained)
+        regression decoder (`DiffusionDecoder.from_regression` options), held as
+        `self.diffusion` and recorded in the config. Replaces an existing one."""
+        self.diffusion = DiffusionDecoder.from_regression(self.decoder, **options)
+        config = self.diffusion.config
+        del config["decoder"]
+        self._config["diffusion"] = config
+        return self.diffusion
 
     # ----------------------------------------------------------------------------------
     # Cameras
@@ -180,12 +217,16 @@ class NVSModel(nn.Module):
             tokens = cam.pose_free_camera_tokens(s, dtype=images.dtype, device=images.device)
             tokens = tokens.expand(b, s, -1)
         source_tokens = self.encoder(images, tokens).tokens  # (b, s, p, c)
+        diffusion_cache = None
+        if self.diffusion is not None:
+            diffusion_cache = SceneCache.build(self.diffusion.decoder, source_tokens)
         return EncodedScene(
             cache=SceneCache.build(self.decoder, source_tokens),
             reference_w2c=reference_w2c,
             scale=scale,
             source_c2w=source_c2w,
             posed=posed,
+            diffusion_cache=diffusion_cache,
         )
 
     def _estimate_normalized_cameras(self, images: Tensor) -> Tensor | None:
@@ -309,6 +350,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NV
     """Rebuild an exported model (local directory or `hf://org/repo[/subdir]`), in eval mode.
 
     The weights must fit the config exactly; a mismatch lists every differing tensor.
+    Weights are cast to float32 (exports may store them in half precision).
     """
     config, state_dict = ckpt.load_export(path)
     if "model" not in config:
@@ -319,5 +361,31 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NV
         {k: tuple(v.shape) for k, v in model.state_dict().items()},
         f"{path}: weights vs config",
     )
-    model.load_state_dict(state_dict)
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    )
     return model.to(map_location).eval()
+
+
+def load_model_or_default(
+    checkpoint: str | Path | None, map_location: str | torch.device = "cpu"
+) -> NVSModel:
+    """`load_model(checkpoint)`, or the embedded default model when `checkpoint` is None."""
+    if checkpoint is None:
+        checkpoint = DEFAULT_MODEL_DIR
+        if not (checkpoint / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded default model is missing from {checkpoint}; reinstall gen-nvs "
+                "or pass a checkpoint"
+            )
+    return load_model(checkpoint, map_location)
+
+
+def require_diffusion(model: NVSModel, where: str = "model") -> DiffusionDecoder:
+    """The model's diffusion decoder, or a clear error for a regression-only model."""
+    if model.diffusion is None:
+        raise ValueError(
+            f"{where} is a regression model (no diffusion decoder) and cannot sample; use a "
+            "diffusion checkpoint (trained with stage 'diffusion') or regression rendering"
+        )
+    return model.diffusion
