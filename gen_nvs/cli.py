@@ -13,6 +13,16 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "app": ("gen_nvs.commands.app", "start the Gradio app (regression and sampling)"),
+    "render": (
+        "gen_nvs.commands.render",
+        "render novel views (or a trajectory video) and a fused point cloud from images",
+    ),
+    "sample": (
+        "gen_nvs.commands.sample",
+        "draw diffusion samples of novel views, completing what the sources did not see",
+    ),
+    "eval": ("gen_nvs.commands.eval", "evaluate a model: PSNR/SSIM/LPIPS, seen vs unseen"),
     "make-scenes": (
         "gen_nvs.commands.make_scenes",
         "render procedural RGB-D scenes to disk (RealEstate10K layout)",
