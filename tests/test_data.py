@@ -625,3 +625,16 @@ def test_eval_index_errors(tmp_path):
         EvalIndex.load(index_path)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         EvalIndex.load(tmp_path / "nope.json")
+
+
+def test_split_with_fewer_targets_than_sources():
+    sample = SceneSample(
+        images=torch.rand(3, 3, 8, 8),
+        c2w=torch.eye(4).repeat(3, 1, 1),
+        fxfycxcy=torch.tensor([8.0, 8.0, 4.0, 4.0]).repeat(3, 1),
+        num_sources=2,
+        scene="s",
+        frame_indices=torch.arange(3),
+    )
+    sources, targets = sample.split()
+    assert sources.num_views == 2 and targets.num_views == 1 and targets.num_sources == 0

@@ -98,8 +98,11 @@ class SceneSample:
         """A new sample made of `views` (indices into this sample), the first `num_sources`
         of them sources."""
         views = torch.as_tensor(views, dtype=torch.long)
-        picked = _map_tensors(self, lambda x: x[views])  # every tensor field is per view
-        return replace(picked, num_sources=num_sources)
+        # Every tensor field is per view; one replace() so the new source count is checked
+        # against the new views, not the old count against them.
+        changes = {f.name: getattr(self, f.name) for f in fields(self)}
+        picked = {k: v[views] for k, v in changes.items() if isinstance(v, Tensor)}
+        return replace(self, **picked, num_sources=num_sources)
 
     def sources(self) -> SceneSample:
         """The source views alone (all of them sources)."""

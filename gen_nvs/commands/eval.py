@@ -1,0 +1,236 @@
+"""`gen-nvs eval`: PSNR / SSIM / LPIPS of a model on a dataset, seen vs unseen regions.
+
+Reads a dataset in the processed RealEstate10K layout (`gen-nvs make-scenes` writes
+one). With `--index` (the LVSM / LagerNVS evaluation index format) each scene's context
+frames are the sources and its target frames the targets; without one the first
+`--num-sources` frames of every scene are the sources and the rest the targets.
+A diffusion model also draws `--samples` samples per target (0 turns sampling off).
+
+LPIPS needs torchvision's VGG16 ImageNet weights (see `gen_nvs.models.perceptual`);
+without them the evaluation still runs, records `"lpips": null` and the reason, and
+says so on stderr, unless `--require-lpips`.
+
+Writes OUT/results.json and OUT/grids/*.png, and prints the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from gen_nvs.cli import CommandError
+from gen_nvs.data.eval_index import EvalDataset, EvalIndex
+from gen_nvs.data.re10k import FULL_LIST, RE10KReader
+from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSettings, evaluate
+from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model_or_default
+from gen_nvs.models.perceptual import load_lpips
+from gen_nvs.sampling import MASK_MODES, check_sampling_options
+
+DEFAULT_SAMPLES = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="dataset root (RE10K layout)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--index", type=Path, help="evaluation index JSON (default: first views are sources)"
+    )
+    parser.add_argument(
+        "--num-sources",
+        type=int,
+        default=2,
+        help="without --index: leading frames used as sources (default 2)",
+    )
+    parser.add_argument(
+        "--checkpoint", help="model export directory or hf://... (default: the embedded model)"
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="image size (default: as stored)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        help=f"diffusion samples per target (default {DEFAULT_SAMPLES} for a diffusion "
+        "model; 0 evaluates regression only)",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    parser.add_argument(
+        "--sampler", default="dpmpp-2m", help="sampling scheduler (default dpmpp-2m)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--mask-mode",
+        choices=MASK_MODES,
+        default="auto",
+        help="what the sampler generates: auto (the region the model finds unseen; the "
+        "regression render elsewhere), off (everything), confidence (default auto)",
+    )
+    parser.add_argument("--max-scenes", type=int, help="evaluate only the first K scenes")
+    parser.add_argument(
+        "--lpips-weights",
+        help="torchvision VGG16 weights for LPIPS (.pth / .safetensors / hf://...; an error "
+        "when missing)",
+    )
+    parser.add_argument(
+        "--require-lpips",
+        action="store_true",
+        help="fail instead of skipping LPIPS when the VGG16 weights are missing",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when available, else cpu)",
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.size is not None and min(args.size) < 1:
+        raise CommandError(f"--size must be positive, got {args.size}")
+    if args.samples is not None and args.samples < 0:
+        raise CommandError(f"--samples must be >= 0, got {args.samples}")
+    check_sampling_options(scheduler=args.sampler, steps=args.steps, guidance_scale=args.guidance)
+    if args.max_scenes is not None and args.max_scenes < 1:
+        raise CommandError(f"--max-scenes must be >= 1, got {args.max_scenes}")
+    if args.num_sources < 1:
+        raise CommandError(f"--num-sources must be >= 1, got {args.num_sources}")
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out} exists and is not a directory")
+
+
+def _reader(args: argparse.Namespace) -> RE10KReader:
+    root: Path = args.data
+    if not root.is_dir():
+        raise CommandError(f"--data {root} is not a directory")
+    list_file = FULL_LIST if (root / FULL_LIST).is_file() else None
+    reader = RE10KReader(root, None if args.size is None else tuple(args.size), list_file)
+    if not reader.scene_names:
+        raise CommandError(
+            f"no scenes found under {root} (expected metadata/*.json or {FULL_LIST}, in the "
+            "RealEstate10K layout that `gen-nvs make-scenes` writes)"
+        )
+    return reader
+
+
+def _dataset(args: argparse.Namespace, reader: RE10KReader):
+    if args.index is None:
+        return FirstViewsDataset(reader, args.num_sources)
+    dataset = EvalDataset(reader, EvalIndex.load(args.index))
+    if len(dataset) == 0:
+        raise CommandError(f"{args.index}: the index has no scenes to evaluate")
+    # Check every entry before the first scene is evaluated, not halfway through.
+    for entry in dataset.entries:
+        num_frames = reader.num_frames(entry.scene)
+        missing = [f for f in (*entry.context, *entry.target) if f >= num_frames]
+        if missing:
+            raise CommandError(
+                f"{args.index}: scene {entry.scene} references frame(s) {missing} but has "
+                f"{num_frames} frames"
+            )
+    return dataset
+
+
+def _lpips(args: argparse.Namespace):
+    """(LPIPS network or None, why it is missing)."""
+    try:
+        return load_lpips(args.lpips_weights, args.device), None
+    except FileNotFoundError as err:
+        if args.require_lpips or args.lpips_weights is not None:
+            raise
+        print(f"gen-nvs eval: LPIPS skipped: {err}", file=sys.stderr)
+        return None, str(err)
+
+
+def _sampling(args: argparse.Namespace, can_sample: bool) -> SamplingSettings | None:
+    samples = args.samples
+    if samples is None:
+        samples = DEFAULT_SAMPLES if can_sample else 0
+    if samples == 0:
+        return None
+    if not can_sample:
+        raise CommandError(
+            f"--samples {samples}: the model is a regression model (no diffusion decoder) "
+            "and cannot sample; use a diffusion checkpoint or --samples 0"
+        )
+    return SamplingSettings(
+        num_samples=samples,
+        steps=args.steps,
+        scheduler=args.sampler,
+        guidance_scale=args.guidance,
+        mask_mode=args.mask_mode,
+        seed=args.seed,
+    )
+
+
+def _print_means(results: dict) -> None:
+    means = results["means"]
+
+    def row(name: str, group: dict | None) -> str:
+        if group is None:
+            return f"  {name:<24} -"
+        cells = []
+        for key in ("psnr", "ssim", "lpips"):
+            value = group.get(key)
+            cells.append(f"{key} {'-' if value is None else f'{value:.4f}'}")
+        return f"  {name:<24} " + "  ".join(cells)
+
+    print(f"{results['dataset']['num_scenes']} scenes, {results['num_targets']} targets")
+    groups = [("regression", means["regression"])]
+    if "diffusion" in means:
+        groups += [
+            ("diffusion mean", means["diffusion"]["mean"]),
+            ("diffusion best-of-n", means["diffusion"]["best_of_n"]),
+        ]
+    for name, group in groups:
+        print(row(name, group))
+        for region in ("seen", "unseen"):
+            if region in group:
+                print(row(f"  {region}", group[region]))
+    diversity = means.get("diffusion", {}).get("diversity")
+    if diversity is not None:
+        lp = diversity["lpips"]
+        print(
+            f"  diversity: rms {diversity['rms']:.4f}" + ("" if lp is None else f"  lpips {lp:.4f}")
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    reader = _reader(args)
+    dataset = _dataset(args, reader)
+    model = load_model_or_default(args.checkpoint, args.device)
+    if args.size is not None and any(n % model.patch_size for n in args.size):
+        raise CommandError(
+            f"--size {args.size[0]} {args.size[1]} is not a multiple of the model's patch "
+            f"size {model.patch_size}"
+        )
+    sampling = _sampling(args, model.can_sample)
+    lpips_net, lpips_reason = _lpips(args)
+    results = evaluate(
+        model,
+        dataset,
+        out_dir=args.out,
+        lpips_net=lpips_net,
+        lpips_unavailable=lpips_reason,
+        sampling=sampling,
+        max_scenes=args.max_scenes,
+        model_info={
+            "checkpoint": args.checkpoint,
+            "path": str(args.checkpoint or DEFAULT_MODEL_DIR),
+            "embedded": args.checkpoint is None,
+        },
+        dataset_info={
+            "root": str(args.data),
+            "index": None if args.index is None else str(args.index),
+            "num_sources": None if args.index is not None else args.num_sources,
+            "image_size": None if args.size is None else list(args.size),
+        },
+    )
+    _print_means(results)
+    print(f"wrote {args.out / RESULTS_FILE} and {len(results['scenes'])} grid(s)")
+    return 0

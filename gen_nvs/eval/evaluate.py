@@ -1,0 +1,486 @@
+"""Evaluate a model on a dataset of scenes: regression metrics, diffusion samples, and
+both split by what the source views saw.
+
+For every scene (a `SceneSample`, sources first) the model encodes the sources once and
+renders the targets. Targets are split into the region some source saw and the unseen
+region: from the dataset's depth when it has depth (`rgbd.unseen_mask` with the ground
+truth), else from the model's own predicted points (rendered at the source and target
+cameras). A model that can sample also draws N samples per target; they are scored
+one by one, then summarised as the mean over samples, the best of N (per metric:
+highest PSNR / SSIM, lowest LPIPS), and the samples' diversity (mean pairwise LPIPS and
+RMS pixel distance). `generated_fraction` records how much of each target the sampler
+generated: with mask mode "auto" it keeps the regression render where the model itself
+finds the target seen, so the samples differ only in the rest.
+
+Results: one JSON (`results.json`) with the per-target values, per-scene means (over
+targets) and overall means (over scenes, as LVSM averages its per-scene summaries),
+together with the model, dataset and settings; and one PNG grid per scene, a row per
+target: sources | target | regression | samples | unseen mask (white = unseen).
+
+Per-image PSNR is capped at `PSNR_MAX_DB` so that means stay finite (a perfect
+prediction scores exactly that). Values that do not exist (a region with no pixels,
+LPIPS without VGG weights, diversity of one sample) are `null` and left out of means.
+
+Dimension legend: `v` views, `s` sources, `t` targets, `n` samples, `h`/`w` image size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from gen_nvs.data.scene import SceneReader, SceneSample
+from gen_nvs.eval import metrics
+from gen_nvs.geometry.rgbd import points_to_depth, unseen_mask
+from gen_nvs.models.nvs import EncodedScene, NVSModel
+from gen_nvs.sampling import check_sampling_options, sample_views
+
+PSNR_MAX_DB = 100.0
+RESULTS_FILE = "results.json"
+GRID_DIR = "grids"
+# Best of N: the direction in which each metric improves.
+BEST_OF = {"psnr": torch.amax, "ssim": torch.amax, "lpips": torch.amin}
+
+Tree = dict[str, Any]  # nested dicts whose leaves are tensors, floats or None
+
+
+@dataclass
+class SamplingSettings:
+    """How the diffusion samples are drawn (arguments of `gen_nvs.sampling.sample_views`).
+
+    Scene i's samples use seed `seed + i * num_samples`, so a scene's samples do not
+    depend on which other scenes are evaluated after it.
+    """
+
+    num_samples: int = 4
+    steps: int = 20
+    scheduler: str = "dpmpp-2m"
+    guidance_scale: float = 1.0
+    mask_mode: str = "auto"
+    seed: int = 0
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        check_sampling_options(
+            scheduler=self.scheduler,
+            steps=self.steps,
+            num_samples=self.num_samples,
+            guidance_scale=self.guidance_scale,
+            mask_mode=self.mask_mode,
+            max_batch=self.max_batch,
+        )
+
+
+class FirstViewsDataset(Dataset):
+    """Every scene of a reader with its frames in order: the first `num_sources` are the
+    sources, the following ones (at most `max_targets`) the targets.
+
+    For datasets without an evaluation index. Raises ValueError up front when a scene
+    has no frame left for a target.
+    """
+
+    def __init__(
+        self, reader: SceneReader, num_sources: int, max_targets: int | None = None
+    ) -> None:
+        if num_sources < 1:
+            raise ValueError(f"num_sources must be >= 1, got {num_sources}")
+        if max_targets is not None and max_targets < 1:
+            raise ValueError(f"max_targets must be >= 1, got {max_targets}")
+        self.reader = reader
+        self.num_sources = num_sources
+        self.max_targets = max_targets
+        self.num_frames = {name: reader.num_frames(name) for name in reader.scene_names}
+        short = [name for name, n in self.num_frames.items() if n <= num_sources]
+        if short:
+            shown = ", ".join(short[:5]) + (" ..." if len(short) > 5 else "")
+            raise ValueError(
+                f"{len(short)} scene(s) have no frame left for a target after "
+                f"{num_sources} source(s): {shown}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.num_frames)
+
+    def __getitem__(self, i: int) -> SceneSample:
+        scene = self.reader.scene_names[i]
+        end = self.num_frames[scene]
+        if self.max_targets is not None:
+            end = min(end, self.num_sources + self.max_targets)
+        return self.reader.load(scene, list(range(end)), num_sources=self.num_sources)
+
+
+# --------------------------------------------------------------------------------------
+# Regions
+# --------------------------------------------------------------------------------------
+
+
+def unseen_masks(
+    model: NVSModel, encoded: EncodedScene, sample: SceneSample, rel_tol: float = 0.02
+) -> tuple[Tensor | None, str | None]:
+    """Which target pixels no source saw -> (bool [t, h, w] or None, how it was found).
+
+    "depth": the sample's depth (invalid pixels count as unseen in the target and as
+    seeing nothing in the sources). "predicted_points": the model's point maps at every
+    view, as depth in the normalised scene frame. (None, None) without depth and without
+    a point head.
+    """
+    s, hw = sample.num_sources, sample.image_hw
+    c2w, fxfycxcy = sample.c2w, sample.fxfycxcy
+    if sample.has_depth:
+        depth = torch.where(sample.depth_valid, sample.depth, torch.zeros_like(sample.depth))
+        source = "depth"
+    else:
+        points = model.render(encoded, c2w[None], fxfycxcy[None], hw).points
+        if points is None:
+            return None, None
+        c2w = encoded.normalize(c2w[None])[0]  # (v, 4, 4) in the points' frame
+        depth = points_to_depth(points[0], c2w)  # (v, h, w)
+        source = "predicted_points"
+    masks = [
+        unseen_mask(c2w[k], fxfycxcy[k], depth[k], c2w[:s], fxfycxcy[:s], depth[:s], rel_tol)
+        for k in range(s, sample.num_views)
+    ]
+    return torch.stack(masks), source
+
+
+# --------------------------------------------------------------------------------------
+# Metric trees
+# --------------------------------------------------------------------------------------
+
+
+def _by_region(measure: Callable[[Tensor | None], Tree], unseen: Tensor | None) -> Tree:
+    """measure(None) for the whole image, plus "seen" / "unseen" entries when split."""
+    tree = measure(None)
+    if unseen is not None:
+        tree["seen"] = measure(~unseen)
+        tree["unseen"] = measure(unseen)
+    return tree
+
+
+def quality(pred: Tensor, target: Tensor, unseen: Tensor | None, net) -> Tree:
+    """PSNR, SSIM, LPIPS (None without `net`) and sharpness of pred [..., t, 3, h, w]
+    against target [t, 3, h, w], whole and by region -> tree of [..., t] tensors."""
+    target = target.expand_as(pred)
+
+    def measure(mask: Tensor | None) -> Tree:
+        return {
+            "psnr": metrics.psnr(pred, target, mask, max_db=PSNR_MAX_DB),
+            "ssim": metrics.ssim(pred, target, mask),
+            "lpips": None if net is None else metrics.lpips(pred, target, net, mask),
+            "sharpness": metrics.sharpness(pred, target, mask),
+        }
+
+    return _by_region(measure, unseen)
+
+
+def diversity(samples: Tensor, unseen: Tensor | None, net) -> Tree:
+    """Mean pairwise RMS distance and LPIPS (None without `net`) between samples
+    [n, t, 3, h, w] (n >= 2), whole and by region -> tree of [t] tensors."""
+
+    def measure(mask: Tensor | None) -> Tree:
+        def lpips_pair(a: Tensor, b: Tensor) -> Tensor:
+            return metrics.lpips(a, b, net, mask)
+
+        return {
+            "rms": metrics.pairwise_mean(samples, lambda a, b: metrics.rms_distance(a, b, mask)),
+            "lpips": None if net is None else metrics.pairwise_mean(samples, lpips_pair),
+        }
+
+    return _by_region(measure, unseen)
+
+
+def _leaf(value: Tensor | float | None) -> float | None:
+    """A JSON number: None for missing, NaN or infinite values."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def map_tree(tree: Tree, fn: Callable[[str, Tensor], Any], keep=lambda name: True) -> Tree:
+    """Apply fn(name, leaf) to every non-None tensor leaf whose name passes `keep`."""
+    out: Tree = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            out[name] = map_tree(value, fn, keep)
+        elif keep(name):
+            out[name] = None if value is None else _leaf(fn(name, value))
+    return out
+
+
+def mean_trees(trees: Sequence[Tree | None]) -> Tree | None:
+    """Leaf-wise mean of trees of one layout, skipping None (a missing value or a
+    missing subtree); None where no tree has a value."""
+    present = [t for t in trees if t is not None]
+    if not present:
+        return None
+    out: Tree = {}
+    for name, value in present[0].items():
+        column = [t[name] for t in present]
+        if isinstance(value, dict):
+            out[name] = mean_trees(column)
+        else:
+            values = [v for v in column if v is not None]
+            out[name] = float(np.mean(values)) if values else None
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------------------
+
+
+def scene_grid(
+    sources: Tensor,
+    targets: Tensor,
+    regression: Tensor,
+    samples: Tensor | None,
+    unseen: Tensor | None,
+    gap: int = 2,
+) -> np.ndarray:
+    """One row per target: sources | target | regression | samples | unseen mask.
+
+    sources [s, 3, h, w], targets and regression [t, 3, h, w], samples [n, t, 3, h, w]
+    or None, unseen [t, h, w] or None (shown grey) -> uint8 [H, W, 3], white gaps.
+    """
+    h, w = targets.shape[-2:]
+    rows = []
+    for k in range(targets.shape[0]):
+        if unseen is None:
+            mask = torch.full((3, h, w), 0.5)
+        else:
+            mask = unseen[k].float().expand(3, h, w)
+        tiles = [*sources, targets[k], regression[k]]
+        tiles += [] if samples is None else list(samples[:, k])
+        tiles.append(mask)
+        row = []
+        for tile in tiles:
+            row += [tile.detach().float().cpu().clamp(0, 1), torch.ones(3, h, gap)]
+        rows += [torch.cat(row[:-1], -1), torch.ones(3, gap, len(tiles) * (w + gap) - gap)]
+    grid = torch.cat(rows[:-1], -2)
+    return (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _grid_name(index: int, scene: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in scene)
+    return f"{index:05d}_{safe}.png"
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Views:
+    """Some of a sample's views: images [v, 3, h, w], c2w [v, 4, 4], fxfycxcy [v, 4],
+    frame_indices [v]."""
+
+    images: Tensor
+    c2w: Tensor
+    fxfycxcy: Tensor
+    frame_indices: Tensor
+
+    @classmethod
+    def of(cls, sample: SceneSample, views: slice) -> _Views:
+        # Not SceneSample.select: it re-checks the old num_sources against fewer views.
+        return cls(
+            sample.images[views],
+            sample.c2w[views],
+            sample.fxfycxcy[views],
+            sample.frame_indices[views],
+        )
+
+
+def _sample(
+    model: NVSModel,
+    encoded: EncodedScene,
+    sources: _Views,
+    targets: _Views,
+    settings: SamplingSettings,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """settings.num_samples samples of every target (sample k uses seed `seed + k`) ->
+    (rgb [n, t, 3, h, w], share of each target the sampler generated [t])."""
+    sampled = sample_views(
+        model,
+        encoded,
+        targets.c2w[None],
+        targets.fxfycxcy[None],
+        tuple(targets.images.shape[-2:]),
+        num_samples=settings.num_samples,
+        seed=seed,
+        scheduler=settings.scheduler,
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        mask_mode=settings.mask_mode,
+        max_batch=settings.max_batch,
+        source_fxfycxcy=sources.fxfycxcy[None],
+    )
+    t = targets.images.shape[0]
+    generated = torch.ones(t) if sampled.mask is None else sampled.mask[0].mean((-2, -1))
+    return sampled.rgb[:, 0].clamp(0, 1), generated
+
+
+def evaluate_scene(
+    model: NVSModel,
+    sample: SceneSample,
+    index: int,
+    *,
+    lpips_net=None,
+    sampling: SamplingSettings | None = None,
+    rel_tol: float = 0.02,
+) -> tuple[Tree, np.ndarray]:
+    """Metrics of one scene (on the model's device) -> (scene result, grid image)."""
+    device = next(model.parameters()).device
+    sample = sample.to(device)
+    s = sample.num_sources
+    sources, targets = _Views.of(sample, slice(None, s)), _Views.of(sample, slice(s, None))
+    encoded = model.encode(sources.images[None], sources.c2w[None], sources.fxfycxcy[None])
+    rendered = model.render(encoded, targets.c2w[None], targets.fxfycxcy[None], sample.image_hw)
+    regression = rendered.rgb[0].clamp(0, 1)  # (t, 3, h, w)
+    unseen, region_source = unseen_masks(model, encoded, sample, rel_tol)
+    reg_tree = quality(regression, targets.images, unseen, lpips_net)
+
+    samples = None
+    if sampling is not None:
+        seed = sampling.seed + index * sampling.num_samples
+        samples, generated = _sample(model, encoded, sources, targets, sampling, seed)
+        sample_tree = quality(samples, targets.images, unseen, lpips_net)  # leaves (n, t)
+        div_tree = None
+        if sampling.num_samples >= 2:
+            div_tree = diversity(samples, unseen, lpips_net)
+
+    per_target = []
+    for k in range(sample.num_targets):
+        entry: Tree = {
+            "frame": int(targets.frame_indices[k]),
+            "unseen_fraction": None if unseen is None else _leaf(unseen[k].float().mean()),
+            "regression": map_tree(reg_tree, lambda _, v, k=k: v[k]),
+        }
+        if samples is not None:
+            entry["diffusion"] = _diffusion_entry(sample_tree, div_tree, generated[k], k)
+        per_target.append(entry)
+
+    result: Tree = {
+        "scene": sample.scene,
+        "source_frames": [int(i) for i in sources.frame_indices],
+        "target_frames": [int(i) for i in targets.frame_indices],
+        "region_source": region_source,
+        "means": _means(per_target),
+        "targets": per_target,
+    }
+    grid = scene_grid(sources.images, targets.images, regression, samples, unseen)
+    return result, grid
+
+
+def _diffusion_entry(samples: Tree, spread: Tree | None, generated: Tensor, k: int) -> Tree:
+    """Target k's diffusion results from the trees of per-sample metrics (leaves [n, t])
+    and of diversity (leaves [t], None for one sample)."""
+    return {
+        "generated_fraction": _leaf(generated),
+        "mean": map_tree(samples, lambda _, v: v[:, k].mean()),
+        "best_of_n": map_tree(
+            samples, lambda name, v: BEST_OF[name](v[:, k]), keep=lambda name: name in BEST_OF
+        ),
+        "diversity": None if spread is None else map_tree(spread, lambda _, v: v[k]),
+    }
+
+
+def _means(entries: list[Tree]) -> Tree:
+    """Means over targets (per-target entries) or over scenes (their means), by field."""
+    return mean_trees([{k: v for k, v in e.items() if k != "frame"} for e in entries])
+
+
+def evaluate(
+    model: NVSModel,
+    dataset: Dataset,
+    *,
+    out_dir: str | Path | None = None,
+    lpips_net=None,
+    lpips_unavailable: str | None = None,
+    sampling: SamplingSettings | None = None,
+    max_scenes: int | None = None,
+    rel_tol: float = 0.02,
+    progress: bool = True,
+    model_info: dict[str, Any] | None = None,
+    dataset_info: dict[str, Any] | None = None,
+) -> Tree:
+    """Evaluate `model` (on its device, eval mode) on the SceneSamples of `dataset`.
+
+    Args:
+        lpips_net: from `gen_nvs.models.perceptual.load_lpips`, or None to leave LPIPS
+            out (`lpips_unavailable` says why, recorded in the results).
+        sampling: draw and score diffusion samples (the model must be able to sample);
+            None evaluates the regression renderer only.
+        max_scenes: evaluate only the first scenes.
+        out_dir: where `results.json` and `grids/*.png` are written (nothing when None).
+        model_info, dataset_info: recorded under "model" / "dataset" (e.g. paths).
+    Returns:
+        the results (as written to results.json).
+    """
+    if sampling is not None and not model.can_sample:
+        raise ValueError("this model has no diffusion decoder and cannot draw samples")
+    num_scenes = len(dataset) if max_scenes is None else min(len(dataset), max_scenes)
+    if num_scenes < 1:
+        raise ValueError("the dataset has no scenes to evaluate")
+    grid_dir = None
+    if out_dir is not None:
+        grid_dir = Path(out_dir) / GRID_DIR
+        grid_dir.mkdir(parents=True, exist_ok=True)
+
+    model.eval()
+    start = time.perf_counter()
+    scenes = []
+    with torch.inference_mode():
+        for i in tqdm(range(num_scenes), desc="eval", unit="scene", disable=not progress):
+            result, grid = evaluate_scene(
+                model, dataset[i], i, lpips_net=lpips_net, sampling=sampling, rel_tol=rel_tol
+            )
+            if grid_dir is not None:
+                name = _grid_name(i, result["scene"])
+                Image.fromarray(grid).save(grid_dir / name)
+                result["grid"] = f"{GRID_DIR}/{name}"
+            scenes.append(result)
+
+    results: Tree = {
+        "model": {**(model_info or {}), "can_sample": model.can_sample, "config": model.config},
+        "dataset": {**(dataset_info or {}), "num_scenes": num_scenes},
+        "settings": {
+            "psnr_max_db": PSNR_MAX_DB,
+            "ssim": {
+                "window": metrics.SSIM_WINDOW,
+                "sigma": metrics.SSIM_SIGMA,
+                "k1": metrics.SSIM_K1,
+                "k2": metrics.SSIM_K2,
+            },
+            "visibility_rel_tol": rel_tol,
+            "sampling": None if sampling is None else asdict(sampling),
+        },
+        "lpips": {
+            "available": lpips_net is not None,
+            "net": "vgg",
+            "version": "0.1",
+            "reason": None if lpips_net is not None else lpips_unavailable,
+        },
+        "num_targets": sum(len(s["targets"]) for s in scenes),
+        "seconds": round(time.perf_counter() - start, 3),
+        "means": _means([s["means"] for s in scenes]),
+        "scenes": scenes,
+    }
+    if out_dir is not None:
+        path = Path(out_dir) / RESULTS_FILE
+        path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    return results

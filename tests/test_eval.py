@@ -1,0 +1,243 @@
+"""`gen-nvs eval` end to end on tiny procedural scenes, the region split, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from gen_nvs.cli import main
+from gen_nvs.data.re10k import RE10KReader
+from gen_nvs.eval.evaluate import (
+    PSNR_MAX_DB,
+    FirstViewsDataset,
+    map_tree,
+    quality,
+    unseen_masks,
+)
+from gen_nvs.models.nvs import NVSModel, save_model
+from gen_nvs.models.perceptual import VGG16_WEIGHTS_ENV, vgg16_trunk_layout
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def no_vgg_weights(monkeypatch, tmp_path):
+    """LPIPS weights only where a test passes them."""
+    monkeypatch.delenv(VGG16_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Two procedural scenes of 4 views, a tiny regression model, a tiny diffusion model
+    whose samples depend on their noise, and random VGG16 weights for LPIPS."""
+    root = tmp_path_factory.mktemp("eval")
+    argv = ["make-scenes", "--out", str(root / "scenes"), "--scenes", "2", "--views", "4"]
+    assert main([*argv, "--size", str(SIZE), str(SIZE)]) == 0
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny")
+    save_model(model, root / "regression")
+    model.add_diffusion()
+    # A freshly converted denoiser ignores its noise input; make samples differ.
+    torch.nn.init.normal_(model.diffusion.noise_embedder.weight, std=0.5)
+    save_model(model, root / "diffusion")
+    generator = torch.Generator().manual_seed(0)
+    trunk = {
+        k: torch.randn(shape, generator=generator).mul(0.05).half()
+        for k, shape in vgg16_trunk_layout().items()
+    }
+    save_file(trunk, str(root / "vgg16.safetensors"))
+    return root
+
+
+def _eval(workspace, out, *extra: str) -> int:
+    argv = ["eval", "--data", str(workspace / "scenes"), "--out", str(out), "--device", "cpu"]
+    return main([*argv, *extra])
+
+
+def _mse(psnr: float) -> float:
+    return 10 ** (-psnr / 10)
+
+
+# --------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------
+
+
+def test_regression_eval_without_lpips_weights(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _eval(workspace, out, "--checkpoint", str(workspace / "regression")) == 0
+    captured = capsys.readouterr()
+    assert "LPIPS skipped" in captured.err and "vgg16-397923af.pth" in captured.err
+    assert "regression" in captured.out
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["lpips"]["available"] is False
+    assert VGG16_WEIGHTS_ENV in results["lpips"]["reason"]
+    assert results["model"]["config"] == NVSModel.from_preset("tiny").config
+    assert results["model"]["can_sample"] is False
+    assert results["dataset"]["num_scenes"] == 2 and results["dataset"]["num_sources"] == 2
+    assert results["settings"]["sampling"] is None
+    assert results["num_targets"] == 4
+
+    means = results["means"]["regression"]
+    assert 0 < means["psnr"] < PSNR_MAX_DB and -1 <= means["ssim"] <= 1
+    assert means["lpips"] is None and means["unseen"]["lpips"] is None
+    assert "diffusion" not in results["means"]
+    for scene in results["scenes"]:
+        assert scene["source_frames"] == [0, 1] and scene["target_frames"] == [2, 3]
+        assert scene["region_source"] == "depth"
+        grid = Image.open(out / scene["grid"])
+        # Rows: 2 targets. Columns: 2 sources, target, regression, mask (2-pixel gaps).
+        assert grid.size == (5 * SIZE + 4 * 2, 2 * SIZE + 2)
+        for target in scene["targets"]:
+            # The seen and unseen regions partition the pixels: their errors, weighted by
+            # their shares, make up the whole image's error.
+            metrics, share = target["regression"], target["unseen_fraction"]
+            parts = [(share, metrics["unseen"]), (1 - share, metrics["seen"])]
+            combined = sum(w * _mse(m["psnr"]) for w, m in parts if m["psnr"] is not None)
+            assert combined == pytest.approx(_mse(metrics["psnr"]), rel=1e-4)
+
+
+def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    extra = ["--checkpoint", str(workspace / "diffusion"), "--samples", "2", "--steps", "2"]
+    extra += ["--mask-mode", "off", "--max-scenes", "1"]
+    extra += ["--lpips-weights", str(workspace / "vgg16.safetensors"), "--require-lpips"]
+    assert _eval(workspace, out, *extra) == 0
+    assert "LPIPS skipped" not in capsys.readouterr().err
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["lpips"]["available"] is True and results["lpips"]["reason"] is None
+    sampling = results["settings"]["sampling"]
+    assert sampling["num_samples"] == 2 and sampling["steps"] == 2
+    assert sampling["mask_mode"] == "off"
+    assert results["dataset"]["num_scenes"] == 1 and len(results["scenes"]) == 1
+
+    diffusion = results["means"]["diffusion"]
+    mean, best = diffusion["mean"], diffusion["best_of_n"]
+    assert best["psnr"] >= mean["psnr"] and best["ssim"] >= mean["ssim"]
+    assert best["lpips"] <= mean["lpips"]
+    assert best["unseen"]["psnr"] >= mean["unseen"]["psnr"]
+    assert "sharpness" in mean and "sharpness" not in best
+    assert diffusion["diversity"]["rms"] > 0 and diffusion["diversity"]["lpips"] > 0
+    assert diffusion["diversity"]["unseen"]["rms"] > 0
+    assert results["means"]["regression"]["lpips"] > 0
+    target = results["scenes"][0]["targets"][0]
+    assert target["diffusion"]["generated_fraction"] == 1.0
+    grid = Image.open(out / results["scenes"][0]["grid"])
+    assert grid.size == (7 * SIZE + 6 * 2, 2 * SIZE + 2)  # + 2 sample columns
+
+
+def test_eval_with_an_index(workspace, tmp_path):
+    index = tmp_path / "index.json"
+    scenes = RE10KReader(workspace / "scenes", None).scene_names
+    index.write_text(json.dumps({scenes[0]: {"context": [3, 1], "target": [0]}, scenes[1]: None}))
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(workspace / "regression"), "--index", str(index)]
+    assert _eval(workspace, out, *argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"]["index"] == str(index)
+    (scene,) = results["scenes"]
+    assert scene["scene"] == scenes[0]
+    assert scene["source_frames"] == [3, 1] and scene["target_frames"] == [0]
+
+
+# --------------------------------------------------------------------------------------
+# Regions and the PSNR cap
+# --------------------------------------------------------------------------------------
+
+
+def test_unseen_masks_from_depth_and_from_predicted_points(workspace):
+    reader = RE10KReader(workspace / "scenes", None)
+    # The target is source 0 again: every pixel with depth was seen.
+    sample = reader.load(reader.scene_names[0], [0, 1, 0], num_sources=2)
+    model = NVSModel.from_preset("tiny").eval()
+    with torch.no_grad():
+        encoded = model.encode(
+            sample.images[None, :2], sample.c2w[None, :2], sample.fxfycxcy[None, :2]
+        )
+        unseen, source = unseen_masks(model, encoded, sample)
+        assert source == "depth" and unseen.shape == (1, SIZE, SIZE)
+        assert torch.equal(unseen[0], ~sample.depth_valid[0])
+
+        no_depth = dataclasses.replace(sample, depth=None, depth_valid=None)
+        unseen, source = unseen_masks(model, encoded, no_depth)
+        assert source == "predicted_points" and unseen.shape == (1, SIZE, SIZE)
+        assert unseen.dtype == torch.bool
+
+
+def test_first_views_dataset_needs_a_target_frame(workspace):
+    reader = RE10KReader(workspace / "scenes", None)
+    dataset = FirstViewsDataset(reader, num_sources=3)
+    assert dataset[1].num_sources == 3 and dataset[1].num_views == 4
+    assert FirstViewsDataset(reader, 1, max_targets=2)[0].num_views == 3
+    with pytest.raises(ValueError, match="no frame left for a target"):
+        FirstViewsDataset(reader, num_sources=4)
+
+
+def test_a_perfect_prediction_scores_the_psnr_cap():
+    target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    unseen = torch.zeros(2, 16, 16, dtype=torch.bool)
+    unseen[:, :, :6] = True
+    tree = quality(target, target, unseen, None)
+    values = map_tree(tree, lambda _, v: v[0])
+    for group in (values, values["seen"], values["unseen"]):
+        assert group["psnr"] == PSNR_MAX_DB and group["ssim"] == pytest.approx(1.0)
+        assert group["lpips"] is None
+    json.dumps(values, allow_nan=False)  # finite numbers only: valid JSON
+
+
+def test_an_empty_region_is_null():
+    target = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    unseen = torch.zeros(1, 16, 16, dtype=torch.bool)
+    values = map_tree(quality(target * 0.9, target, unseen, None), lambda _, v: v[0])
+    assert values["unseen"] == {"psnr": None, "ssim": None, "lpips": None, "sharpness": None}
+    assert math.isfinite(values["seen"]["psnr"])
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: one-line errors, exit code 2
+# --------------------------------------------------------------------------------------
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gen-nvs eval: error:")
+    return err[0]
+
+
+def test_no_scenes(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["eval", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "no scenes found" in _error(capsys)
+
+
+def test_index_with_missing_frames_or_scenes(workspace, tmp_path, capsys):
+    scene = RE10KReader(workspace / "scenes", None).scene_names[0]
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps({scene: {"context": [0], "target": [9]}}))
+    assert _eval(workspace, tmp_path / "out", "--index", str(index)) == 2
+    assert "frame(s) [9]" in _error(capsys)
+    index.write_text(json.dumps({"no_such_scene": {"context": [0], "target": [1]}}))
+    assert _eval(workspace, tmp_path / "out", "--index", str(index)) == 2
+    assert "no_such_scene" in _error(capsys)
+
+
+def test_sampling_a_regression_model_and_missing_lpips(workspace, tmp_path, capsys):
+    regression = ["--checkpoint", str(workspace / "regression")]
+    assert _eval(workspace, tmp_path / "out", *regression, "--samples", "2") == 2
+    assert "cannot sample" in _error(capsys)
+    assert _eval(workspace, tmp_path / "out", *regression, "--require-lpips") == 2
+    assert "vgg16-397923af.pth" in _error(capsys)
+    assert _eval(workspace, tmp_path / "out", *regression, "--sampler", "nope") == 2
+    assert "unknown sampler" in _error(capsys)
+    assert _eval(workspace, tmp_path / "out", *regression, "--size", "30", "30") == 2
+    assert "patch size" in _error(capsys)
