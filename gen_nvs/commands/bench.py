@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from gen_nvs.bench.render import add_render_arguments, run_render_bench
+from gen_nvs.bench.sample import add_sample_arguments, run_sample_bench
 from gen_nvs.cli import CommandError
 
 
@@ -156,6 +157,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "source-view count",
         add_arguments=add_render_arguments,
         run=run_render_bench,
+    ),
+    "sample": Benchmark(
+        help="seconds per sampled view with the scene cache and with a naive loop that "
+        "reruns the whole model at every step",
+        add_arguments=add_sample_arguments,
+        run=run_sample_bench,
     ),
 }
 

@@ -1,0 +1,376 @@
+"""Sample benchmark: seconds per sampled view, cached pipeline against a naive loop.
+
+On one synthetic scene (random source images, source cameras on an arc, targets on an
+orbit) and a randomly initialised model with a diffusion decoder, both paths draw the same
+samples (same seeds, scheduler and steps, mask off):
+
+- `cached`: `model.encode` once, then `gen_nvs.sampling.sample_views`: the encoder and the
+  source stream run once, every network call runs the target stream only.
+- `naive`: the same sampling loop whose network call reruns the whole model, the encoder,
+  the source stream and the target stream (the null sources too, with guidance).
+
+Figures are wall-clock seconds of one run of each (medians over `repeats`, the two paths
+taking turns), per sampled view (samples x targets) and in total; `speedup` is naive over
+cached. On a CPU shared with other processes wall-clock time also counts their load, so
+the process's own CPU time is reported beside it (`cpu_seconds_*`, `speedup_cpu_time`).
+`max_abs_diff` compares their RGB, so both are known to compute the same samples. Random
+weights suffice for speed; the images mean nothing.
+
+Dimension legend:
+    s   source views        t   target views        n   samples
+    h, w    image height / width
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import samplers
+from gen_nvs.bench.render import _device_name, _synchronize
+from gen_nvs.geometry.cameras import (
+    camera_tokens,
+    fov_to_focal,
+    look_at,
+    normalize_scene,
+    plucker_rays,
+)
+from gen_nvs.geometry.trajectories import orbit
+from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
+from gen_nvs.models.nvs import MODEL_PRESETS, NVSModel, model_config
+from gen_nvs.sampling import sample_seeds, sample_views
+
+# Defaults per device; `--fast` is the smoke-test setting. Options given override them.
+# On the CPU the encoder sees 224 px inputs (16 x 16 patches a view) so that the naive
+# loop, which runs it at every step, finishes in minutes on two cores.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "cuda": dict(
+        preset="lagernvs", size=[512, 512], encoder_size=518, sources=6, targets=1, samples=4,
+        steps=20, repeats=3, warmup=1,
+    ),
+    "cpu": dict(
+        preset="small", size=[64, 64], encoder_size=224, sources=4, targets=1, samples=4,
+        steps=20, repeats=1, warmup=0,
+    ),
+    "fast": dict(
+        preset="tiny", size=[32, 32], encoder_size=28, sources=2, targets=1, samples=2,
+        steps=2, repeats=1, warmup=0,
+    ),
+}  # fmt: skip
+TARGET_SPEEDUP = 5.0
+FIELD_OF_VIEW_DEG = 60.0
+SOURCE_ARC_DEG = 40.0
+NOTES = [
+    "random weights: a speed benchmark, the sampled images are not meaningful",
+    "cached: model.encode once + sample_views (mask off); the encoder and the source "
+    "stream run once, each network call runs the target stream",
+    "naive: each network call reruns the encoder, the source stream and the target stream",
+    "seconds_per_view = seconds / (samples x targets); speedup = seconds_naive / "
+    "seconds_cached (wall clock); speedup_cpu_time: the same with this process's CPU time, "
+    "which load from other processes does not inflate; max_abs_diff compares the two "
+    "paths' RGB samples",
+    f"target: speedup >= {TARGET_SPEEDUP} on the CPU (small model, 4 sources, 4 samples x "
+    "20 steps); on a GPU, full size at 512x512 with 6 sources, under 1 s for 4 samples",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `gen-nvs bench sample`; unset ones take the device's (or --fast) default."""
+    parser.add_argument(
+        "--preset",
+        choices=list(MODEL_PRESETS),
+        help="model size (default: lagernvs on GPU, small on CPU)",
+    )
+    parser.add_argument(
+        "--size", nargs=2, type=int, metavar=("H", "W"), help="source and target image size"
+    )
+    parser.add_argument(
+        "--encoder-size",
+        type=int,
+        help="the encoder's input size, a multiple of 14 (default: 518 on GPU, 224 on CPU)",
+    )
+    parser.add_argument("--sources", type=int, help="source views (default: 6 on GPU, 4 on CPU)")
+    parser.add_argument("--targets", type=int, help="target views (default 1)")
+    parser.add_argument("--samples", type=int, help="samples per target (default 4)")
+    parser.add_argument("--steps", type=int, help="solver steps (default 20)")
+    parser.add_argument(
+        "--sampler",
+        default="dpmpp-2m",
+        choices=samplers.SCHEDULER_NAMES,
+        help="scheduler (default dpmpp-2m)",
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=1.0, help="guidance scale (default 1: unguided)"
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], help="device (default: cuda when available)"
+    )
+    parser.add_argument("--repeats", type=int, help="timed runs, median reported")
+    parser.add_argument("--warmup", type=int, help="untimed runs first")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    parser.add_argument(
+        "--fast", action="store_true", help="smoke test: tiny model, 32x32, 2 samples x 2 steps"
+    )
+
+
+def run_sample_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve the options of `add_sample_arguments` and run `bench_sample`."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = DEFAULTS["fast" if args.fast else device]
+
+    def option(name: str) -> Any:
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return bench_sample(
+        preset=option("preset"),
+        image_hw=tuple(option("size")),
+        encoder_size=option("encoder_size"),
+        num_sources=option("sources"),
+        num_targets=option("targets"),
+        num_samples=option("samples"),
+        steps=option("steps"),
+        scheduler=args.sampler,
+        guidance_scale=args.guidance,
+        device=device,
+        repeats=option("repeats"),
+        warmup=option("warmup"),
+        seed=args.seed,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------
+
+
+def bench_sample(
+    *,
+    preset: str,
+    image_hw: tuple[int, int],
+    encoder_size: int,
+    num_sources: int,
+    num_targets: int,
+    num_samples: int,
+    steps: int,
+    scheduler: str = "dpmpp-2m",
+    guidance_scale: float = 1.0,
+    device: str | torch.device = "cpu",
+    repeats: int = 1,
+    warmup: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the cached and the naive sampling paths (see the module docstring).
+
+    Returns a JSON-ready dict: `settings`, `notes` and `results` (seconds, seconds per
+    view, speedup, max_abs_diff, meets_target).
+    """
+    device = torch.device(device)
+    _check_settings(image_hw, num_sources, num_targets, num_samples, steps, repeats, warmup)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but CUDA is not available")
+    model = _build_model(preset, encoder_size, device, seed)
+    scene = _synthetic_scene(num_sources, num_targets, image_hw, seed)
+    images, c2w, fxfycxcy, tokens, rays = (x.to(device) for x in scene)
+    s = num_sources
+    options = dict(scheduler=scheduler, steps=steps, guidance_scale=guidance_scale)
+
+    def cached() -> Tensor:
+        scene = model.encode(images[:, :s], c2w[:, :s], fxfycxcy[:, :s])
+        views = sample_views(
+            model, scene, c2w[:, s:], fxfycxcy[:, s:], image_hw,
+            num_samples=num_samples, seed=seed, mask_mode="off", **options,
+        )  # fmt: skip
+        return views.rgb  # (n, 1, t, 3, h, w)
+
+    def naive() -> Tensor:
+        return _naive_samples(model, images, tokens, rays, num_samples, seed, options)
+
+    with torch.inference_mode():
+        timings = _time([cached, naive], device, repeats, warmup)
+    (seconds_cached, cpu_cached, rgb_cached), (seconds_naive, cpu_naive, rgb_naive) = timings
+    views = num_samples * num_targets
+    speedup = seconds_naive / seconds_cached
+    results = dict(
+        seconds_cached=round(seconds_cached, 4),
+        seconds_naive=round(seconds_naive, 4),
+        seconds_per_view_cached=round(seconds_cached / views, 4),
+        seconds_per_view_naive=round(seconds_naive / views, 4),
+        speedup=round(speedup, 3),
+        cpu_seconds_cached=round(cpu_cached, 4),
+        cpu_seconds_naive=round(cpu_naive, 4),
+        speedup_cpu_time=round(cpu_naive / cpu_cached, 3),
+        meets_target=speedup >= TARGET_SPEEDUP,
+        max_abs_diff=(rgb_cached - rgb_naive).abs().max().item(),
+    )
+    encoder_hw = model.encoder.resized_size(*image_hw, "keep_aspect")
+    settings = dict(
+        device=str(device),
+        device_name=_device_name(device),
+        torch_version=torch.__version__,
+        num_threads=torch.get_num_threads(),
+        preset=preset,
+        variant=model.decoder.variant,
+        parameters=sum(p.numel() for p in model.parameters()),
+        image_hw=list(image_hw),
+        encoder_input_hw=list(encoder_hw),
+        source_tokens=s * math.prod(x // model.encoder.patch_size for x in encoder_hw),
+        num_sources=num_sources,
+        num_targets=num_targets,
+        num_samples=num_samples,
+        steps=steps,
+        scheduler=scheduler,
+        guidance_scale=guidance_scale,
+        repeats=repeats,
+        warmup=warmup,
+        seed=seed,
+        weights="random",
+    )
+    return dict(benchmark="sample", settings=settings, notes=NOTES, results=results)
+
+
+def _naive_samples(
+    model: NVSModel,
+    images: Tensor,
+    tokens: Tensor,
+    rays: Tensor,
+    num_samples: int,
+    seed: int,
+    options: dict[str, Any],
+) -> Tensor:
+    """The samples of `sample_views` (mask off) with the whole model rerun per network
+    call: images [1, s, 3, h, w], their camera tokens [1, s, 11], target rays
+    [1, t, 6, h, w] -> rgb [n, 1, t, 3, h, w]."""
+    diffusion = model.diffusion
+    t, _, h, w = rays.shape[1:]
+
+    def model_fn(x_t: Tensor, timesteps: Tensor, conditional: bool) -> Tensor:
+        source_tokens = model.encoder(images, tokens).tokens  # (1, s, p, c)
+        context = diffusion.decoder.prepare_sources(source_tokens)
+        null = None if conditional else diffusion.null_context(1, context.tokens.shape[1])
+        return make_model_fn(diffusion, context, null, rays)(x_t, timesteps, conditional)
+
+    x = samplers.sample(
+        model_fn,
+        shape=(diffusion.noise_channels, h, w),
+        num_samples=num_samples * t,
+        seeds=sample_seeds(seed, range(num_samples), t),
+        scheduler=samplers.build_scheduler(
+            options["scheduler"], prediction_type=diffusion.prediction_type
+        ),
+        steps=options["steps"],
+        guidance_scale=options["guidance_scale"],
+        device=images.device,
+        dtype=images.dtype,
+    )  # (n t, k, h, w)
+    rgb, _ = from_diffusion_space(x.reshape(num_samples, t, *x.shape[1:]))
+    return rgb[:, None]
+
+
+def _time(
+    fns: list[Callable[[], Tensor]], device: torch.device, repeats: int, warmup: int
+) -> list[tuple[float, float, Tensor]]:
+    """For each fn: (median wall-clock seconds, median process CPU seconds, over `repeats`
+    runs, and its last result); the functions take turns so that load from other
+    processes weighs on both alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    results: list[Tensor | None] = [None for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            _synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            results[i] = fn()
+            _synchronize(device)
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    return [
+        (statistics.median(w), statistics.median(c), r)
+        for w, c, r in zip(wall, cpu, results, strict=True)
+    ]
+
+
+def _build_model(preset: str, encoder_size: int, device: torch.device, seed: int) -> NVSModel:
+    """A randomly initialised model of `preset` with a diffusion decoder, eval mode.
+
+    The diffusion decoder's zero-initialised layers get small random weights too, so that
+    its prediction depends on the noise and the timestep (as a trained one's does) and
+    the cached and naive samples are a real comparison.
+    """
+    config = model_config(preset)
+    config["encoder"]["image_size"] = encoder_size
+    # Module initialisers draw from the global RNG: seed it without leaking the state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = NVSModel.from_config(config)
+        diffusion = model.add_diffusion()
+        with torch.no_grad():
+            for name, param in diffusion.named_parameters():
+                if name.startswith(("noise_embedder", "block_modulation", "head_modulation")):
+                    param.normal_(std=0.02)
+    return model.eval().to(device)
+
+
+def _synthetic_scene(
+    num_sources: int, num_targets: int, image_hw: tuple[int, int], seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Random source images [1, s, 3, h, w], cameras c2w [1, s + t, 4, 4] and fxfycxcy
+    [1, s + t, 4] (sources on an arc, targets on an orbit, all looking at a point 2 units
+    in front of the first source), and what `NVSModel.encode` and `render` compute from
+    them: the sources' camera tokens [1, s, 11] and the targets' rays [1, t, 6, h, w]."""
+    height, width = image_hw
+    reference = look_at(torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+    sources = orbit(reference, num_sources, focus=2.0, degrees=SOURCE_ARC_DEG)
+    targets = orbit(reference, num_targets, focus=2.0, degrees=360.0, elevation_deg=15.0)
+    c2w = torch.cat([sources, targets])
+    focal = fov_to_focal(math.radians(FIELD_OF_VIEW_DEG), width)
+    fxfycxcy = torch.tensor([focal, focal, width / 2, height / 2]).expand(c2w.shape[0], 4)
+    normalized, camera_scale = normalize_scene(c2w, num_sources)
+    tokens = camera_tokens(
+        normalized[:num_sources], fxfycxcy[:num_sources], image_hw, num_sources, camera_scale
+    )  # (s, 11)
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(num_sources, 3, height, width, generator=generator)
+    rays = plucker_rays(normalized[num_sources:], fxfycxcy[num_sources:], height, width)
+    return images[None], c2w[None], fxfycxcy[None], tokens[None], rays[None]
+
+
+def _check_settings(
+    image_hw: tuple[int, int],
+    num_sources: int,
+    num_targets: int,
+    num_samples: int,
+    steps: int,
+    repeats: int,
+    warmup: int,
+) -> None:
+    if len(image_hw) != 2 or min(image_hw) < 1:
+        raise ValueError(f"image size must be two positive numbers (H W), got {list(image_hw)}")
+    counts = dict(
+        sources=num_sources, targets=num_targets, samples=num_samples, steps=steps, repeats=repeats
+    )
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")

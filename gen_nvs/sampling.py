@@ -1,0 +1,542 @@
+"""Draw diffusion samples of novel views from an encoded scene.
+
+`sample_views` is the pipeline the `sample` command and the app run on top of
+`samplers.sample`:
+
+1. The regression decoder renders the targets (rgb, points, confidence): the known
+   region and the fallback output.
+2. A mask says which target pixels no source saw (1 = unseen, to generate): by geometry
+   (the sources' depth, rendered by the point head, tested by reprojection), by the
+   point head's confidence, given by the caller, or none (generate everything).
+3. The diffusion decoder samples every target, RePaint-style where there is a mask: the
+   regression render is kept where the sources saw the scene and the rest is generated.
+   The scene's `diffusion_cache` holds the encoder tokens and the source stream, so one
+   encoding serves every step of every sample.
+
+Randomness: sample k draws from a CPU generator seeded with `seed + k` (it seeds one
+sampler row per target view), so a sample does not change with `num_samples` or
+`max_batch`.
+
+Dimension legend:
+    n   samples             b   scenes (batch)      t   target views per scene
+    s   source views        k   diffusion channels (3 rgb + 3 xyz, or 3 rgb)
+    h, w    render height / width
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import SchedulerMixin
+from einops import rearrange, repeat
+from torch import Tensor
+
+import samplers
+from gen_nvs.geometry import rgbd
+from gen_nvs.geometry.cameras import invert_rigid, plucker_rays
+from gen_nvs.inputs import default_intrinsics
+from gen_nvs.models.decoder import DecoderOutput
+from gen_nvs.models.diffusion import (
+    DiffusionDecoder,
+    from_diffusion_space,
+    make_model_fn,
+    to_diffusion_space,
+)
+from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
+from samplers.guidance import check_guidance
+from samplers.sampling import ModelFn
+
+MASK_MODES = ("auto", "off", "confidence")
+# "confidence" without a threshold: unseen where the confidence falls below this share of
+# the median confidence of the sources' own renders (what the model gives a seen surface).
+CONFIDENCE_FRACTION = 0.5
+# The memory sampling may use off the GPU when no budget is given.
+DEFAULT_CPU_MEMORY_BUDGET = 8 * 2**30
+# Rough activation copies per token of a transformer block (residual, norm, q/k/v, out).
+_ACTIVATION_COPIES = 6
+# Rows of per-pixel state the sampling loop holds (sample, known, mask, noise, history).
+_SAMPLER_COPIES = 8
+
+StepCallback = Callable[[samplers.StepInfo], samplers.Signal | None]
+
+
+@dataclass
+class SampledViews:
+    """What `sample_views` returns; points and depth are in the normalised scene frame.
+
+    rgb: [n, b, t, 3, h, w] in [0, 1], sample-major.
+    points: [n, b, t, h, w, 3], or None for an rgb-only diffusion decoder.
+    depth: [n, b, t, h, w] z in each target camera, or None with `points`.
+    regression: the regression render (DecoderOutput rgb [b, t, 3, h, w], ...).
+    mask: [b, t, h, w] in [0, 1], 1 where the view was generated (unseen by the sources;
+        soft at the edge), or None when everything was generated.
+    target_c2w: [b, t, 4, 4] the target cameras in the normalised scene frame.
+    """
+
+    rgb: Tensor
+    points: Tensor | None
+    depth: Tensor | None
+    regression: DecoderOutput
+    mask: Tensor | None
+    target_c2w: Tensor
+
+
+def check_sampling_options(
+    *,
+    scheduler: str | SchedulerMixin = "dpmpp-2m",
+    steps: int = 20,
+    num_samples: int = 1,
+    guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
+    mask_mode: str = "auto",
+    resample_jumps: int = 0,
+    max_batch: int | None = None,
+    memory_budget: float | None = None,
+) -> None:
+    """Raise ValueError, naming the offending value, for options `sample_views` cannot run.
+
+    Cheap: callers run it before loading models or images.
+    """
+    if isinstance(scheduler, str) and scheduler not in samplers.SCHEDULER_NAMES:
+        raise ValueError(
+            f"unknown sampler {scheduler!r}, expected one of {list(samplers.SCHEDULER_NAMES)}"
+        )
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if num_samples < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {num_samples}")
+    check_guidance(guidance_scale, guidance_rescale, guidance_interval)
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {list(MASK_MODES)}, got {mask_mode!r}")
+    if resample_jumps < 0:
+        raise ValueError(f"resample jumps must be >= 0, got {resample_jumps}")
+    if resample_jumps > 0 and mask_mode == "off":
+        raise ValueError(f"resample jumps ({resample_jumps}) need a mask, got mask mode 'off'")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+    if memory_budget is not None and not (math.isfinite(memory_budget) and memory_budget > 0):
+        raise ValueError(f"memory budget must be a positive number of bytes, got {memory_budget}")
+
+
+@torch.no_grad()
+def sample_views(
+    model: NVSModel,
+    scene: EncodedScene,
+    target_c2w: Tensor,
+    target_fxfycxcy: Tensor,
+    image_hw: tuple[int, int],
+    *,
+    normalized: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+    scheduler: str | SchedulerMixin = "dpmpp-2m",
+    steps: int = 20,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
+    mask_mode: str = "auto",
+    mask: Tensor | None = None,
+    resample_jumps: int = 0,
+    callback: StepCallback | None = None,
+    max_batch: int | None = None,
+    source_fxfycxcy: Tensor | None = None,
+    conf_threshold: float | None = None,
+    memory_budget: int | None = None,
+) -> SampledViews:
+    """Draw `num_samples` samples of every target view of the encoded scenes.
+
+    scene: `model.encode(...)` of b scenes (with the model's diffusion decoder).
+    target_c2w [b, t, 4, 4], target_fxfycxcy [b, t, 4] (pixels of the `image_hw` renders):
+        as for `NVSModel.render`, in the input world frame or, with `normalized`, in the
+        scene's normalised frame.
+    seed: sample k uses seed `seed + k`, whatever `num_samples` and `max_batch`.
+    scheduler, steps, eta, guidance_*, resample_jumps: as for `samplers.sample`; a
+        scheduler name builds it with the diffusion decoder's prediction type.
+    mask_mode: "off" generates everything; "confidence" generates where the point head's
+        confidence of the regression render is below `conf_threshold` (None: a share
+        `CONFIDENCE_FRACTION` of the median confidence of the sources' renders, or of the
+        targets' when the source cameras are unknown); "auto" uses geometry when the source
+        cameras are known or estimated (the sources' depth, from the point head, tests the
+        targets' points by reprojection), else the confidence, else (no point head) off.
+        Computed masks get a soft edge into the seen region.
+    mask: [b, t, h, w] in [0, 1], 1 = generate; replaces the computed mask (with mask_mode
+        "auto" only).
+    callback: called after every solver step with a `samplers.StepInfo` whose `step` and
+        `num_steps` count over all batches; returning `samplers.STOP` cancels.
+    max_batch: samples drawn per sampler call (None: all at once); the results do not
+        depend on it.
+    source_fxfycxcy: [b, s, 4] the sources' intrinsics in pixels of `image_hw` images, for
+        the geometry and confidence masks; None: a default field of view
+        (`gen_nvs.inputs.DEFAULT_FOV_DEG`).
+    memory_budget: bytes sampling may use; None: the free GPU memory, or
+        `DEFAULT_CPU_MEMORY_BUDGET` on the CPU. Too many samples for it is an error that
+        says how many fit.
+
+    Raises:
+        ValueError: a regression-only model, invalid options, cameras or mask, too little
+            memory.
+        samplers.SamplingCancelled: the callback cancelled.
+    """
+    diffusion = require_diffusion(model, "the model")
+    check_sampling_options(
+        scheduler=scheduler,
+        steps=steps,
+        num_samples=num_samples,
+        guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        mask_mode=mask_mode,
+        resample_jumps=resample_jumps,
+        max_batch=max_batch,
+        memory_budget=memory_budget,
+    )
+    if scene.diffusion_cache is None or scene.diffusion_cache.decoder is not diffusion.decoder:
+        raise ValueError(
+            "the scene was not encoded for this model's diffusion decoder; encode it with "
+            "model.encode after the diffusion decoder was added"
+        )
+    if mask is not None and mask_mode != "auto":
+        raise ValueError(f"give a mask or a mask mode, got a mask and mask mode {mask_mode!r}")
+    scheduler = _scheduler(scheduler, diffusion)
+    regression = model.render(scene, target_c2w, target_fxfycxcy, image_hw, normalized=normalized)
+    if not normalized and scene.posed:
+        target_c2w = scene.normalize(target_c2w)
+    b, t = target_c2w.shape[:2]
+    batch = _samples_per_batch(
+        diffusion, scene, image_hw, t, num_samples, max_batch, guidance_scale, memory_budget
+    )
+    if source_fxfycxcy is None and scene.source_c2w is not None:
+        s = scene.source_c2w.shape[1]
+        source_fxfycxcy = default_intrinsics(image_hw).to(target_c2w).expand(b, s, 4)
+    unseen = _unseen(
+        model, scene, regression, target_c2w, target_fxfycxcy, image_hw,
+        mask_mode, mask, source_fxfycxcy, conf_threshold,
+    )  # fmt: skip
+    points = regression.points if diffusion.noise_channels == 6 else None
+    known = to_diffusion_space(regression.rgb, points)  # (b, t, k, h, w)
+    null = None
+    if guidance_scale != 1:
+        null = diffusion.null_context(b, scene.diffusion_cache.num_source_tokens)
+    rays = plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
+    model_fn = make_model_fn(diffusion, scene.diffusion_cache, null, rays)
+    options = dict(
+        scheduler=scheduler,
+        steps=steps,
+        eta=eta,
+        guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        resample_jumps=resample_jumps,
+    )
+    x = _draw(model_fn, known, unseen, num_samples, batch, seed, callback, options)
+    return _views(x, num_samples, regression, unseen, target_c2w)
+
+
+def sample_seeds(seed: int, samples: range, views: int) -> list[int]:
+    """The sampler's row seeds, sample-major: the `views` rows (scenes x targets) of sample
+    k take their seeds from a generator seeded with `seed + k`."""
+    seeds = []
+    for k in samples:
+        generator = torch.Generator().manual_seed(seed + k)
+        seeds += torch.randint(0, 2**62, (views,), generator=generator).tolist()
+    return seeds
+
+
+def estimate_sample_bytes(
+    diffusion: DiffusionDecoder,
+    num_source_tokens: int,
+    image_hw: tuple[int, int],
+    num_targets: int,
+    guided: bool = False,
+) -> int:
+    """Rough peak memory (bytes, float32) one sample of `num_targets` target views of one
+    scene needs during a denoising step: the target stream's activations and attention
+    scores (for the variants that update the sources per target, their copies too), twice
+    with guidance, plus the sampling loop's per-pixel state. Errs on the high side."""
+    decoder = diffusion.decoder
+    config = decoder.config
+    h, w = image_hw
+    n = (h // decoder.patch_size) * (w // decoder.patch_size) + decoder.num_registers
+    m = num_source_tokens
+    c, heads = decoder.width, config["num_heads"]
+    hidden = int(c * config["mlp_ratio"])
+    per_view = _ACTIVATION_COPIES * n * (c + hidden) + heads * n * (n + m)
+    if decoder.variant in ("full_attention", "bidirectional_cross_attention"):
+        per_view += _ACTIVATION_COPIES * m * (c + hidden) + heads * m * (n + m)
+    network = per_view * (2 if guided else 1)
+    state = _SAMPLER_COPIES * diffusion.noise_channels * h * w
+    return 4 * num_targets * (network + state)
+
+
+def available_memory(device: torch.device, memory_budget: int | None = None) -> int:
+    """Bytes sampling may use on `device`: `memory_budget` when given, else the free GPU
+    memory, or `DEFAULT_CPU_MEMORY_BUDGET` off the GPU."""
+    if memory_budget is not None:
+        return memory_budget
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return DEFAULT_CPU_MEMORY_BUDGET
+
+
+def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
+    """Points [b, ..., 3] in the normalised scene frame -> the input world frame (the
+    inverse of `EncodedScene.normalize`; the identity for pose-free scenes)."""
+    b = points.shape[0]
+    flat = points.reshape(b, -1, 3) * scene.scale.to(points)[:, None, None]
+    c2w_reference = invert_rigid(scene.reference_w2c.to(points))  # (b, 4, 4)
+    world = flat @ c2w_reference[:, :3, :3].transpose(1, 2) + c2w_reference[:, None, :3, 3]
+    return world.reshape(points.shape)
+
+
+# --------------------------------------------------------------------------------------
+# Internals
+# --------------------------------------------------------------------------------------
+
+
+def _scheduler(scheduler: str | SchedulerMixin, diffusion: DiffusionDecoder) -> SchedulerMixin:
+    """A scheduler for the decoder's prediction type (built from a name, or checked)."""
+    if isinstance(scheduler, str):
+        return samplers.build_scheduler(scheduler, prediction_type=diffusion.prediction_type)
+    if scheduler.config.prediction_type != diffusion.prediction_type:
+        raise ValueError(
+            f"the scheduler's prediction_type {scheduler.config.prediction_type!r} differs from "
+            f"the diffusion decoder's {diffusion.prediction_type!r}"
+        )
+    return scheduler
+
+
+def _unseen(
+    model: NVSModel,
+    scene: EncodedScene,
+    regression: DecoderOutput,
+    target_c2w: Tensor,
+    target_fxfycxcy: Tensor,
+    image_hw: tuple[int, int],
+    mask_mode: str,
+    mask: Tensor | None,
+    source_fxfycxcy: Tensor | None,
+    conf_threshold: float | None,
+) -> Tensor | None:
+    """The generation mask [b, t, h, w] in [0, 1] (1 = generate), or None (all)."""
+    b, t = target_c2w.shape[:2]
+    if mask is not None:
+        expected = (b, t, *image_hw)
+        if tuple(mask.shape) != expected:
+            raise ValueError(
+                f"mask must be {list(expected)} (scenes, targets, height, width), got "
+                f"{list(mask.shape)}"
+            )
+        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError(
+                f"mask values must be in [0, 1], got [{mask.min().item()}, {mask.max().item()}]"
+            )
+        return mask.to(regression.rgb)
+    if mask_mode == "off" or (mask_mode == "auto" and regression.points is None):
+        return None
+    if regression.points is None:
+        raise ValueError("mask mode 'confidence' needs a model with a point head")
+    if mask_mode == "auto" and scene.source_c2w is not None:
+        unseen = _geometry_unseen(
+            model, scene, regression, target_c2w, target_fxfycxcy, image_hw, source_fxfycxcy
+        )
+    else:
+        unseen = _confidence_unseen(
+            model, scene, regression, image_hw, source_fxfycxcy, conf_threshold
+        )
+    return _soft_edge(unseen.to(regression.rgb))
+
+
+def _geometry_unseen(
+    model: NVSModel,
+    scene: EncodedScene,
+    regression: DecoderOutput,
+    target_c2w: Tensor,
+    target_fxfycxcy: Tensor,
+    image_hw: tuple[int, int],
+    source_fxfycxcy: Tensor,
+) -> Tensor:
+    """bool [b, t, h, w]: target pixels whose regressed point no source saw."""
+    source_c2w = scene.source_c2w
+    sources = model.render(scene, source_c2w, source_fxfycxcy, image_hw, normalized=True)
+    source_depth = rgbd.points_to_depth(sources.points, source_c2w)  # (b, s, h, w)
+    target_depth = rgbd.points_to_depth(regression.points, target_c2w)  # (b, t, h, w)
+    b, t = target_c2w.shape[:2]
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    rgbd.unseen_mask(
+                        target_c2w[i, j],
+                        target_fxfycxcy[i, j],
+                        target_depth[i, j],
+                        source_c2w[i],
+                        source_fxfycxcy[i],
+                        source_depth[i],
+                    )
+                    for j in range(t)
+                ]
+            )
+            for i in range(b)
+        ]
+    )
+
+
+def _confidence_unseen(
+    model: NVSModel,
+    scene: EncodedScene,
+    regression: DecoderOutput,
+    image_hw: tuple[int, int],
+    source_fxfycxcy: Tensor | None,
+    conf_threshold: float | None,
+) -> Tensor:
+    """bool [b, t, h, w]: target pixels the point head is unsure of."""
+    if conf_threshold is not None:
+        return regression.conf < conf_threshold
+    if scene.source_c2w is not None:
+        reference = model.render(
+            scene, scene.source_c2w, source_fxfycxcy, image_hw, normalized=True
+        ).conf  # (b, s, h, w)
+    else:
+        reference = regression.conf
+    threshold = CONFIDENCE_FRACTION * reference.flatten(1).median(dim=1).values  # (b,)
+    return regression.conf < threshold[:, None, None, None]
+
+
+def _soft_edge(unseen: Tensor) -> Tensor:
+    """[b, t, h, w] in {0, 1} -> grown by a pixel, then a 3x3 box blur: every unseen pixel
+    stays 1 and the mask fades to 0 over two pixels of the seen region."""
+    x = rearrange(unseen, "b t h w -> (b t) 1 h w")
+    x = F.max_pool2d(x, 3, stride=1, padding=1)
+    x = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return rearrange(x, "(b t) 1 h w -> b t h w", b=unseen.shape[0])
+
+
+def _samples_per_batch(
+    diffusion: DiffusionDecoder,
+    scene: EncodedScene,
+    image_hw: tuple[int, int],
+    num_targets: int,
+    num_samples: int,
+    max_batch: int | None,
+    guidance_scale: float,
+    memory_budget: int | None,
+) -> int:
+    """Samples per sampler call; ValueError, saying how many fit, when they do not."""
+    cache = scene.diffusion_cache
+    per_sample = cache.num_scenes * estimate_sample_bytes(
+        diffusion, cache.num_source_tokens, image_hw, num_targets, guided=guidance_scale != 1
+    )
+    device = cache.context.tokens.device
+    available = available_memory(device, memory_budget)
+    batch = num_samples if max_batch is None else min(max_batch, num_samples)
+    fit = int(available // per_sample)
+    if batch > fit:
+        where = "free on the GPU" if device.type == "cuda" and memory_budget is None else "budget"
+        advice = (
+            "draw fewer target views or use a smaller size"
+            if fit == 0
+            else f"draw at most {fit} or set max_batch (--max-batch) to {fit}"
+        )
+        raise ValueError(
+            f"{batch} sample(s) of {num_targets} target view(s) per batch need about "
+            f"{_format_bytes(batch * per_sample)}, {_format_bytes(available)} {where}: "
+            f"{fit} sample(s) fit; {advice}"
+        )
+    return batch
+
+
+def _format_bytes(num: float) -> str:
+    """Bytes as GiB, or MiB below one GiB."""
+    return f"{num / 2**30:.2f} GiB" if num >= 2**30 else f"{num / 2**20:.1f} MiB"
+
+
+def _draw(
+    model_fn: ModelFn,
+    known: Tensor,
+    unseen: Tensor | None,
+    num_samples: int,
+    batch: int,
+    seed: int,
+    callback: StepCallback | None,
+    options: dict,
+) -> Tensor:
+    """Run `samplers.sample` over the samples, `batch` at a time -> rows [(n b t), k, h, w].
+
+    known [b, t, k, h, w] is kept where `unseen` [b, t, h, w] is 0 (everything is generated
+    when it is None); `options` are the sampler's.
+    """
+    b, t = known.shape[:2]
+    chunks = [range(i, min(i + batch, num_samples)) for i in range(0, num_samples, batch)]
+    x = []
+    for index, chunk in enumerate(chunks):
+        completion = {}
+        if unseen is not None:
+            completion = dict(
+                known=repeat(known, "b t k h w -> (n b t) k h w", n=len(chunk)),
+                mask=repeat(1 - unseen, "b t h w -> (n b t) 1 h w", n=len(chunk)),
+            )
+        x.append(
+            samplers.sample(
+                model_fn,
+                shape=tuple(known.shape[2:]),
+                num_samples=len(chunk) * b * t,
+                seeds=sample_seeds(seed, chunk, b * t),
+                callback=_chunk_callback(callback, index, len(chunks)),
+                device=known.device,
+                dtype=known.dtype,
+                **options,
+                **completion,
+            )
+        )  # (len(chunk) b t, k, h, w)
+    return torch.cat(x)
+
+
+def _chunk_callback(
+    callback: StepCallback | None, index: int, num_chunks: int
+) -> StepCallback | None:
+    """The callback with steps counted over all sampler calls."""
+    if callback is None or num_chunks == 1:
+        return callback
+
+    def chunk_callback(info: samplers.StepInfo) -> samplers.Signal | None:
+        return callback(
+            dataclasses.replace(
+                info,
+                step=index * info.num_steps + info.step,
+                num_steps=num_chunks * info.num_steps,
+            )
+        )
+
+    return chunk_callback
+
+
+def _views(
+    x: Tensor,
+    num_samples: int,
+    regression: DecoderOutput,
+    unseen: Tensor | None,
+    target_c2w: Tensor,
+) -> SampledViews:
+    """Sampler rows x [(n b t), k, h, w] -> SampledViews."""
+    b, t = target_c2w.shape[:2]
+    rgb, points = from_diffusion_space(rearrange(x, "(n b t) k h w -> (n b) t k h w", b=b, t=t))
+    rgb = rearrange(rgb, "(n b) t c h w -> n b t c h w", n=num_samples)
+    depth = None
+    if points is not None:
+        points = rearrange(points, "(n b) t h w k -> n b t h w k", n=num_samples)
+        depth = rgbd.points_to_depth(points, target_c2w.expand(num_samples, b, t, 4, 4))
+    return SampledViews(
+        rgb=rgb,
+        points=points,
+        depth=depth,
+        regression=regression,
+        mask=unseen,
+        target_c2w=target_c2w,
+    )

@@ -1,0 +1,223 @@
+"""User inputs: source images and cameras, target cameras, command-line options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.data.re10k import write_re10k_scene
+from gen_nvs.geometry.cameras import crop_resize_intrinsics, invert_rigid
+from gen_nvs.inputs import (
+    TargetSpec,
+    add_input_arguments,
+    add_target_arguments,
+    default_intrinsics,
+    load_source_views,
+    orbit_view,
+    prepare_output_dir,
+    resolve_device,
+    target_cameras,
+    target_spec_from_args,
+)
+
+STORED_HW, HW = (32, 48), (32, 32)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A procedural scene of 3 views written as RealEstate10K: (views, root, metadata)."""
+    root = tmp_path_factory.mktemp("re10k")
+    views = generate_scene(3, 3, STORED_HW)
+    meta = write_re10k_scene(root, "s", views.images, views.c2w, views.fxfycxcy)
+    return views, root, meta
+
+
+def image_paths(root, *indices):
+    return [root / "images" / "s" / f"{i:05d}.png" for i in indices]
+
+
+def write_image(path, width, height):
+    Image.new("RGB", (width, height), (10, 200, 30)).save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Source views
+# --------------------------------------------------------------------------------------
+
+
+def test_files_or_one_directory_give_the_same_views(scene):
+    _, root, _ = scene
+    from_dir = load_source_views([root / "images" / "s"], image_hw=HW)
+    from_files = load_source_views(image_paths(root, 0, 1, 2), image_hw=HW)
+    assert from_dir.names == ["00000.png", "00001.png", "00002.png"] == from_files.names
+    assert torch.equal(from_dir.images, from_files.images)
+    assert from_dir.images.shape == (3, 3, *HW) and not from_dir.posed
+    assert 0 <= from_dir.images.min() and from_dir.images.max() <= 1
+    images, c2w, fxfycxcy = from_dir.batch("cpu")
+    assert images.shape == (1, 3, 3, *HW) and c2w is None and fxfycxcy is None
+
+
+def test_cameras_are_matched_by_name_and_follow_the_crop(scene):
+    views, root, meta = scene
+    sources = load_source_views(image_paths(root, 2, 0), cameras=meta, image_hw=HW)
+    assert sources.names == ["00002.png", "00000.png"] and sources.posed
+    assert torch.allclose(sources.c2w, views.c2w[[2, 0]], atol=1e-5)
+    expected = crop_resize_intrinsics(views.fxfycxcy[[2, 0]], STORED_HW, HW)
+    assert torch.allclose(sources.fxfycxcy, expected, atol=1e-4)
+    assert sources.fxfycxcy[0, 2] == pytest.approx(HW[1] / 2, abs=1e-4)  # cropped centre
+
+
+def test_source_errors_name_the_problem(scene, tmp_path):
+    _, root, meta = scene
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_source_views([tmp_path / "missing.png"])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read image .*notes.png"):
+        load_source_views([text])
+    with pytest.raises(ValueError, match="3 source images given, at most 2"):
+        load_source_views(image_paths(root, 0, 1, 2), max_views=2)
+    wide = write_image(tmp_path / "wide.png", 96, 32)
+    square = write_image(tmp_path / "square.png", 32, 32)
+    with pytest.raises(ValueError, match="aspect ratio: wide.png is 96x32 and square.png is 32x32"):
+        load_source_views([square, wide])
+    big = write_image(tmp_path / "big.png", 320, 320)
+    with pytest.raises(ValueError, match="size: big.png is 320x320 and square.png"):
+        load_source_views([square, big])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image files"):
+        load_source_views([tmp_path / "empty"])
+    with pytest.raises(ValueError, match="one directory"):
+        load_source_views([root / "images" / "s", square])
+    other = write_image(tmp_path / "other.png", 48, 32)
+    with pytest.raises(ValueError, match=r"no camera for source image\(s\) \['other.png'\]"):
+        load_source_views([image_paths(root, 0)[0], other], cameras=meta)
+
+
+def test_camera_file_errors(scene, tmp_path):
+    _, root, meta = scene
+    bad = json.loads(meta.read_text())
+    bad["frames"][1]["w2c"][0][0] = 3.0  # not a rotation
+    bad_path = tmp_path / "bad.json"
+    bad_path.write_text(json.dumps(bad))
+    with pytest.raises(
+        ValueError, match=r"frames\[1\] \(00001.png, 48x32\).*not a proper rotation"
+    ):
+        load_source_views(image_paths(root, 1), cameras=bad_path)
+    with pytest.raises(FileNotFoundError, match="metadata file not found"):
+        load_source_views(image_paths(root, 1), cameras=tmp_path / "none.json")
+
+
+# --------------------------------------------------------------------------------------
+# Target cameras
+# --------------------------------------------------------------------------------------
+
+
+def test_trajectories_start_at_the_reference_and_reuse_its_intrinsics(scene):
+    views, _, _ = scene
+    source_c2w = invert_rigid(views.c2w[0]) @ views.c2w  # the normalised frame's rotation
+    targets = target_cameras(
+        TargetSpec(trajectory="orbit", frames=5, focus=2.0),
+        HW,
+        source_c2w,
+        views.fxfycxcy,
+        STORED_HW,
+    )
+    assert targets.c2w.shape == (5, 4, 4) and targets.normalized
+    assert torch.allclose(targets.c2w[0], source_c2w[0], atol=1e-5)
+    expected = crop_resize_intrinsics(views.fxfycxcy[0], STORED_HW, HW)
+    assert torch.allclose(targets.fxfycxcy, expected.expand(5, 4), atol=1e-4)
+    through = target_cameras(TargetSpec(trajectory="interpolate", frames=4), HW, source_c2w)
+    assert torch.allclose(through.c2w[[0, -1]], source_c2w[[0, -1]], atol=1e-5)
+    assert torch.allclose(through.fxfycxcy[0], default_intrinsics(HW))  # no intrinsics given
+
+
+def test_single_view_turns_about_the_focus_point():
+    reference = torch.eye(4)
+    reference[:3, 3] = torch.tensor([0.5, 0.0, 0.0])
+    sources = torch.stack([torch.eye(4), reference])
+    same = target_cameras(TargetSpec(azimuth_deg=0.0, from_source=1), HW, sources)
+    assert torch.allclose(same.c2w[0], reference, atol=1e-6)
+    right = orbit_view(reference, 90.0, 0.0, 1.0, 1.0)
+    assert torch.allclose(right[:3, 3], torch.tensor([1.5, 0.0, 1.0]), atol=1e-6)
+    up = orbit_view(reference, 0.0, 30.0, 2.0, 1.0)
+    assert up[1, 3] < 0  # up is -y in OpenCV cameras
+    centre = reference[:3, 3] + torch.tensor([0.0, 0.0, 1.0])
+    assert (up[:3, 3] - centre).norm() == pytest.approx(2.0, abs=1e-5)
+    assert torch.allclose(up[:3, 2], (centre - up[:3, 3]) / 2.0, atol=1e-6)  # looks at it
+
+
+def test_camera_file_targets_are_in_the_world_frame(scene, tmp_path):
+    views, _, meta = scene
+    targets = target_cameras(TargetSpec(cameras=meta), HW)
+    assert not targets.normalized
+    assert torch.allclose(targets.c2w, views.c2w, atol=1e-5)
+    # Images present: intrinsics follow the crop of the stored 48x32 images to 32x32.
+    expected = crop_resize_intrinsics(views.fxfycxcy, STORED_HW, HW)
+    assert torch.allclose(targets.fxfycxcy, expected, atol=1e-4)
+    # Without the images, the intrinsics are taken as pixels of the renders.
+    moved = tmp_path / "targets.json"
+    moved.write_text(meta.read_text())
+    frames = json.loads(moved.read_text())["frames"]
+    loose = target_cameras(TargetSpec(cameras=moved), HW)
+    assert torch.allclose(loose.fxfycxcy[1], torch.tensor(frames[1]["fxfycxcy"]).float())
+
+
+def test_target_errors():
+    with pytest.raises(ValueError, match="one kind of target cameras, got a trajectory and an az"):
+        TargetSpec(trajectory="orbit", azimuth_deg=10.0)
+    with pytest.raises(ValueError, match="unknown trajectory 'loop'.*interpolate"):
+        TargetSpec(trajectory="loop")
+    with pytest.raises(ValueError, match="frames must be >= 1, got 0"):
+        TargetSpec(frames=0)
+    with pytest.raises(ValueError, match="elevation .* got 90"):
+        TargetSpec(azimuth_deg=0.0, elevation_deg=90.0)
+    sources = torch.eye(4).expand(2, 4, 4)
+    with pytest.raises(ValueError, match=r"source index 2 does not exist: there are 2"):
+        target_cameras(TargetSpec(azimuth_deg=5.0, from_source=2), HW, sources)
+    with pytest.raises(ValueError, match="'interpolate' is unavailable"):
+        target_cameras(TargetSpec(trajectory="interpolate"), HW, None)
+    pose_free = target_cameras(TargetSpec(frames=3), HW, None)
+    assert torch.allclose(pose_free.c2w[0], torch.eye(4), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Command-line options
+# --------------------------------------------------------------------------------------
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_input_arguments(parser)
+    add_target_arguments(parser)
+    return parser.parse_args(["--images", "a.png", "--out", "o", *argv])
+
+
+def test_options_build_the_target_spec():
+    args = parse()
+    assert args.size == [64, 64] and args.checkpoint is None and args.device == "auto"
+    assert target_spec_from_args(args) == TargetSpec(frames=8)
+    assert target_spec_from_args(parse("--trajectory", "spiral", "--frames", "3")).frames == 3
+    view = target_spec_from_args(parse("--elevation", "10", "--from-source", "1"))
+    assert view.kind == "view" and view.azimuth_deg == 0 and view.from_source == 1
+    assert target_spec_from_args(parse("--target-cameras", "t.json")).kind == "cameras"
+    with pytest.raises(ValueError, match="got --trajectory and --azimuth"):
+        target_spec_from_args(parse("--trajectory", "orbit", "--azimuth", "3"))
+
+
+def test_output_directory_and_device(tmp_path):
+    out = prepare_output_dir(tmp_path / "out", overwrite=False)
+    (out / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match="is not empty; pass --overwrite"):
+        prepare_output_dir(out, overwrite=False)
+    assert prepare_output_dir(out, overwrite=True) == out
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")

@@ -1,0 +1,148 @@
+"""`gen-nvs sample` end to end on a procedural scene with the tiny model, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gen_nvs.cli import main
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.data.re10k import write_re10k_scene
+from gen_nvs.geometry.rgbd import read_ply
+from gen_nvs.models.nvs import NVSModel, model_config, save_model
+
+SIZE = ["--size", "32", "32"]
+FAST = ["--steps", "2", "--sampler", "ddim", "--samples", "2"]
+
+
+def tiny_export(directory, diffusion: bool = True):
+    config = model_config("tiny")
+    config["encoder"]["image_size"] = 28
+    torch.manual_seed(0)
+    model = NVSModel.from_config(config)
+    if diffusion:
+        model.add_diffusion()
+    return save_model(model, directory)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(images [paths], metadata json, diffusion export, regression export)."""
+    root = tmp_path_factory.mktemp("sample")
+    views = generate_scene(2, 3, (32, 32))
+    meta = write_re10k_scene(root / "data", "s", views.images, views.c2w, views.fxfycxcy)
+    images = [str(root / "data" / "images" / "s" / f"{i:05d}.png") for i in range(2)]
+    return (
+        images,
+        str(meta),
+        str(tiny_export(root / "model")),
+        str(tiny_export(root / "reg", False)),
+    )
+
+
+def sample(setup, out, *extra: str) -> int:
+    images, meta, model, _ = setup
+    argv = ["sample", "--images", *images, "--cameras", meta, "--checkpoint", model]
+    return main([*argv, *SIZE, *FAST, "--out", str(out), *extra])
+
+
+def read(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+def test_writes_samples_depth_masks_point_clouds_and_cameras(setup, tmp_path):
+    out = tmp_path / "out"
+    assert sample(setup, out, "--trajectory", "orbit", "--frames", "2") == 0
+    summary = json.loads((out / "sample.json").read_text())
+    assert summary["posed"] and summary["num_targets"] == 2
+    assert summary["point_clouds"] == ["sample_00.ply", "sample_01.ply"]
+    for j in range(2):
+        folder = out / f"target_{j:03d}"
+        names = ["regression_rgb", "regression_depth", "mask"]
+        names += [f"sample_{k:02d}_{kind}" for k in range(2) for kind in ("rgb", "depth")]
+        assert sorted(p.stem for p in folder.iterdir()) == sorted(names)
+        assert read(folder / "sample_01_rgb.png").shape == (32, 32, 3)
+        depth = read(folder / "sample_00_depth.png")
+        assert depth.dtype == np.uint16 and depth.shape == (32, 32) and depth.max() > 0
+        assert depth.max() / summary["depth_scale"] > 0  # depth = value / depth_scale
+        assert read(folder / "mask.png").dtype == np.uint8
+    xyz, rgb, _ = read_ply(out / "sample_01.ply")
+    assert xyz.shape[0] > 0 and rgb.shape == xyz.shape and torch.isfinite(xyz).all()
+
+    # cameras.json renders the same targets again (in the input world frame).
+    again = tmp_path / "again"
+    assert sample(setup, again, "--target-cameras", str(out / "cameras.json")) == 0
+    for j in range(2):
+        first = read(out / f"target_{j:03d}" / "regression_rgb.png").astype(int)
+        second = read(again / f"target_{j:03d}" / "regression_rgb.png").astype(int)
+        assert np.abs(first - second).max() <= 1
+
+
+def test_pose_free_single_view_and_overwrite(setup, tmp_path):
+    images, _, model, _ = setup
+    out = tmp_path / "free"
+    argv = ["sample", "--images", *images, "--checkpoint", model, *SIZE, *FAST, "--out", str(out)]
+    assert main([*argv, "--azimuth", "15", "--elevation", "5", "--mask", "confidence"]) == 0
+    assert not json.loads((out / "sample.json").read_text())["posed"]
+    assert (out / "target_000" / "sample_01_rgb.png").is_file()
+    assert main([*argv, "--azimuth", "15"]) == 2  # --out is not empty
+    assert main([*argv, "--azimuth", "15", "--overwrite", "--mask", "off"]) == 0
+    assert read(out / "target_000" / "mask.png").min() == 255  # everything generated
+
+
+@pytest.fixture
+def bad_inputs(setup, tmp_path):
+    images, _, _, regression = setup
+    Image.new("L", (16, 16)).save(tmp_path / "mask.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    return {
+        "sampler": (["--sampler", "plms"], "unknown sampler 'plms', expected one of ["),
+        "steps": (["--steps", "0"], "steps must be >= 1, got 0"),
+        "guidance": (["--guidance", "-0.5"], "guidance scale must be >= 0, got -0.5"),
+        "mask size": (
+            ["--mask-file", str(tmp_path / "mask.png")],
+            "mask.png is 16x16, expected 32x32",
+        ),
+        "memory": (
+            ["--samples", "50", "--memory-budget", "0.001"],
+            "50 sample(s) of 8 target view(s) per batch need about",
+        ),
+        "regression model": (
+            ["--checkpoint", regression],
+            "is a regression model (no diffusion decoder) and cannot sample",
+        ),
+        "non-image": (["--images", str(tmp_path / "notes.txt")], "cannot read image"),
+        "missing image": (["--images", str(tmp_path / "gone.png")], "source image not found"),
+        "cameras": (
+            ["--images", images[0], str(tmp_path / "mask.png")],
+            "no camera for source image(s) ['mask.png']",
+        ),
+        "targets": (["--trajectory", "orbit", "--azimuth", "3"], "give one kind of target"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "sampler",
+        "steps",
+        "guidance",
+        "mask size",
+        "memory",
+        "regression model",
+        "non-image",
+        "missing image",
+        "cameras",
+        "targets",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(setup, bad_inputs, tmp_path, capsys, case):
+    extra, message = bad_inputs[case]
+    assert sample(setup, tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gen-nvs sample: error: ") and message in err[-1]

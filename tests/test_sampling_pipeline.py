@@ -1,0 +1,266 @@
+"""sample_views: seeds, known-region completion, masks, cache reuse, errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+import samplers
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.geometry import rgbd
+from gen_nvs.models.nvs import NVSModel, model_config
+from gen_nvs.sampling import (
+    SampledViews,
+    estimate_sample_bytes,
+    sample_seeds,
+    sample_views,
+    scene_to_world,
+)
+
+HW = (32, 32)
+FAST = dict(steps=2, scheduler="ddim")
+
+
+def tiny_model(diffusion: bool = True) -> NVSModel:
+    """The tiny preset with 28 px encoder inputs; the diffusion decoder's zero-initialised
+    layers perturbed so that samples depend on the noise, as a trained model's do."""
+    config = model_config("tiny")
+    config["encoder"]["image_size"] = 28
+    torch.manual_seed(0)
+    model = NVSModel.from_config(config)
+    if diffusion:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, param in model.add_diffusion().named_parameters():
+                if name.startswith(("noise_embedder", "block_modulation", "head_modulation")):
+                    param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def views():
+    return generate_scene(1, 4, HW)
+
+
+@pytest.fixture(scope="module")
+def scene(model, views):
+    with torch.no_grad():
+        return model.encode(views.images[None, :2], views.c2w[None, :2], views.fxfycxcy[None, :2])
+
+
+def targets(views):
+    return views.c2w[None, 2:], views.fxfycxcy[None, 2:]  # two target views
+
+
+def draw(model, scene, views, **options) -> SampledViews:
+    return sample_views(model, scene, *targets(views), HW, **{**FAST, **options})
+
+
+# --------------------------------------------------------------------------------------
+# Seeds
+# --------------------------------------------------------------------------------------
+
+
+def test_shapes_and_depth(model, scene, views):
+    out = draw(model, scene, views, num_samples=2, mask_mode="off")
+    assert out.rgb.shape == (2, 1, 2, 3, *HW) and out.points.shape == (2, 1, 2, *HW, 3)
+    assert out.depth.shape == (2, 1, 2, *HW) and out.mask is None
+    assert out.regression.rgb.shape == (1, 2, 3, *HW)
+    assert torch.allclose(out.target_c2w, scene.normalize(targets(views)[0]))
+    expected = rgbd.points_to_depth(out.points[1, 0], out.target_c2w[0])
+    assert torch.allclose(out.depth[1, 0], expected)
+
+
+def test_same_seed_same_samples_other_seed_other_samples(model, scene, views):
+    first = draw(model, scene, views, seed=3, mask_mode="off")
+    again = draw(model, scene, views, seed=3, mask_mode="off")
+    other = draw(model, scene, views, seed=4, mask_mode="off")
+    assert torch.equal(first.rgb, again.rgb) and torch.equal(first.points, again.points)
+    assert (first.rgb - other.rgb).abs().max() > 1e-3
+
+
+def test_sample_k_does_not_depend_on_the_number_of_samples_or_batches(model, scene, views):
+    three = draw(model, scene, views, seed=5, num_samples=3, mask_mode="off")
+    one = draw(model, scene, views, seed=6, num_samples=1, mask_mode="off")
+    batched = draw(model, scene, views, seed=5, num_samples=3, mask_mode="off", max_batch=2)
+    assert torch.allclose(three.rgb[1], one.rgb[0], atol=1e-5)  # sample 1 of seed 5 = seed 6
+    assert torch.allclose(three.rgb, batched.rgb, atol=1e-5)
+    assert sample_seeds(5, range(1, 3), 2) == sample_seeds(5, range(3), 2)[2:]
+
+
+# --------------------------------------------------------------------------------------
+# Completion and masks
+# --------------------------------------------------------------------------------------
+
+
+def test_known_region_is_the_regression_render(model, scene, views):
+    mask = torch.zeros(1, 2, *HW)
+    mask[..., :, HW[1] // 2 :] = 1  # generate the right half
+    out = draw(model, scene, views, num_samples=2, mask=mask, resample_jumps=1)
+    keep = mask[0] == 0  # (t, h, w)
+    regression = out.regression.rgb[0].permute(0, 2, 3, 1)  # (t, h, w, 3)
+    for k in range(2):
+        rgb = out.rgb[k, 0].permute(0, 2, 3, 1)
+        assert torch.allclose(rgb[keep], regression[keep], atol=1e-5)
+        assert torch.allclose(out.points[k, 0][keep], out.regression.points[0][keep], atol=1e-4)
+        assert (rgb[~keep] - regression[~keep]).abs().max() > 1e-2
+    assert torch.equal(out.mask, mask)
+
+
+def constant_depth_model(model: NVSModel) -> NVSModel:
+    """A copy whose point head puts every point at (0, 0, 1) in the scene frame."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.decoder.point_head.linear.weight.zero_()
+    return model
+
+
+def test_geometry_mask_generates_what_no_source_saw(model, views):
+    model = constant_depth_model(model)
+    images, c2w, k = views.images[None, :2], views.c2w[None, :2], views.fxfycxcy[None, :2]
+    with torch.no_grad():
+        scene = model.encode(images, c2w, k)
+    # Target 0 is source 0 (sees the point at depth 1); target 1 looks the other way.
+    behind = c2w[0, 0].clone()
+    behind[:3, :3] = behind[:3, :3] @ torch.diag(torch.tensor([-1.0, 1.0, -1.0]))
+    target_c2w = torch.stack([c2w[0, 0], behind])[None]
+    out = sample_views(
+        model, scene, target_c2w, k[:, :1].expand(1, 2, 4), HW, source_fxfycxcy=k, **FAST
+    )
+    assert out.mask.shape == (1, 2, *HW)
+    assert out.mask[0, 0].max() == 0 and out.mask[0, 1].min() == 1
+    assert torch.allclose(out.rgb[0, 0, 0], out.regression.rgb[0, 0], atol=1e-5)
+
+
+def test_confidence_mask_and_soft_edges(model, scene, views):
+    conf = draw(model, scene, views, mask_mode="confidence").regression.conf  # (1, t, h, w)
+    threshold = conf[0, 0].flatten().median().item()
+    out = draw(model, scene, views, mask_mode="confidence", conf_threshold=threshold)
+    below = conf < threshold
+    assert torch.all(out.mask[below] == 1)  # every unsure pixel is generated
+    near = torch.nn.functional.max_pool2d(below[0].float(), 5, stride=1, padding=2) > 0
+    assert torch.all(out.mask[0][~near] == 0)  # the edge reaches two pixels into the rest
+    soft = out.mask[(out.mask > 0) & (out.mask < 1)]
+    assert soft.numel() > 0  # the edge fades into the seen region
+    everything = draw(model, scene, views, mask_mode="confidence", conf_threshold=math.inf)
+    assert torch.all(everything.mask == 1)
+
+
+def test_pose_free_auto_mask_uses_the_estimated_cameras(model, views):
+    with torch.no_grad():
+        scene = model.encode(views.images[None, :2])
+    assert scene.source_c2w is not None  # the camera head's estimate
+    out = sample_views(
+        model, scene, scene.source_c2w[:, :1], views.fxfycxcy[None, :1], HW, normalized=True,
+        **FAST,
+    )  # fmt: skip
+    assert out.mask.shape == (1, 1, *HW) and 0 <= out.mask.min() <= out.mask.max() <= 1
+
+
+# --------------------------------------------------------------------------------------
+# Cache reuse, progress, cancellation
+# --------------------------------------------------------------------------------------
+
+
+def count_calls(obj, name: str, counter: Counter, key: str) -> None:
+    method = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        counter[key] += 1
+        return method(*args, **kwargs)
+
+    setattr(obj, name, counted)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_encoder_and_source_stream_run_once(views, guidance):
+    model = tiny_model()
+    calls = Counter()
+    model.encoder.register_forward_hook(lambda *_: calls.update(["encoder"]))
+    count_calls(model.decoder, "prepare_sources", calls, "regression sources")
+    count_calls(model.diffusion.decoder, "prepare_sources", calls, "diffusion sources")
+    count_calls(model.diffusion, "denoise", calls, "denoise")
+    steps = 3
+    with torch.no_grad():
+        scene = model.encode(views.images[None, :2], views.c2w[None, :2], views.fxfycxcy[None, :2])
+    sample_views(
+        model, scene, *targets(views), HW, num_samples=3, steps=steps, scheduler="ddim",
+        guidance_scale=guidance, max_batch=2,
+    )  # fmt: skip
+    guided = guidance != 1
+    assert calls == {
+        "encoder": 1,
+        "regression sources": 1,
+        # With guidance the null sources are prepared once too, for every batch.
+        "diffusion sources": 1 + guided,
+        "denoise": 2 * steps * (1 + guided),
+    }
+
+
+def test_progress_counts_over_batches_and_stop_cancels(model, scene, views):
+    seen = []
+    draw(model, scene, views, num_samples=2, max_batch=1, mask_mode="off", callback=seen.append)
+    assert [(info.step, info.num_steps) for info in seen] == [(i, 4) for i in range(4)]
+    assert seen[0].x0_pred.shape == (2, 6, *HW)  # one sample's two targets
+
+    def stop(info):
+        return samplers.STOP if info.step == 0 else None
+
+    with pytest.raises(samplers.SamplingCancelled):
+        draw(model, scene, views, callback=stop)
+
+
+# --------------------------------------------------------------------------------------
+# Errors and helpers
+# --------------------------------------------------------------------------------------
+
+
+def test_errors_name_the_problem(model, scene, views):
+    with pytest.raises(ValueError, match="unknown sampler 'plms'.*'dpmpp-2m'"):
+        draw(model, scene, views, scheduler="plms")
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        draw(model, scene, views, steps=0)
+    with pytest.raises(ValueError, match="guidance scale must be >= 0, got -1"):
+        draw(model, scene, views, guidance_scale=-1.0)
+    with pytest.raises(ValueError, match=r"mask must be \[1, 2, 32, 32\].*got \[1, 2, 16, 16\]"):
+        draw(model, scene, views, mask=torch.zeros(1, 2, 16, 16))
+    with pytest.raises(ValueError, match="mask mode must be one of"):
+        draw(model, scene, views, mask_mode="depth")
+    with pytest.raises(ValueError, match="give a mask or a mask mode"):
+        draw(model, scene, views, mask=torch.zeros(1, 2, *HW), mask_mode="off")
+    per_sample = estimate_sample_bytes(
+        model.diffusion, scene.diffusion_cache.num_source_tokens, HW, 2
+    )
+    with pytest.raises(ValueError, match="10 sample.* 3 sample\\(s\\) fit; draw at most 3"):
+        draw(model, scene, views, num_samples=10, memory_budget=3 * per_sample + 1)
+    regression = tiny_model(diffusion=False)
+    with torch.no_grad():
+        plain = regression.encode(
+            views.images[None, :2], views.c2w[None, :2], views.fxfycxcy[None, :2]
+        )
+    with pytest.raises(ValueError, match="regression model .* cannot sample"):
+        sample_views(regression, plain, *targets(views), HW)
+    with pytest.raises(ValueError, match="not encoded for this model's diffusion decoder"):
+        sample_views(tiny_model(), scene, *targets(views), HW)
+
+
+def test_scene_to_world_inverts_the_normalisation(scene, views):
+    centres = views.c2w[None, :2, :3, 3]  # (1, 2, 3) world
+    normalized = scene.normalize(views.c2w[None, :2])[..., :3, 3]
+    assert torch.allclose(scene_to_world(scene, normalized), centres, atol=1e-4)
+
+
+def test_memory_estimate_grows_with_size_and_guidance(model):
+    small = estimate_sample_bytes(model.diffusion, 100, (32, 32), 1)
+    assert estimate_sample_bytes(model.diffusion, 100, (64, 64), 1) > 3 * small
+    assert estimate_sample_bytes(model.diffusion, 100, (32, 32), 2) == 2 * small
+    assert estimate_sample_bytes(model.diffusion, 100, (32, 32), 1, guided=True) > small
