@@ -1,0 +1,296 @@
+"""What one training step computes, per stage: the forward pass (an `nn.Module`, the
+part Accelerate wraps for data parallelism) and the losses beside it.
+
+- Regression: the model renders the targets (sources posed, or pose-free with
+  camera-token dropout); loss = l2 * MSE + perceptual * LPIPS + points *
+  ConfidencePointLoss (where the data has depth; on `sign(p) log(1 + |p|)` points by
+  default, the point head's own space, so far points such as the sky do not swamp
+  the rest) + camera * the camera head's
+  pose-encoding error on pose-free aggregator tokens.
+- Diffusion: the frozen encoder encodes the sources, the targets (RGB + points in the
+  normalised scene frame) are noised by the DDPM schedule and the diffusion decoder is
+  trained with `DenoisingLoss` in its prediction type.
+
+Dimension legend:
+    b   scenes (batch)       v   views (sources first)    s   source views
+    t   target views         k   diffusion channels       i   camera-head iterations
+    h, w    image height / width
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from gen_nvs.data import SceneBatch
+from gen_nvs.geometry import cameras as cam
+from gen_nvs.geometry.rgbd import depth_to_points
+from gen_nvs.models.decoder import DecoderOutput
+from gen_nvs.models.diffusion import to_diffusion_space
+from gen_nvs.models.heads import compress_points
+from gen_nvs.models.losses import ConfidencePointLoss, DenoisingLoss
+from gen_nvs.models.nvs import NVSModel
+
+# Later camera-head iterations weigh more (VGGT's camera loss).
+CAMERA_ITERATION_GAMMA = 0.6
+
+
+@dataclass
+class Views:
+    """A batch cut to this step's views: `num_sources` sources, then the targets.
+
+    images [b, v, 3, h, w]; c2w [b, v, 4, 4]; fxfycxcy [b, v, 4]; depth, depth_valid
+    [b, v, h, w] or None; normalized: the cameras in the scene frame of the first source
+    (the frame the model predicts points in); scale [b] the normalisation's divisor.
+    """
+
+    images: Tensor
+    c2w: Tensor
+    fxfycxcy: Tensor
+    num_sources: int
+    depth: Tensor | None
+    depth_valid: Tensor | None
+    normalized: Tensor
+    scale: Tensor
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    @property
+    def target_images(self) -> Tensor:
+        return self.images[:, self.num_sources :]
+
+    def target_points(self) -> tuple[Tensor, Tensor] | None:
+        """Ground-truth points [b, t, h, w, 3] of the targets in the normalised scene frame
+        and their validity [b, t, h, w], or None without depth."""
+        if self.depth is None:
+            return None
+        s = self.num_sources
+        depth = self.depth[:, s:] / self.scale[:, None, None, None]
+        points = depth_to_points(depth, self.fxfycxcy[:, s:], self.normalized[:, s:])
+        valid = self.depth_valid[:, s:] & torch.isfinite(points).all(dim=-1)
+        return torch.where(valid[..., None], points, torch.zeros_like(points)), valid
+
+
+def select_views(batch: SceneBatch, num_sources: int, generator: torch.Generator) -> Views:
+    """Keep the first source and `num_sources - 1` others drawn at random (the loaders
+    give `batch.num_sources` sources), then every target."""
+    if not 1 <= num_sources <= batch.num_sources:
+        raise ValueError(f"num_sources must be in 1..{batch.num_sources}, got {num_sources}")
+    others = torch.randperm(batch.num_sources - 1, generator=generator)[: num_sources - 1] + 1
+    keep = [0, *sorted(others.tolist()), *range(batch.num_sources, batch.images.shape[1])]
+    index = torch.tensor(keep, device=batch.images.device)
+    c2w = batch.c2w[:, index]
+    normalized, scale = normalize_cameras(c2w, num_sources)
+    return Views(
+        images=batch.images[:, index],
+        c2w=c2w,
+        fxfycxcy=batch.fxfycxcy[:, index],
+        num_sources=num_sources,
+        depth=None if batch.depth is None else batch.depth[:, index],
+        depth_valid=None if batch.depth_valid is None else batch.depth_valid[:, index],
+        normalized=normalized,
+        scale=scale,
+    )
+
+
+def normalize_cameras(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
+    """c2w [b, v, 4, 4] -> (the scene-frame cameras [b, v, 4, 4], scale [b]): the
+    normalisation `NVSModel` applies (`cameras.scene_normalization` per scene)."""
+    pairs = [cam.scene_normalization(scene, num_sources) for scene in c2w]
+    reference = torch.stack([p[0] for p in pairs])  # (b, 4, 4)
+    scale = torch.stack([p[1] for p in pairs])  # (b,)
+    return cam.apply_normalization(c2w, reference[:, None], scale[:, None, None, None]), scale
+
+
+def source_camera_tokens(views: Views, posed: bool) -> Tensor:
+    """The sources' camera tokens [b, s, 11] as `NVSModel.encode` makes them (inference)."""
+    s = views.num_sources
+    source = views.normalized[:, :s]
+    camera_scale = source[..., :3, 3].norm(dim=-1).amax(dim=-1)  # (b,)
+    return torch.stack(
+        [
+            cam.camera_tokens(
+                source[i], views.fxfycxcy[i, :s], views.image_hw, s, camera_scale[i], posed
+            )
+            for i in range(source.shape[0])
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Regression
+# --------------------------------------------------------------------------------------
+
+
+class RegressionForward(nn.Module):
+    """model(sources) -> the targets' DecoderOutput and, with `camera_head`, the camera
+    head's pose encodings [i, b, s, 9] from pose-free aggregator tokens."""
+
+    def __init__(self, model: NVSModel, *, camera_head: bool) -> None:
+        super().__init__()
+        if camera_head and model.camera_head is None:
+            raise ValueError("loss.camera > 0 needs a model with a camera head")
+        self.model = model
+        self.camera_head = camera_head
+
+    def forward(self, views: Views, posed: bool) -> tuple[DecoderOutput, Tensor | None]:
+        s = views.num_sources
+        output = self.model(views.images, views.c2w, views.fxfycxcy, s, posed=posed)
+        if not self.camera_head:
+            return output, None
+        tokens = self.model.encoder.aggregate(views.images[:, :s], None)  # (b, s, n, 2c)
+        return output, self.model.camera_head(tokens, return_all=True)
+
+
+class RegressionLoss:
+    """Weighted sum of the regression losses -> (total, {name: value}) for logging.
+
+    perceptual: a callable (pred, target) on [n, 3, h, w] in [0, 1], or None when its
+    weight is 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        l2: float,
+        perceptual: float,
+        points: float,
+        camera: float,
+        point_alpha: float,
+        point_space: str = "log",
+        perceptual_fn=None,
+    ) -> None:
+        if point_space not in ("log", "linear"):
+            raise ValueError(f"loss.point_space must be 'log' or 'linear', got {point_space!r}")
+        if perceptual > 0 and perceptual_fn is None:
+            raise ValueError("loss.perceptual > 0 needs a perceptual loss function")
+        self.weights = {"l2": l2, "perceptual": perceptual, "points": points, "camera": camera}
+        self.perceptual_fn = perceptual_fn
+        self.point_loss = ConfidencePointLoss(alpha=point_alpha)
+        self.point_space = point_space
+
+    def __call__(
+        self, output: DecoderOutput, poses: Tensor | None, views: Views
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        target = views.target_images
+        rgb = output.rgb.float()
+        terms = {"l2": F.mse_loss(rgb, target)}
+        if self.weights["perceptual"] > 0:
+            flat = "b t c h w -> (b t) c h w"
+            terms["perceptual"] = self.perceptual_fn(
+                rearrange(rgb, flat), rearrange(target, flat)
+            ).mean()
+        if self.weights["points"] > 0 and output.points is not None:
+            gt = views.target_points()
+            if gt is not None:
+                points, gt_points = output.points.float(), gt[0]
+                if self.point_space == "log":
+                    points, gt_points = compress_points(points), compress_points(gt_points)
+                terms["points"] = self.point_loss(points, output.conf.float(), gt_points, gt[1])
+        if self.weights["camera"] > 0 and poses is not None:
+            terms["camera"] = camera_loss(poses.float(), views)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return total, terms
+
+
+def camera_loss(poses: Tensor, views: Views) -> Tensor:
+    """L1 error of pose encodings [i, b, s, 9] against the normalised source cameras.
+
+    The camera head's encoding decodes to world-to-camera extrinsics
+    (`NVSModel.estimate_cameras`), so the target encodes the inverse of each normalised
+    c2w: the first source is the identity.
+    """
+    s = views.num_sources
+    w2c = cam.invert_rigid(views.normalized[:, :s])
+    target = cam.pose_encoding(w2c, views.fxfycxcy[:, :s], views.image_hw)  # (b, s, 9)
+    n = poses.shape[0]
+    weights = [CAMERA_ITERATION_GAMMA ** (n - 1 - i) for i in range(n)]
+    errors = [(poses[i] - target).abs().mean() for i in range(n)]
+    return sum(w * e for w, e in zip(weights, errors, strict=True)) / sum(weights)
+
+
+# --------------------------------------------------------------------------------------
+# Diffusion
+# --------------------------------------------------------------------------------------
+
+
+class DiffusionForward(nn.Module):
+    """Frozen encoder + the diffusion decoder: noisy targets -> prediction [b, t, k, h, w]."""
+
+    def __init__(self, model: NVSModel) -> None:
+        super().__init__()
+        if model.diffusion is None:
+            raise ValueError("the diffusion stage needs a model with a diffusion decoder")
+        self.model = model
+
+    def forward(
+        self,
+        views: Views,
+        x_t: Tensor,
+        timesteps: Tensor,
+        posed: bool,
+        generator: torch.Generator,
+    ) -> Tensor:
+        s = views.num_sources
+        with torch.no_grad():
+            tokens = source_camera_tokens(views, posed)
+            source_tokens = self.model.encoder(views.images[:, :s], tokens).tokens  # (b,s,p,c)
+        rays = cam.plucker_rays(views.normalized[:, s:], views.fxfycxcy[:, s:], *views.image_hw)
+        return self.model.diffusion(source_tokens, x_t, timesteps, rays, generator=generator)
+
+
+@dataclass
+class NoisedTargets:
+    """x0, noise, x_t [b, t, k, h, w]; timesteps, alpha, sigma [b, t]; valid
+    [b, t, k, h, w] (points only where there is depth)."""
+
+    x0: Tensor
+    noise: Tensor
+    x_t: Tensor
+    timesteps: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    valid: Tensor
+
+
+def noise_targets(
+    views: Views, alphas_cumprod: Tensor, noise_channels: int, generator: torch.Generator
+) -> NoisedTargets:
+    """The DDPM forward process on the targets: a uniform timestep per target view,
+    `x_t = sqrt(a) x0 + sqrt(1 - a) eps` with a = alphas_cumprod[t] (diffusers'
+    `DDPMScheduler.add_noise`). Draws come from the CPU `generator`."""
+    rgb = views.target_images
+    b, t, _, h, w = rgb.shape
+    valid_rgb = torch.ones_like(rgb, dtype=torch.bool)
+    if noise_channels == 3:
+        x0, valid = to_diffusion_space(rgb), valid_rgb
+    else:
+        gt = views.target_points()
+        if gt is None:
+            points = rgb.new_zeros(b, t, h, w, 3)
+            point_valid = torch.zeros(b, t, h, w, dtype=torch.bool, device=rgb.device)
+        else:
+            points, point_valid = gt
+        x0 = to_diffusion_space(rgb, points)
+        valid = torch.cat([valid_rgb, point_valid[:, :, None].expand(b, t, 3, h, w)], dim=2)
+    timesteps = torch.randint(len(alphas_cumprod), (b, t), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    alpha_bar = alphas_cumprod[timesteps].to(x0)
+    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    x_t = alpha[..., None, None, None] * x0 + sigma[..., None, None, None] * noise
+    return NoisedTargets(x0, noise, x_t, timesteps.to(x0.device), alpha, sigma, valid)
+
+
+def denoising_loss(
+    loss: DenoisingLoss, prediction: Tensor, noised: NoisedTargets
+) -> tuple[Tensor, dict[str, Tensor]]:
+    total = loss(
+        prediction.float(), noised.x0, noised.noise, noised.alpha, noised.sigma, noised.valid
+    )
+    return total, {"denoising": total}

@@ -1,0 +1,299 @@
+"""The training loop: exact resume, the diffusion stage, exports, bad input, two processes.
+
+Tiny model (encoder resized to 28 px: 2x2 patches), 16x16 procedural scenes, CPU float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from gen_nvs.data import write_re10k_scene
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.models.nvs import load_model
+from gen_nvs.train import checkpoints
+from gen_nvs.train.config import load_config
+from gen_nvs.train.data import MixtureDataset, StepBatchSampler, TrainingData
+from gen_nvs.train.loop import TrainState, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.preset=tiny",
+    "model.encoder={image_size: 28}",
+    "data.image_size=[16, 16]",
+    "data.num_sources=[1, 2]",
+    "data.num_targets=1",
+    "data.datasets.scenes.type=procedural",
+    "data.datasets.scenes.num_scenes=64",
+    "train.batch_size=2",
+    "train.warmup_steps=2",
+    "loss.perceptual=0",
+    "loss.camera=0.1",
+    "log.every=1",
+    "log.eval_every=0",
+    "log.tracker=none",
+    "train.cpu=true",
+]
+
+
+def tiny_config(tmp_path: Path, name: str, *overrides: str) -> dict:
+    return load_config(None, [*TINY, f"run.output_dir={tmp_path}", f"run.name={name}", *overrides])
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").open()]
+
+
+def export_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory) -> Path:
+    """4 steps straight, a state every 2 steps."""
+    tmp = tmp_path_factory.mktemp("regression")
+    return train(tiny_config(tmp, "straight", "train.steps=4", "checkpoint.every=2"))
+
+
+def test_resume_continues_exactly(regression_run, tmp_path):
+    config = tiny_config(tmp_path, "halves", "train.steps=4", "checkpoint.every=2")
+    first = train({**config, "train": {**config["train"], "steps": 2}})
+    resumed = tiny_config(tmp_path, "halves", "train.steps=4", "checkpoint.resume=latest")
+    train(resumed)
+    straight = losses(regression_run)
+    assert len(straight) == 4
+    assert losses(first) == straight  # bitwise: same data, draws, optimizer and EMA state
+    for name, tensor in export_weights(regression_run / "export").items():
+        assert torch.equal(tensor, export_weights(first / "export")[name]), name
+
+
+def test_state_layout_and_pruning(regression_run):
+    states = checkpoints.list_states(regression_run / "checkpoints")
+    assert [p.name for p in states] == ["step_0000002", "step_0000004"]
+    newest = states[-1]
+    for name in ("config.yaml", "model_config.json", "export/config.json", "model.safetensors"):
+        assert (newest / name).is_file(), name
+    info = json.loads((regression_run / "run_info.json").read_text())
+    assert "git_revision" in info
+    config = json.loads((regression_run / "export" / "config.json").read_text())
+    assert config["training"]["step"] == 4 and config["training"]["stage"] == "regression"
+
+
+def test_interrupted_save_is_ignored(tmp_path):
+    directory = tmp_path / "checkpoints"
+    for step in (2, 4):
+        (directory / checkpoints.state_name(step)).mkdir(parents=True)
+        (directory / checkpoints.state_name(step) / checkpoints.MODEL_CONFIG).write_text("{}")
+    (directory / f".tmp_{checkpoints.state_name(6)}").mkdir()  # killed while saving step 6
+    assert checkpoints.resolve_resume("latest", directory).name == "step_0000004"
+    assert checkpoints.resolve_resume(None, directory) is None
+    with pytest.raises(FileNotFoundError, match="not a training state"):
+        checkpoints.resolve_resume(str(tmp_path), directory)
+
+
+def test_export_loads_and_renders(regression_run):
+    model = load_model(regression_run / "export")
+    assert not model.can_sample
+    sample = generate_scene(3, 3, (16, 16))
+    with torch.no_grad():
+        out = model(sample.images[None], sample.c2w[None], sample.fxfycxcy[None], 2)
+    assert out.rgb.shape == (1, 1, 3, 16, 16)
+    assert torch.isfinite(out.rgb).all()
+
+
+def test_diffusion_stage_from_regression_export(regression_run, tmp_path):
+    export = regression_run / "export"
+    run_dir = train(
+        tiny_config(
+            tmp_path,
+            "diffusion",
+            "stage=diffusion",
+            f"model.init_from={export}",
+            "train.steps=2",
+            "log.eval_every=2",
+            "log.sample_steps=2",
+        )
+    )
+    assert len(losses(run_dir)) == 2
+    model = load_model(run_dir / "export")
+    assert model.can_sample
+    assert model.diffusion.prediction_type == "sample"
+    # Only the diffusion decoder trained: the regression model is the one it started from.
+    before, after = export_weights(export), export_weights(run_dir / "export")
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name
+    # ...and the diffusion decoder, converted from it, has moved away from it.
+    renderer = [k for k in after if k.startswith("diffusion.decoder.")]
+    assert renderer
+    assert any(not torch.equal(after[k], before[k.removeprefix("diffusion.")]) for k in renderer)
+    grid = Image.open(run_dir / "samples" / "step_0000002.png")
+    # 4 scenes x (3 views + regression + sample), 16 px tiles with a 1 px border
+    assert grid.size == (5 * 18, 4 * 18)
+    schedule = json.loads((run_dir / "export" / "config.json").read_text())["noise_schedule"]
+    assert schedule["num_train_timesteps"] == 1000
+
+
+def test_resume_from_another_model_size_fails_before_training(regression_run, tmp_path):
+    state = checkpoints.list_states(regression_run / "checkpoints")[-1]
+    config = tiny_config(
+        tmp_path, "other", "model.decoder={depth: 2}", f"checkpoint.resume={state}"
+    )
+    with pytest.raises(ValueError, match=r"another model \(decoder.depth: saved 3, now 2\)"):
+        train(config)
+    assert not (tmp_path / "other").exists()
+
+
+def test_existing_states_need_resume(regression_run):
+    config = tiny_config(regression_run.parent, regression_run.name, "train.steps=4")
+    with pytest.raises(ValueError, match="checkpoint.resume=latest"):
+        train(config)
+
+
+def test_empty_data_path_fails_before_training(tmp_path):
+    (tmp_path / "data" / "metadata").mkdir(parents=True)
+    config = tiny_config(
+        tmp_path,
+        "empty",
+        "data.datasets.scenes.weight=0",
+        "data.datasets.disk.type=re10k",
+        f"data.datasets.disk.root={tmp_path / 'data'}",
+        "data.datasets.disk.list_file=null",
+    )
+    with pytest.raises(ValueError, match=r"data.datasets.disk: no scenes found under"):
+        train(config)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_images_smaller_than_requested_fail_before_training(tmp_path):
+    views = generate_scene(0, 4, (16, 16))
+    write_re10k_scene(tmp_path / "data", "small", views.images, views.c2w, views.fxfycxcy)
+    config = tiny_config(
+        tmp_path,
+        "small",
+        "data.image_size=[32, 32]",
+        "data.datasets.scenes.weight=0",
+        "data.datasets.disk.type=re10k",
+        f"data.datasets.disk.root={tmp_path / 'data'}",
+        "data.datasets.disk.list_file=null",
+    )
+    with pytest.raises(ValueError, match=r"are 16x16 .* smaller than data.image_size 32x32"):
+        train(config)
+
+
+def test_missing_lpips_weights_fail_before_training(tmp_path):
+    config = tiny_config(
+        tmp_path, "lpips", "loss.perceptual=0.5", f"loss.perceptual_weights={tmp_path}/vgg.pth"
+    )
+    with pytest.raises(FileNotFoundError, match="VGG16 weights"):
+        train(config)
+    assert not (tmp_path / "lpips").exists()
+
+
+def test_batch_order_is_seeded_per_step_and_process():
+    mixture = MixtureDataset([range(10), range(1000)], [1.0, 3.0])
+    a = StepBatchSampler(mixture, 64, seed=0, rank=0, start=0, stop=3)
+    again = StepBatchSampler(mixture, 64, seed=0, rank=0, start=2, stop=3)
+    other_rank = StepBatchSampler(mixture, 64, seed=0, rank=1, start=0, stop=3)
+    batches = list(a)
+    assert list(again) == batches[2:]  # resuming at step 2 gives step 2's batch
+    assert list(other_rank) != batches
+    share = sum(d == 1 for batch in batches for d, _, _ in batch) / (3 * 64)
+    assert 0.6 < share < 0.9  # weight 3 of 4
+    assert all(i < mixture.sizes[d] for batch in batches for d, i, _ in batch)
+
+
+def test_gradient_accumulation_steps_per_update(regression_run, tmp_path):
+    """Two micro-batches per update (with gradient checkpointing): the LR schedule and the
+    step count follow updates, not micro-batches. The export is stored in bfloat16."""
+    run_dir = train(
+        tiny_config(
+            tmp_path,
+            "accumulate",
+            "train.steps=2",
+            "train.batch_size=1",
+            "train.gradient_accumulation=2",
+            "model.gradient_checkpointing=true",
+            "checkpoint.export_dtype=bfloat16",
+        )
+    )
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    straight = [json.loads(line) for line in (regression_run / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["lr"] for r in records] == [r["lr"] for r in straight[:2]]
+    weights = export_weights(run_dir / "export")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.bfloat16}
+    assert next(load_model(run_dir / "export").parameters()).dtype == torch.float32
+
+
+def test_mixture_of_procedural_and_disk_scenes(tmp_path):
+    for seed in range(3):
+        views = generate_scene(seed, 4, (24, 24))
+        write_re10k_scene(
+            tmp_path / "disk", f"scene{seed}", views.images, views.c2w, views.fxfycxcy,
+            views.depth, views.depth_valid,
+        )  # fmt: skip
+    config = tiny_config(
+        tmp_path,
+        "mixture",
+        "data.num_sources=[1, 2]",
+        "data.datasets.disk.type=re10k",
+        f"data.datasets.disk.root={tmp_path / 'disk'}",
+        "data.datasets.disk.list_file=null",
+        "data.datasets.disk.frame_gap=[1, 3]",
+        "data.datasets.disk.weight=3",
+    )
+    data = TrainingData(config["data"], batch_size=4, seed=0, rank=0)
+    assert data.names == ["scenes", "disk"]
+    batches = list(data.batches(0, 3))
+    assert len(batches) == 3
+    for batch in batches:
+        assert batch.images.shape == (4, 3, 3, 16, 16)  # 2 sources + 1 target, resized
+        assert batch.num_sources == 2 and batch.depth is not None
+    names = {name for batch in batches for name in batch.scenes}
+    assert any(n.startswith("scene") for n in names)
+    assert any(n.startswith("procedural_") for n in names)
+    again = next(iter(data.batches(1, 2)))
+    assert torch.equal(again.images, batches[1].images)  # seeded by the step alone
+
+
+def test_spike_steps_are_skipped():
+    state = TrainState()
+    for _ in range(5):
+        assert not state.is_spike(1.0, factor=10.0, warmup=5)
+        state.accept(1.0)
+    assert state.grad_norm_mean == pytest.approx(1.0)
+    assert state.is_spike(11.0, factor=10.0, warmup=5)
+    assert not state.is_spike(9.0, factor=10.0, warmup=5)
+    assert state.is_spike(float("nan"), factor=0.0, warmup=5)
+    assert not state.is_spike(1e9, factor=0.0, warmup=5)
+
+
+def test_two_cpu_processes(tmp_path):
+    """Two CPU processes joined by gloo train a few steps (configs/accelerate/cpu-2proc.yaml;
+    Accelerate's `--cpu` flag alone starts one process unless MPI is set up)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        "-m", "gen_nvs.train", *TINY, f"run.output_dir={tmp_path}", "run.name=ddp",
+        "train.steps=3", "checkpoint.every=3",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    assert len(losses(run_dir)) == 3
+    assert json.loads((run_dir / "run_info.json").read_text())["num_processes"] == 2
+    state = checkpoints.list_states(run_dir / "checkpoints")[-1]
+    assert {p.name for p in state.glob("random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+    assert load_model(run_dir / "export") is not None

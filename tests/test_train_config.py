@@ -1,0 +1,105 @@
+"""Training config layering (defaults -> experiment file -> overrides) and its errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from gen_nvs.train.config import CONFIG_DIR, git_revision, load_config, parse_override
+from gen_nvs.train.data import dataset_entries
+
+
+def test_layers_apply_in_order(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        yaml.safe_dump({"train": {"lr": 1.0e-3, "steps": 50}, "loss": {"perceptual": 0.0}})
+    )
+    config = load_config(experiment, ["train.steps=7", "data.image_size=[32, 48]"])
+    assert config["train"]["lr"] == 1.0e-3  # experiment over defaults
+    assert config["train"]["steps"] == 7  # override over experiment
+    assert config["data"]["image_size"] == [32, 48]
+    assert config["loss"]["perceptual"] == 0.0
+    assert config["train"]["batch_size"] == load_config()["train"]["batch_size"]  # default
+
+
+def test_yaml_scalars_in_overrides():
+    config = load_config(None, ["train.lr=1e-4", "model.init_from=null", "train.cpu=true"])
+    assert config["train"]["lr"] == pytest.approx(1e-4)  # PyYAML reads 1e-4 as a string
+    assert config["model"]["init_from"] is None
+    assert config["train"]["cpu"] is True
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "nearest"),
+    [
+        ("train.lrr=1", "train.lrr", "train.lr"),
+        ("loss.camra=0.1", "loss.camra", "loss.camera"),
+        ("trian.steps=3", "trian", "train"),
+        ("checkpoint.keeep=2", "checkpoint.keeep", "checkpoint.keep"),
+    ],
+)
+def test_unknown_key_names_it_and_the_nearest(override, named, nearest):
+    with pytest.raises(ValueError, match="unknown config key") as err:
+        load_config(None, [override])
+    assert repr(named) in str(err.value)
+    assert f"did you mean {nearest!r}" in str(err.value)
+
+
+def test_unknown_key_in_experiment_file(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("model:\n  presett: tiny\n")
+    with pytest.raises(ValueError, match=r"'model.presett'.*did you mean 'model.preset'"):
+        load_config(experiment)
+
+
+def test_wrong_kind_of_value():
+    with pytest.raises(ValueError, match="train.steps expects an integer"):
+        load_config(None, ["train.steps=ten"])
+    with pytest.raises(ValueError, match="train.steps expects an integer"):
+        load_config(None, ["train.steps=2.5"])
+    with pytest.raises(ValueError, match="data.image_size expects a list"):
+        load_config(None, ["data.image_size=64"])
+    config = load_config(None, ["train.steps=1e3", "loss.perceptual=0", "loss.perceptual=0.5"])
+    assert config["train"]["steps"] == 1000 and isinstance(config["train"]["steps"], int)
+    assert config["loss"]["perceptual"] == 0.5
+    with pytest.raises(ValueError, match="must look like key.sub=value"):
+        load_config(None, ["train.steps"])
+
+
+def test_dataset_entries_are_checked_per_type():
+    config = load_config(None, ["data.datasets.a.type=procedural", "data.datasets.b.type=re10k"])
+    with pytest.raises(ValueError, match=r"data.datasets.b.root"):
+        dataset_entries(config["data"])
+    config = load_config(None, ["data.datasets.a.type=procedural", "data.datasets.a.num_scene=3"])
+    with pytest.raises(ValueError, match=r"'data.datasets.a.num_scene'.*'num_scenes'"):
+        dataset_entries(config["data"])
+    config = load_config(None, ["data.datasets.a.type=procedurall"])
+    with pytest.raises(ValueError, match="did you mean 'procedural'"):
+        dataset_entries(config["data"])
+    config = load_config(None, ["data.datasets.a.type=procedural", "data.datasets.a.weight=0"])
+    with pytest.raises(ValueError, match="no training data"):
+        dataset_entries(config["data"])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+def test_shipped_experiment_files_resolve(name):
+    if name == "defaults.yaml":
+        return
+    config = load_config(CONFIG_DIR / name)
+    assert config["stage"] in ("regression", "diffusion")
+    assert dataset_entries(config["data"])
+
+
+def test_git_revision_is_read_from_dot_git(tmp_path):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    git = tmp_path / "repo" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text(sha + "\n")
+    assert git_revision(tmp_path / "repo" / "pkg" / "file.py") == sha
+    (git / "refs" / "heads" / "main").unlink()
+    (git / "packed-refs").write_text(f"# pack-refs\n{sha} refs/heads/main\n")
+    assert git_revision(tmp_path / "repo") == sha
+    (git / "HEAD").write_text(sha + "\n")  # detached
+    assert git_revision(tmp_path / "repo") == sha
