@@ -1,0 +1,612 @@
+"""What the app does, apart from its layout, so that it can be tested without a browser.
+
+An `Engine` holds the model (shared by every visitor) and the example scenes; a `Session`
+holds one visitor's encoded scene. Sources are encoded once per input set (the bytes of
+the images and the cameras, and the pose-free switch) and kept in the session, so that
+changing the target camera, the mode or the sampling options re-renders from the cache.
+
+Anything a visitor can get wrong raises ValueError (or FileNotFoundError) with a message
+fit for the page; the layout shows it and keeps the earlier results. A cancelled sampling
+run raises `samplers.SamplingCancelled`.
+
+Dimension legend: `s` source views, `t` target views, `n` samples, `h`/`w` render size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+import samplers
+from app import visuals
+from gen_nvs.data.procedural import generate_scene, scene_name
+from gen_nvs.data.re10k import write_re10k_scene
+from gen_nvs.geometry import rgbd
+from gen_nvs.inputs import (
+    MAX_VIEWS,
+    SourceViews,
+    TargetCameras,
+    TargetSpec,
+    default_intrinsics,
+    load_source_views,
+    scene_focus,
+    target_cameras,
+)
+from gen_nvs.models.decoder import DecoderOutput
+from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
+from gen_nvs.sampling import check_sampling_options, sample_views, scene_to_world
+
+# progress(fraction in [0, 1], description); gr.Progress fits.
+Progress = Callable[[float, str], object]
+
+MODES = ("Regression", "Sampling")
+TARGET_KINDS = ("Single view", "Trajectory video")
+# Page wording -> `sample_views` mask mode.
+COMPLETION = {"complete occluded regions only": "auto", "generate freely": "off"}
+EXAMPLE_SEEDS = (0, 1, 4)  # procedural scenes that read well at 64x64
+EXAMPLE_VIEWS = 3
+RENDER_CHUNK = 4  # target views per decoder call for videos (steady progress, bounded memory)
+MAX_CLOUD_POINTS = 60_000
+# The 3D viewer is y-up; scene points use OpenCV axes (y down, z forward).
+_VIEWER_AXES = torch.tensor([1.0, -1.0, -1.0])
+
+
+def _no_progress(fraction: float, desc: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Example:
+    """A procedural example scene on disk: source PNGs and their cameras JSON."""
+
+    name: str
+    images: list[Path]
+    cameras: Path
+    thumbnail: Path
+
+
+@dataclass(frozen=True)
+class CameraControls:
+    """The page's target-camera controls.
+
+    kind: one of TARGET_KINDS. A single view turns from source `from_source` (0-based) by
+    `azimuth_deg` right and `elevation_deg` up about the point the scene's focus distance
+    in front of it, at `distance` times that distance. A video follows `trajectory` for
+    `frames` frames shown at `fps`.
+    """
+
+    kind: str = TARGET_KINDS[0]
+    from_source: int = 0
+    azimuth_deg: float = 0.0
+    elevation_deg: float = 0.0
+    distance: float = 1.0
+    trajectory: str = "orbit"
+    frames: int = 12
+    fps: float = 8.0
+
+    def spec(self, focus: float) -> TargetSpec:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target kind {self.kind!r}, expected one of {TARGET_KINDS}")
+        if self.kind == TARGET_KINDS[0]:
+            if not self.distance > 0:
+                raise ValueError(f"distance must be positive, got {self.distance}")
+            return TargetSpec(
+                azimuth_deg=self.azimuth_deg,
+                elevation_deg=self.elevation_deg,
+                distance=self.distance * focus,
+                from_source=self.from_source,
+                focus=focus,
+            )
+        return TargetSpec(trajectory=self.trajectory, frames=self.frames, focus=focus)
+
+
+@dataclass(frozen=True)
+class SamplingControls:
+    """The page's sampling controls; `completion` is a key of COMPLETION."""
+
+    scheduler: str = "dpmpp-2m"
+    steps: int = 20
+    guidance_scale: float = 1.0
+    num_samples: int = 2
+    seed: int = 0
+    completion: str = next(iter(COMPLETION))
+
+    @property
+    def mask_mode(self) -> str:
+        if self.completion not in COMPLETION:
+            raise ValueError(f"unknown completion {self.completion!r}, expected {list(COMPLETION)}")
+        return COMPLETION[self.completion]
+
+    def check(self) -> None:
+        check_sampling_options(
+            scheduler=self.scheduler,
+            steps=self.steps,
+            num_samples=self.num_samples,
+            guidance_scale=self.guidance_scale,
+            mask_mode=self.mask_mode,
+        )
+
+
+@dataclass
+class LoadedScene:
+    """One input set, encoded (batch of one scene).
+
+    key: the input set's identity (content hash); views: the loaded sources;
+    source_fxfycxcy: [s, 4] in pixels of the renders (a default camera when pose-free);
+    sources: the model's render of the source cameras ([1, s, ...]; None when the source
+        cameras are unknown or the model has no point head), for the unseen mask and the
+        point cloud; source_depth: [s, h, w] from it; focus: the median depth seen from
+        source 0 (normalised units); seconds: how long encoding took; cameras_name: the
+        cameras file's name (None when pose-free).
+    """
+
+    key: str
+    views: SourceViews
+    scene: EncodedScene
+    source_fxfycxcy: Tensor
+    sources: DecoderOutput | None
+    source_depth: Tensor | None
+    focus: float
+    seconds: float
+    cameras_name: str | None = None
+
+    @property
+    def source_c2w(self) -> Tensor:
+        """[s, 4, 4] source cameras in the normalised frame (the first one alone, as the
+        identity, when unknown)."""
+        if self.scene.source_c2w is None:
+            return torch.eye(4)[None]
+        return self.scene.source_c2w[0].cpu()
+
+
+@dataclass
+class Session:
+    """One visitor's state: the encoded scene and a cancel flag the Cancel button sets
+    while a sampling run (another handler, same object) polls it."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    loaded: LoadedScene | None = None
+    cancel_requested: bool = False
+    runs: int = 0
+
+
+@dataclass
+class Outputs:
+    """One run's results (None: not produced by this run; the page keeps what it shows).
+
+    gallery: (image, caption) pairs: the view, or the samples then the regression render.
+    cloud_view: PLY for the 3D viewer (normalised frame, y up); cloud_ply: PLY to download,
+    in the frame of the given cameras (the first camera's when pose-free). video: animated
+    GIF of a trajectory.
+    """
+
+    gallery: list[tuple[Image.Image, str]] | None = None
+    depth: Image.Image | None = None
+    unseen: Image.Image | None = None
+    cloud_view: Path | None = None
+    cloud_ply: Path | None = None
+    video: Path | None = None
+    plot: Image.Image | None = None
+    status: str = ""
+
+
+class Engine:
+    """The model and the example scenes, shared by all sessions.
+
+    model: an NVSModel (eval mode) on `device`; image_hw: the size sources are resized
+    to and views rendered at (multiples of the patch size); workdir: where examples and
+    each session's output files go.
+    """
+
+    def __init__(
+        self,
+        model: NVSModel,
+        workdir: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        image_hw: tuple[int, int] = (64, 64),
+    ) -> None:
+        patch = model.patch_size
+        if image_hw[0] % patch or image_hw[1] % patch:
+            raise ValueError(f"image size {list(image_hw)} is not a multiple of the patch {patch}")
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.image_hw = tuple(image_hw)
+        self.workdir = Path(workdir)
+        self.examples = make_examples(self.workdir / "examples", self.image_hw)
+
+    @property
+    def can_sample(self) -> bool:
+        return self.model.can_sample
+
+    def session_dir(self, session: Session) -> Path:
+        path = self.workdir / "sessions" / session.id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def close_session(self, session: Session | None) -> None:
+        """Remove a finished session's output files."""
+        if session is not None:
+            shutil.rmtree(self.workdir / "sessions" / session.id, ignore_errors=True)
+
+    # ----------------------------------------------------------------------------------
+    # Sources
+    # ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def load(
+        self,
+        session: Session,
+        image_paths: Sequence[str | Path] | None,
+        cameras: str | Path | None = None,
+        pose_free: bool = False,
+        progress: Progress = _no_progress,
+    ) -> LoadedScene:
+        """The session's encoded scene for these inputs: from the cache when the input set
+        is unchanged, else loaded, checked and encoded (and cached)."""
+        if not image_paths:
+            raise ValueError(f"no source images: upload 1-{MAX_VIEWS} images or pick an example")
+        cameras = None if pose_free else cameras
+        key = input_key(image_paths, cameras, self.image_hw)
+        if session.loaded is not None and session.loaded.key == key:
+            return session.loaded
+        views = _named_by_file(load_source_views, [*image_paths, cameras])(
+            image_paths, cameras, self.image_hw
+        )
+        s = views.images.shape[0]
+        progress(0.05, f"encoding {s} source view{'s' * (s > 1)}")
+        start = time.perf_counter()
+        scene = self.model.encode(*views.batch(self.device))
+        if views.posed:
+            source_fxfycxcy = views.fxfycxcy
+        else:
+            source_fxfycxcy = default_intrinsics(self.image_hw).expand(s, 4).clone()
+        sources = source_depth = None
+        focus = scene_focus(self.model, scene, self.image_hw, source_fxfycxcy)
+        if scene.source_c2w is not None and self.model.decoder.point_head is not None:
+            progress(0.7, "rendering the source views' geometry")
+            k = source_fxfycxcy[None].to(self.device)
+            sources = self.model.render(scene, scene.source_c2w, k, self.image_hw, normalized=True)
+            source_depth = rgbd.points_to_depth(sources.points[0], scene.source_c2w[0]).cpu()
+        progress(1.0, "encoded")
+        session.loaded = LoadedScene(
+            key=key,
+            views=views,
+            scene=scene,
+            source_fxfycxcy=source_fxfycxcy,
+            sources=sources,
+            source_depth=source_depth,
+            focus=focus,
+            seconds=time.perf_counter() - start,
+            cameras_name=None if cameras is None else Path(cameras).name,
+        )
+        return session.loaded
+
+    def describe(self, loaded: LoadedScene) -> str:
+        """One line about the encoded scene, for the page."""
+        s = loaded.views.images.shape[0]
+        h, w = self.image_hw
+        cameras = "pose-free (camera head estimate)"
+        if loaded.views.posed:
+            cameras = f"cameras from {loaded.cameras_name}"
+        return (
+            f"{s} source view{'s' * (s > 1)} at {w}x{h}, {cameras}; encoded in "
+            f"{loaded.seconds:.1f} s, cached for this session."
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Targets
+    # ----------------------------------------------------------------------------------
+
+    def targets(self, loaded: LoadedScene, controls: CameraControls) -> TargetCameras:
+        """The target cameras of `controls`, in the scene's normalised frame."""
+        source_c2w = None if loaded.scene.source_c2w is None else loaded.source_c2w
+        return target_cameras(
+            controls.spec(loaded.focus),
+            self.image_hw,
+            source_c2w=source_c2w,
+            source_fxfycxcy=loaded.source_fxfycxcy,
+        )
+
+    def plot(self, session: Session, controls: CameraControls) -> Image.Image | None:
+        """The camera sketch of the session's scene and targets (None before a scene).
+        Targets that cannot be built are left out of the sketch (the run says why)."""
+        if session.loaded is None:
+            return None
+        try:
+            target_c2w = self.targets(session.loaded, controls).c2w
+        except ValueError:
+            target_c2w = None
+        h, w = self.image_hw
+        return visuals.camera_plot(session.loaded.source_c2w, target_c2w, aspect=w / h)
+
+    # ----------------------------------------------------------------------------------
+    # Rendering and sampling
+    # ----------------------------------------------------------------------------------
+
+    def check_mode(self, mode: str) -> None:
+        """ValueError unless this checkpoint can run `mode`."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}, expected one of {MODES}")
+        if mode == "Sampling":
+            require_diffusion(self.model, "this checkpoint")
+
+    @torch.no_grad()
+    def run(
+        self,
+        session: Session,
+        controls: CameraControls,
+        mode: str = MODES[0],
+        sampling: SamplingControls | None = None,
+        progress: Progress = _no_progress,
+    ) -> Outputs:
+        """Render (Regression) or sample (Sampling) the targets of `controls` against the
+        session's encoded scene (`load` first)."""
+        loaded = session.loaded
+        if loaded is None:
+            raise ValueError(f"no scene yet: upload 1-{MAX_VIEWS} images or pick an example")
+        self.check_mode(mode)
+        sampling = sampling or SamplingControls()
+        if mode == "Sampling":
+            sampling.check()
+        targets = self.targets(loaded, controls)
+        session.runs += 1
+        start = time.perf_counter()
+        if mode == "Sampling":
+            views = self._sample(session, loaded, targets, sampling, progress)
+        else:
+            regression = render_targets(
+                self.model, loaded.scene, targets, self.image_hw, self.device, progress
+            )
+            views = _Views.of_regression(regression, targets)
+        if views.mask is None:
+            views.mask = self._unseen(loaded, targets, views.regression)
+        seconds = time.perf_counter() - start
+
+        out = Outputs(plot=self.plot(session, controls))
+        stem = self.session_dir(session) / f"{session.runs:04d}"
+        if views.points is not None:
+            out.cloud_ply, out.cloud_view = self._cloud(loaded, stem, views)
+        if controls.kind == TARGET_KINDS[0]:
+            out.gallery, out.depth, out.unseen = _view_pictures(views, mode, sampling.seed)
+        else:
+            frames = [visuals.enlarge(visuals.to_pil(frame)) for frame in views.rgb[0]]
+            out.video = visuals.write_gif(frames, stem.with_suffix(".gif"), controls.fps)
+        what = _what(mode, targets.num_views, sampling)
+        out.status = f"Run {session.runs}: {what} in {seconds:.1f} s."
+        return out
+
+    def _sample(
+        self,
+        session: Session,
+        loaded: LoadedScene,
+        targets: TargetCameras,
+        sampling: SamplingControls,
+        progress: Progress,
+    ) -> _Views:
+        """Draw the samples (a video: one sample of every frame); the Cancel button's flag
+        stops them after the current step."""
+        session.cancel_requested = False
+
+        def callback(info: samplers.StepInfo) -> samplers.Signal | None:
+            progress((info.step + 1) / info.num_steps, f"sampling: step {info.step + 1}")
+            return samplers.STOP if session.cancel_requested else None
+
+        progress(0.0, "sampling")
+        c2w, fxfycxcy = targets.batch(self.device)
+        sampled = sample_views(
+            self.model,
+            loaded.scene,
+            c2w,
+            fxfycxcy,
+            self.image_hw,
+            normalized=True,
+            num_samples=sampling.num_samples if targets.num_views == 1 else 1,
+            seed=sampling.seed,
+            scheduler=sampling.scheduler,
+            steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            mask_mode=sampling.mask_mode,
+            callback=callback,
+            source_fxfycxcy=loaded.source_fxfycxcy[None].to(self.device),
+        )
+        return _Views(
+            rgb=sampled.rgb[:, 0].cpu(),
+            points=None if sampled.points is None else sampled.points[:, 0].cpu(),
+            depth=None if sampled.depth is None else sampled.depth[:, 0].cpu(),
+            conf=None,
+            regression=_cpu(sampled.regression),
+            mask=None if sampled.mask is None else sampled.mask[0].cpu(),
+        )
+
+    def _unseen(
+        self, loaded: LoadedScene, targets: TargetCameras, regression: DecoderOutput
+    ) -> Tensor | None:
+        """bool [t, h, w]: target pixels no source saw (their regressed points reprojected
+        into the sources' depth, as sampling's "auto" mask does), or None without source
+        geometry."""
+        if loaded.source_depth is None or regression.points is None:
+            return None
+        target_depth = rgbd.points_to_depth(regression.points[0], targets.c2w)  # (t, h, w)
+        return torch.stack(
+            [
+                rgbd.unseen_mask(
+                    targets.c2w[j],
+                    targets.fxfycxcy[j],
+                    target_depth[j],
+                    loaded.source_c2w,
+                    loaded.source_fxfycxcy,
+                    loaded.source_depth,
+                )
+                for j in range(targets.num_views)
+            ]
+        )
+
+    def _cloud(self, loaded: LoadedScene, stem: Path, views: _Views) -> tuple[Path, Path]:
+        """Fuse the sources' and the (first sample's) views' points into two PLYs: one in
+        the input world frame to download (the first camera's frame when pose-free), one
+        in the normalised frame with y up for the 3D viewer."""
+        points = views.points[0]  # (t, h, w, 3)
+        colors = views.rgb[0].permute(0, 2, 3, 1)  # (t, h, w, 3)
+        conf = views.conf
+        if loaded.sources is not None:
+            points = torch.cat([loaded.sources.points[0].cpu(), points])
+            colors = torch.cat([loaded.views.images.permute(0, 2, 3, 1), colors])
+            if conf is not None:
+                conf = torch.cat([loaded.sources.conf[0].cpu(), conf])
+        xyz, rgb = rgbd.fuse_point_clouds(
+            points,
+            colors,
+            conf,
+            conf_quantile=None if conf is None else 0.1,
+            max_points=MAX_CLOUD_POINTS,
+        )
+        world = scene_to_world(loaded.scene, xyz[None].to(loaded.scene.scale.device))[0].cpu()
+        ply = rgbd.write_ply(stem.parent / f"{stem.name}-points.ply", world, rgb)
+        view = rgbd.write_ply(stem.parent / f"{stem.name}-viewer.ply", xyz * _VIEWER_AXES, rgb)
+        return ply, view
+
+
+@dataclass
+class _Views:
+    """One run's views on the CPU: rgb [n, t, 3, h, w] (n samples, or 1: the regression
+    render), points [n, t, h, w, 3] | None, depth [n, t, h, w] | None, conf [t, h, w] |
+    None (regression only), the regression render ([1, t, ...]) and the unseen mask
+    [t, h, w] (bool, or weights with a soft edge) | None."""
+
+    rgb: Tensor
+    points: Tensor | None
+    depth: Tensor | None
+    conf: Tensor | None
+    regression: DecoderOutput
+    mask: Tensor | None
+
+    @classmethod
+    def of_regression(cls, regression: DecoderOutput, targets: TargetCameras) -> _Views:
+        points = regression.points
+        depth = None if points is None else rgbd.points_to_depth(points, targets.c2w[None])
+        return cls(
+            rgb=regression.rgb,
+            points=points,
+            depth=depth,
+            conf=None if regression.conf is None else regression.conf[0],
+            regression=regression,
+            mask=None,
+        )
+
+
+def render_targets(
+    model: NVSModel,
+    scene: EncodedScene,
+    targets: TargetCameras,
+    image_hw: tuple[int, int],
+    device: torch.device | str,
+    progress: Progress = _no_progress,
+) -> DecoderOutput:
+    """The regression render of every target of one encoded scene, `RENDER_CHUNK` views
+    per decoder call (steady progress, bounded memory); on the CPU, [1, t, ...]."""
+    c2w, fxfycxcy = targets.batch(device)
+    t = targets.num_views
+    parts = []
+    for start in range(0, t, RENDER_CHUNK):
+        progress(start / t, f"rendering {t} view{'s' * (t > 1)}")
+        part = slice(start, start + RENDER_CHUNK)
+        with torch.no_grad():
+            out = model.render(
+                scene, c2w[:, part], fxfycxcy[:, part], image_hw, normalized=targets.normalized
+            )
+        parts.append(_cpu(out))
+    progress(1.0, "rendered")
+
+    def cat(name: str) -> Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values, 1)
+
+    return DecoderOutput(rgb=cat("rgb"), points=cat("points"), conf=cat("conf"))
+
+
+def _cpu(out: DecoderOutput) -> DecoderOutput:
+    return DecoderOutput(
+        rgb=out.rgb.cpu(),
+        points=None if out.points is None else out.points.cpu(),
+        conf=None if out.conf is None else out.conf.cpu(),
+    )
+
+
+def _view_pictures(views: _Views, mode: str, seed: int):
+    """(gallery, depth picture | None, unseen overlay | None) of a single-view run."""
+    regression = views.regression.rgb[0, 0]
+    gallery = [(visuals.enlarge(visuals.to_pil(regression)), "regression")]
+    if mode == "Sampling":
+        samples = [
+            (visuals.enlarge(visuals.to_pil(view[0])), f"sample {k + 1} (seed {seed + k})")
+            for k, view in enumerate(views.rgb)
+        ]
+        gallery = samples + gallery
+    depth = None
+    if views.depth is not None:
+        depth = visuals.enlarge(visuals.colorize_depth(views.depth[0, 0]))
+    unseen = None
+    if views.mask is not None:
+        unseen = visuals.enlarge(visuals.overlay_mask(regression, views.mask[0]))
+    return gallery, depth, unseen
+
+
+def _what(mode: str, num_views: int, sampling: SamplingControls) -> str:
+    if mode == "Regression":
+        return f"rendered {num_views} view{'s' * (num_views > 1)}"
+    if num_views == 1:
+        return f"drew {sampling.num_samples} sample(s) x {sampling.steps} steps"
+    return f"sampled {num_views} frames x {sampling.steps} steps"
+
+
+def input_key(
+    image_paths: Sequence[str | Path], cameras: str | Path | None, image_hw: tuple[int, int]
+) -> str:
+    """Identity of an input set: the files' names and bytes, in order, and the size.
+    Unreadable paths hash by name only (loading then reports them)."""
+    digest = hashlib.sha256(repr(tuple(image_hw)).encode())
+    for path in [*image_paths, cameras]:
+        digest.update(b"\0" if path is None else Path(path).name.encode() + b"\0")
+        if path is not None and Path(path).is_file():
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _named_by_file(fn: Callable, paths: Sequence[str | Path | None]) -> Callable:
+    """`fn` with uploaded files named by their file names in its error messages (uploads
+    live in temporary folders whose names mean nothing to a visitor)."""
+
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as err:
+            message = str(err)
+            for path in sorted({str(p) for p in paths if p is not None}, key=len, reverse=True):
+                message = message.replace(path, Path(path).name)
+            raise type(err)(message) from err
+
+    return wrapped
+
+
+def make_examples(directory: Path, image_hw: tuple[int, int]) -> list[Example]:
+    """Write the example scenes (procedural, RealEstate10K layout) and their thumbnails."""
+    examples = []
+    for seed in EXAMPLE_SEEDS:
+        views = generate_scene(seed, EXAMPLE_VIEWS, image_hw)
+        name = scene_name(seed)
+        cameras = write_re10k_scene(directory, name, views.images, views.c2w, views.fxfycxcy)
+        images = sorted((directory / "images" / name).glob("*.png"))
+        thumbnail = directory / f"{name}-thumbnail.png"
+        visuals.enlarge(visuals.to_pil(views.images[0]), 128).save(thumbnail)
+        examples.append(Example(name=name, images=images, cameras=cameras, thumbnail=thumbnail))
+    return examples
