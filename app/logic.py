@@ -43,10 +43,9 @@ from gen_nvs.inputs import (
 )
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
-from gen_nvs.sampling import check_sampling_options, sample_views, scene_to_world
-
-# progress(fraction in [0, 1], description); gr.Progress fits.
-Progress = Callable[[float, str], object]
+from gen_nvs.outputs import colorize_depth, to_pil, write_gif
+from gen_nvs.rendering import Progress, no_progress, render_targets, to_cpu
+from gen_nvs.sampling import check_sampling_options, sample_views, scene_to_world, unseen_region
 
 MODES = ("Regression", "Sampling")
 TARGET_KINDS = ("Single view", "Trajectory video")
@@ -54,14 +53,9 @@ TARGET_KINDS = ("Single view", "Trajectory video")
 COMPLETION = {"complete occluded regions only": "auto", "generate freely": "off"}
 EXAMPLE_SEEDS = (0, 1, 4)  # procedural scenes that read well at 64x64
 EXAMPLE_VIEWS = 3
-RENDER_CHUNK = 4  # target views per decoder call for videos (steady progress, bounded memory)
 MAX_CLOUD_POINTS = 60_000
 # The 3D viewer is y-up; scene points use OpenCV axes (y down, z forward).
 _VIEWER_AXES = torch.tensor([1.0, -1.0, -1.0])
-
-
-def _no_progress(fraction: float, desc: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -144,9 +138,9 @@ class LoadedScene:
     source_fxfycxcy: [s, 4] in pixels of the renders (a default camera when pose-free);
     sources: the model's render of the source cameras ([1, s, ...]; None when the source
         cameras are unknown or the model has no point head), for the unseen mask and the
-        point cloud; source_depth: [s, h, w] from it; focus: the median depth seen from
-        source 0 (normalised units); seconds: how long encoding took; cameras_name: the
-        cameras file's name (None when pose-free).
+        point cloud; focus: the median depth seen from source 0 (normalised units);
+        seconds: how long encoding took; cameras_name: the cameras file's name (None when
+        pose-free).
     """
 
     key: str
@@ -154,7 +148,6 @@ class LoadedScene:
     scene: EncodedScene
     source_fxfycxcy: Tensor
     sources: DecoderOutput | None
-    source_depth: Tensor | None
     focus: float
     seconds: float
     cameras_name: str | None = None
@@ -249,7 +242,7 @@ class Engine:
         image_paths: Sequence[str | Path] | None,
         cameras: str | Path | None = None,
         pose_free: bool = False,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> LoadedScene:
         """The session's encoded scene for these inputs: from the cache when the input set
         is unchanged, else loaded, checked and encoded (and cached)."""
@@ -270,13 +263,12 @@ class Engine:
             source_fxfycxcy = views.fxfycxcy
         else:
             source_fxfycxcy = default_intrinsics(self.image_hw).expand(s, 4).clone()
-        sources = source_depth = None
+        sources = None
         focus = scene_focus(self.model, scene, self.image_hw, source_fxfycxcy)
         if scene.source_c2w is not None and self.model.decoder.point_head is not None:
             progress(0.7, "rendering the source views' geometry")
             k = source_fxfycxcy[None].to(self.device)
             sources = self.model.render(scene, scene.source_c2w, k, self.image_hw, normalized=True)
-            source_depth = rgbd.points_to_depth(sources.points[0], scene.source_c2w[0]).cpu()
         progress(1.0, "encoded")
         session.loaded = LoadedScene(
             key=key,
@@ -284,7 +276,6 @@ class Engine:
             scene=scene,
             source_fxfycxcy=source_fxfycxcy,
             sources=sources,
-            source_depth=source_depth,
             focus=focus,
             seconds=time.perf_counter() - start,
             cameras_name=None if cameras is None else Path(cameras).name,
@@ -347,7 +338,7 @@ class Engine:
         controls: CameraControls,
         mode: str = MODES[0],
         sampling: SamplingControls | None = None,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> Outputs:
         """Render (Regression) or sample (Sampling) the targets of `controls` against the
         session's encoded scene (`load` first)."""
@@ -379,8 +370,8 @@ class Engine:
         if controls.kind == TARGET_KINDS[0]:
             out.gallery, out.depth, out.unseen = _view_pictures(views, mode, sampling.seed)
         else:
-            frames = [visuals.enlarge(visuals.to_pil(frame)) for frame in views.rgb[0]]
-            out.video = visuals.write_gif(frames, stem.with_suffix(".gif"), controls.fps)
+            frames = [visuals.enlarge(to_pil(frame)) for frame in views.rgb[0]]
+            out.video = write_gif(frames, stem.with_suffix(".gif"), controls.fps)
         what = _what(mode, targets.num_views, sampling)
         out.status = f"Run {session.runs}: {what} in {seconds:.1f} s."
         return out
@@ -424,7 +415,7 @@ class Engine:
             points=None if sampled.points is None else sampled.points[:, 0].cpu(),
             depth=None if sampled.depth is None else sampled.depth[:, 0].cpu(),
             conf=None,
-            regression=_cpu(sampled.regression),
+            regression=to_cpu(sampled.regression),
             mask=None if sampled.mask is None else sampled.mask[0].cpu(),
         )
 
@@ -434,22 +425,19 @@ class Engine:
         """bool [t, h, w]: target pixels no source saw (their regressed points reprojected
         into the sources' depth, as sampling's "auto" mask does), or None without source
         geometry."""
-        if loaded.source_depth is None or regression.points is None:
+        if loaded.sources is None:
             return None
-        target_depth = rgbd.points_to_depth(regression.points[0], targets.c2w)  # (t, h, w)
-        return torch.stack(
-            [
-                rgbd.unseen_mask(
-                    targets.c2w[j],
-                    targets.fxfycxcy[j],
-                    target_depth[j],
-                    loaded.source_c2w,
-                    loaded.source_fxfycxcy,
-                    loaded.source_depth,
-                )
-                for j in range(targets.num_views)
-            ]
+        unseen = unseen_region(
+            self.model,
+            loaded.scene,
+            regression,
+            targets.c2w[None],
+            targets.fxfycxcy[None],
+            self.image_hw,
+            source_fxfycxcy=loaded.source_fxfycxcy[None],
+            sources=loaded.sources,
         )
+        return None if unseen is None else unseen[0]
 
     def _cloud(self, loaded: LoadedScene, stem: Path, views: _Views) -> tuple[Path, Path]:
         """Fuse the sources' and the (first sample's) views' points into two PLYs: one in
@@ -504,57 +492,19 @@ class _Views:
         )
 
 
-def render_targets(
-    model: NVSModel,
-    scene: EncodedScene,
-    targets: TargetCameras,
-    image_hw: tuple[int, int],
-    device: torch.device | str,
-    progress: Progress = _no_progress,
-) -> DecoderOutput:
-    """The regression render of every target of one encoded scene, `RENDER_CHUNK` views
-    per decoder call (steady progress, bounded memory); on the CPU, [1, t, ...]."""
-    c2w, fxfycxcy = targets.batch(device)
-    t = targets.num_views
-    parts = []
-    for start in range(0, t, RENDER_CHUNK):
-        progress(start / t, f"rendering {t} view{'s' * (t > 1)}")
-        part = slice(start, start + RENDER_CHUNK)
-        with torch.no_grad():
-            out = model.render(
-                scene, c2w[:, part], fxfycxcy[:, part], image_hw, normalized=targets.normalized
-            )
-        parts.append(_cpu(out))
-    progress(1.0, "rendered")
-
-    def cat(name: str) -> Tensor | None:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values, 1)
-
-    return DecoderOutput(rgb=cat("rgb"), points=cat("points"), conf=cat("conf"))
-
-
-def _cpu(out: DecoderOutput) -> DecoderOutput:
-    return DecoderOutput(
-        rgb=out.rgb.cpu(),
-        points=None if out.points is None else out.points.cpu(),
-        conf=None if out.conf is None else out.conf.cpu(),
-    )
-
-
 def _view_pictures(views: _Views, mode: str, seed: int):
     """(gallery, depth picture | None, unseen overlay | None) of a single-view run."""
     regression = views.regression.rgb[0, 0]
-    gallery = [(visuals.enlarge(visuals.to_pil(regression)), "regression")]
+    gallery = [(visuals.enlarge(to_pil(regression)), "regression")]
     if mode == "Sampling":
         samples = [
-            (visuals.enlarge(visuals.to_pil(view[0])), f"sample {k + 1} (seed {seed + k})")
+            (visuals.enlarge(to_pil(view[0])), f"sample {k + 1} (seed {seed + k})")
             for k, view in enumerate(views.rgb)
         ]
         gallery = samples + gallery
     depth = None
     if views.depth is not None:
-        depth = visuals.enlarge(visuals.colorize_depth(views.depth[0, 0]))
+        depth = visuals.enlarge(colorize_depth(views.depth[0, 0]))
     unseen = None
     if views.mask is not None:
         unseen = visuals.enlarge(visuals.overlay_mask(regression, views.mask[0]))
@@ -607,6 +557,6 @@ def make_examples(directory: Path, image_hw: tuple[int, int]) -> list[Example]:
         cameras = write_re10k_scene(directory, name, views.images, views.c2w, views.fxfycxcy)
         images = sorted((directory / "images" / name).glob("*.png"))
         thumbnail = directory / f"{name}-thumbnail.png"
-        visuals.enlarge(visuals.to_pil(views.images[0]), 128).save(thumbnail)
+        visuals.enlarge(to_pil(views.images[0]), 128).save(thumbnail)
         examples.append(Example(name=name, images=images, cameras=cameras, thumbnail=thumbnail))
     return examples

@@ -1,8 +1,8 @@
-"""Pictures of results, drawn with PIL and numpy only: colourised depth, the unseen-region
-overlay, a plot of source and target cameras, animated GIFs and enlarged previews.
+"""The app's own pictures, drawn with PIL and numpy only: enlarged previews, the
+unseen-region overlay and a plot of source and target cameras. The pictures `gen-nvs
+render` writes too (colourised depth, animated GIFs) are in `gen_nvs.outputs`.
 
-Shared by the app and `gen-nvs render`. Images go in as tensors [3, h, w] in [0, 1] (or
-[h, w] maps) and come out as PIL images.
+Images go in as tensors [3, h, w] in [0, 1] (or [h, w] maps) and come out as PIL images.
 
 Dimension legend: `t` views, `h`/`w` image height/width, `n` cameras.
 """
@@ -10,33 +10,17 @@ Dimension legend: `t` views, `h`/`w` image height/width, `n` cameras.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-# Polynomial fit of the Turbo colour map (Mikhailov, Google 2019), lowest order first.
-_TURBO = np.array(
-    [
-        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
-        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
-        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
-    ]
-)
+from gen_nvs.outputs import to_pil
+
 UNSEEN_COLOUR = (255, 0, 200)
 SOURCE_COLOUR = (40, 110, 230)
 TARGET_COLOUR = (235, 90, 30)
-
-
-def to_pil(image: Tensor) -> Image.Image:
-    """[3, h, w] in [0, 1] -> RGB PIL image."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be [3, h, w], got {list(image.shape)}")
-    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
 
 
 def enlarge(image: Image.Image, min_side: int = 256) -> Image.Image:
@@ -45,35 +29,6 @@ def enlarge(image: Image.Image, min_side: int = 256) -> Image.Image:
     if factor == 1:
         return image
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-
-
-def turbo(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) -> uint8 RGB (shape + [3]) on the Turbo colour map."""
-    x = np.clip(values, 0.0, 1.0)[..., None]
-    powers = x ** np.arange(6)  # (..., 6)
-    return (np.clip(powers @ _TURBO.T, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
-def colorize_depth(depth: Tensor, valid: Tensor | None = None) -> Image.Image:
-    """Depth [h, w] -> Turbo-coloured inverse depth (near red, far blue); invalid pixels black.
-
-    The range is the 2nd to 98th percentile of the valid inverse depths, so that a few
-    outliers do not wash out the picture; it spans Turbo's blue to red (its near-black ends
-    would read as missing depth).
-    """
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be [h, w], got {list(depth.shape)}")
-    depth = depth.detach().float().cpu()
-    ok = torch.isfinite(depth) & (depth > 0)
-    if valid is not None:
-        ok &= valid.detach().cpu().bool()
-    rgb = np.zeros((*depth.shape, 3), dtype=np.uint8)
-    if ok.any():
-        inverse = 1.0 / depth[ok]
-        lo, hi = torch.quantile(inverse, torch.tensor([0.02, 0.98])).tolist()
-        scaled = ((inverse - lo) / max(hi - lo, 1e-8)).clamp(0, 1).numpy()
-        rgb[ok.numpy()] = turbo(0.1 + 0.8 * scaled)
-    return Image.fromarray(rgb)
 
 
 def overlay_mask(image: Tensor, mask: Tensor, alpha: float = 0.6) -> Image.Image:
@@ -88,27 +43,6 @@ def overlay_mask(image: Tensor, mask: Tensor, alpha: float = 0.6) -> Image.Image
     weight = alpha * mask.detach().float().cpu().clamp(0, 1).numpy()[..., None]
     out = (1 - weight) * base + weight * tint
     return Image.fromarray(out.round().astype(np.uint8))
-
-
-def write_gif(frames: Sequence[Image.Image], path: str | Path, fps: float = 8.0) -> Path:
-    """Write frames as a looping animated GIF (playable everywhere, no video codec needed)."""
-    if not frames:
-        raise ValueError("a video needs at least one frame")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    first, *rest = [f.convert("RGB") for f in frames]
-    first.save(
-        path,
-        format="GIF",
-        save_all=True,
-        append_images=rest,
-        duration=round(1000 / fps),
-        loop=0,
-        optimize=False,
-    )
-    return path
 
 
 # --------------------------------------------------------------------------------------

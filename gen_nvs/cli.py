@@ -11,9 +11,10 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
+# name -> (module, one-line help). The app's command lives in the `app` package, which
+# builds on this library rather than the other way round.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "app": ("gen_nvs.commands.app", "start the Gradio app (regression and sampling)"),
+    "app": ("app.command", "start the Gradio app (regression and sampling)"),
     "render": (
         "gen_nvs.commands.render",
         "render novel views (or a trajectory video) and a fused point cloud from images",

@@ -24,6 +24,7 @@ Dimension legend:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -437,6 +438,24 @@ def _stored_image_size(metadata: Path, stored: str) -> tuple[int, int] | None:
     return None
 
 
+def scene_targets(
+    model: NVSModel,
+    scene: EncodedScene,
+    spec: TargetSpec,
+    image_hw: tuple[int, int],
+    source_fxfycxcy: Tensor | None = None,
+) -> tuple[TargetSpec, TargetCameras]:
+    """The target cameras of `spec` for the first encoded scene -> (the spec with its focus
+    measured by `scene_focus` when it had none and needs one, the cameras).
+
+    source_fxfycxcy: [s, 4] in pixels of `image_hw` images; None: a `DEFAULT_FOV_DEG` camera.
+    """
+    if spec.focus is None and spec.kind != "cameras":
+        spec = dataclasses.replace(spec, focus=scene_focus(model, scene, image_hw, source_fxfycxcy))
+    source_c2w = None if scene.source_c2w is None else scene.source_c2w[0]
+    return spec, target_cameras(spec, image_hw, source_c2w, source_fxfycxcy)
+
+
 def scene_focus(
     model: NVSModel,
     scene: EncodedScene,
@@ -490,10 +509,20 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help="source cameras, RealEstate10K metadata format (frames matched to the images by "
         "file name); default: pose-free, the model estimates them",
     )
+    add_model_arguments(group)
+    group.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    group.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out directory"
+    )
+
+
+def add_model_arguments(group: argparse._ActionsContainer) -> None:
+    """--checkpoint, --size and --device (to a parser or an argument group): which model
+    runs, at what size, where (see `check_render_size` and `resolve_device`)."""
     group.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="model export (directory or hf://org/repo); default: the embedded model",
+        help="model export (directory or hf://org/repo[/subdir]); default: the embedded model",
     )
     group.add_argument(
         "--size",
@@ -507,10 +536,6 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         "--device",
         default="auto",
         help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...",
-    )
-    group.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    group.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out directory"
     )
 
 
@@ -590,6 +615,15 @@ def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
         cameras=args.target_cameras,
         focus=args.focus,
     )
+
+
+def check_render_size(image_hw: tuple[int, int], patch_size: int) -> None:
+    """ValueError unless `--size` is a multiple of the model's patch size."""
+    if image_hw[0] % patch_size or image_hw[1] % patch_size:
+        raise ValueError(
+            f"--size {image_hw[0]} {image_hw[1]} must be multiples of the model's patch size "
+            f"{patch_size}"
+        )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,7 +7,8 @@
    region and the fallback output.
 2. A mask says which target pixels no source saw (1 = unseen, to generate): by geometry
    (the sources' depth, rendered by the point head, tested by reprojection), by the
-   point head's confidence, given by the caller, or none (generate everything).
+   point head's confidence (both `unseen_region`, which the app's regression view shows
+   too), given by the caller, or none (generate everything).
 3. The diffusion decoder samples every target, RePaint-style where there is a mask: the
    regression render is kept where the sources saw the scene and the rest is generated.
    The scene's `diffusion_cache` holds the encoder tokens and the source stream, so one
@@ -165,7 +166,7 @@ def sample_views(
         targets' when the source cameras are unknown); "auto" uses geometry when the source
         cameras are known or estimated (the sources' depth, from the point head, tests the
         targets' points by reprojection), else the confidence, else (no point head) off.
-        Computed masks get a soft edge into the seen region.
+        Computed masks (`unseen_region`) get a soft edge into the seen region.
     mask: [b, t, h, w] in [0, 1], 1 = generate; replaces the computed mask (with mask_mode
         "auto" only).
     callback: called after every solver step with a `samplers.StepInfo` whose `step` and
@@ -212,13 +213,15 @@ def sample_views(
     batch = _samples_per_batch(
         diffusion, scene, image_hw, t, num_samples, max_batch, guidance_scale, memory_budget
     )
-    if source_fxfycxcy is None and scene.source_c2w is not None:
-        s = scene.source_c2w.shape[1]
-        source_fxfycxcy = default_intrinsics(image_hw).to(target_c2w).expand(b, s, 4)
-    unseen = _unseen(
-        model, scene, regression, target_c2w, target_fxfycxcy, image_hw,
-        mask_mode, mask, source_fxfycxcy, conf_threshold,
-    )  # fmt: skip
+    if mask is not None:
+        unseen = _checked_mask(mask, (b, t, *image_hw)).to(regression.rgb)
+    else:
+        unseen = unseen_region(
+            model, scene, regression, target_c2w, target_fxfycxcy, image_hw,
+            mode=mask_mode, source_fxfycxcy=source_fxfycxcy, conf_threshold=conf_threshold,
+        )  # fmt: skip
+        if unseen is not None:
+            unseen = _soft_edge(unseen.to(regression.rgb))
     points = regression.points if diffusion.noise_channels == 6 else None
     known = to_diffusion_space(regression.rgb, points)  # (b, t, k, h, w)
     null = None
@@ -295,6 +298,60 @@ def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
     return world.reshape(points.shape)
 
 
+def unseen_region(
+    model: NVSModel,
+    scene: EncodedScene,
+    regression: DecoderOutput,
+    target_c2w: Tensor,
+    target_fxfycxcy: Tensor,
+    image_hw: tuple[int, int],
+    *,
+    mode: str = "auto",
+    source_fxfycxcy: Tensor | None = None,
+    conf_threshold: float | None = None,
+    sources: DecoderOutput | None = None,
+) -> Tensor | None:
+    """bool [b, t, h, w]: the target pixels no source saw, on the regression render's
+    device; None with mode "off", or "auto" for a model without a point head.
+
+    regression: `model.render` of the targets (rgb [b, t, 3, h, w], points, conf).
+    target_c2w [b, t, 4, 4] in the scene's normalised frame, target_fxfycxcy [b, t, 4] in
+        pixels of the `image_hw` renders.
+    mode: one of MASK_MODES, as `sample_views`' mask_mode: "auto" tests the targets'
+        regressed points by reprojection into the sources' depth when the source cameras
+        are known or estimated, else uses "confidence": the point head's confidence below
+        `conf_threshold` (None: a share `CONFIDENCE_FRACTION` of the median confidence of
+        the sources' renders, or of the targets' when the source cameras are unknown).
+    source_fxfycxcy: [b, s, 4] the sources' intrinsics in pixels of `image_hw` images; None:
+        a default field of view (`gen_nvs.inputs.DEFAULT_FOV_DEG`).
+    sources: `model.render` of the source cameras ([b, s, ...], normalised frame) when the
+        caller has it; None: rendered here when needed.
+
+    Raises ValueError for an unknown mode, or mode "confidence" without a point head.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {list(MASK_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and regression.points is None):
+        return None
+    if regression.points is None:
+        raise ValueError("mask mode 'confidence' needs a model with a point head")
+    source_c2w = scene.source_c2w
+    if source_c2w is None:
+        return _confidence_unseen(regression, conf_threshold, sources=None)
+    if source_fxfycxcy is None:
+        b, s = source_c2w.shape[:2]
+        source_fxfycxcy = default_intrinsics(image_hw).to(source_c2w).expand(b, s, 4)
+    source_fxfycxcy = source_fxfycxcy.to(source_c2w.device)
+    geometry = mode == "auto"
+    if sources is None and (geometry or conf_threshold is None):
+        sources = model.render(scene, source_c2w, source_fxfycxcy, image_hw, normalized=True)
+    if geometry:
+        return _geometry_unseen(
+            scene, regression, target_c2w, target_fxfycxcy, source_fxfycxcy, sources
+        )
+    return _confidence_unseen(regression, conf_threshold, sources)
+
+
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
@@ -312,61 +369,35 @@ def _scheduler(scheduler: str | SchedulerMixin, diffusion: DiffusionDecoder) -> 
     return scheduler
 
 
-def _unseen(
-    model: NVSModel,
-    scene: EncodedScene,
-    regression: DecoderOutput,
-    target_c2w: Tensor,
-    target_fxfycxcy: Tensor,
-    image_hw: tuple[int, int],
-    mask_mode: str,
-    mask: Tensor | None,
-    source_fxfycxcy: Tensor | None,
-    conf_threshold: float | None,
-) -> Tensor | None:
-    """The generation mask [b, t, h, w] in [0, 1] (1 = generate), or None (all)."""
-    b, t = target_c2w.shape[:2]
-    if mask is not None:
-        expected = (b, t, *image_hw)
-        if tuple(mask.shape) != expected:
-            raise ValueError(
-                f"mask must be {list(expected)} (scenes, targets, height, width), got "
-                f"{list(mask.shape)}"
-            )
-        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
-            raise ValueError(
-                f"mask values must be in [0, 1], got [{mask.min().item()}, {mask.max().item()}]"
-            )
-        return mask.to(regression.rgb)
-    if mask_mode == "off" or (mask_mode == "auto" and regression.points is None):
-        return None
-    if regression.points is None:
-        raise ValueError("mask mode 'confidence' needs a model with a point head")
-    if mask_mode == "auto" and scene.source_c2w is not None:
-        unseen = _geometry_unseen(
-            model, scene, regression, target_c2w, target_fxfycxcy, image_hw, source_fxfycxcy
+def _checked_mask(mask: Tensor, expected: tuple[int, ...]) -> Tensor:
+    """A caller's generation mask, checked: [b, t, h, w] with values in [0, 1]."""
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"mask must be {list(expected)} (scenes, targets, height, width), got "
+            f"{list(mask.shape)}"
         )
-    else:
-        unseen = _confidence_unseen(
-            model, scene, regression, image_hw, source_fxfycxcy, conf_threshold
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise ValueError(
+            f"mask values must be in [0, 1], got [{mask.min().item()}, {mask.max().item()}]"
         )
-    return _soft_edge(unseen.to(regression.rgb))
+    return mask
 
 
 def _geometry_unseen(
-    model: NVSModel,
     scene: EncodedScene,
     regression: DecoderOutput,
     target_c2w: Tensor,
     target_fxfycxcy: Tensor,
-    image_hw: tuple[int, int],
     source_fxfycxcy: Tensor,
+    sources: DecoderOutput,
 ) -> Tensor:
-    """bool [b, t, h, w]: target pixels whose regressed point no source saw."""
-    source_c2w = scene.source_c2w
-    sources = model.render(scene, source_c2w, source_fxfycxcy, image_hw, normalized=True)
-    source_depth = rgbd.points_to_depth(sources.points, source_c2w)  # (b, s, h, w)
+    """bool [b, t, h, w]: target pixels whose regressed point no source saw, on the
+    device of the regression render."""
     target_depth = rgbd.points_to_depth(regression.points, target_c2w)  # (b, t, h, w)
+    device = target_depth.device
+    source_c2w = scene.source_c2w.to(device)
+    source_fxfycxcy = source_fxfycxcy.to(device)
+    source_depth = rgbd.points_to_depth(sources.points.to(device), source_c2w)  # (b, s, h, w)
     b, t = target_c2w.shape[:2]
     return torch.stack(
         [
@@ -389,22 +420,12 @@ def _geometry_unseen(
 
 
 def _confidence_unseen(
-    model: NVSModel,
-    scene: EncodedScene,
-    regression: DecoderOutput,
-    image_hw: tuple[int, int],
-    source_fxfycxcy: Tensor | None,
-    conf_threshold: float | None,
+    regression: DecoderOutput, conf_threshold: float | None, sources: DecoderOutput | None
 ) -> Tensor:
     """bool [b, t, h, w]: target pixels the point head is unsure of."""
     if conf_threshold is not None:
         return regression.conf < conf_threshold
-    if scene.source_c2w is not None:
-        reference = model.render(
-            scene, scene.source_c2w, source_fxfycxcy, image_hw, normalized=True
-        ).conf  # (b, s, h, w)
-    else:
-        reference = regression.conf
+    reference = regression.conf if sources is None else sources.conf.to(regression.conf)
     threshold = CONFIDENCE_FRACTION * reference.flatten(1).median(dim=1).values  # (b,)
     return regression.conf < threshold[:, None, None, None]
 

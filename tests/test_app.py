@@ -1,5 +1,6 @@
 """The app's functions without a browser: `app.logic` (the engine and its session cache),
-`app.visuals` (pictures) and the page handlers of `app.ui`, on the tiny model at 32x32."""
+its pictures (`app.visuals`, `gen_nvs.outputs`), its regression renders
+(`gen_nvs.rendering`) and the page handlers of `app.ui`, on the tiny model at 32x32."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from app.logic import (
     Engine,
     SamplingControls,
     Session,
-    render_targets,
 )
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.geometry.rgbd import read_ply
 from gen_nvs.models.nvs import NVSModel, model_config
+from gen_nvs.outputs import colorize_depth, to_pil
+from gen_nvs.rendering import render_targets
 
 HW = (32, 32)
 VIDEO = CameraControls(kind="Trajectory video", trajectory="orbit", frames=3, fps=5)
@@ -131,7 +133,7 @@ def test_regression_view_matches_the_model_render(engine, session):
         c2w, k = targets.batch("cpu")
         direct = engine.model.render(loaded.scene, c2w, k, HW, normalized=True)
     assert [caption for _, caption in out.gallery] == ["regression"]
-    expected = visuals.enlarge(visuals.to_pil(direct.rgb[0, 0]))
+    expected = visuals.enlarge(to_pil(direct.rgb[0, 0]))
     assert np.array_equal(np.asarray(out.gallery[0][0]), np.asarray(expected))
     assert out.depth.size == out.unseen.size == expected.size
     assert out.video is None and out.status.startswith("Run 1: rendered 1 view")
@@ -213,7 +215,7 @@ def _scene_files(tmp_path, sizes):
     for i, (h, w) in enumerate(sizes):
         image = generate_scene(i, 1, (h, w)).images[0]
         path = tmp_path / f"view{i}.png"
-        visuals.to_pil(image).save(path)
+        to_pil(image).save(path)
         paths.append(path)
     return paths
 
@@ -266,7 +268,7 @@ def test_bad_sampling_options(engine, session):
 
 def test_colorized_depth_is_red_near_blue_far_black_invalid():
     depth = torch.tensor([[1.0, 2.0, 4.0, 8.0] * 4, [1.0] * 8 + [float("nan")] * 8])
-    picture = np.asarray(visuals.colorize_depth(depth)).astype(int)
+    picture = np.asarray(colorize_depth(depth)).astype(int)
     near, far, invalid = picture[0, 0], picture[0, 3], picture[1, 15]
     assert near[0] > near[2] and far[2] > far[0]
     assert (invalid == 0).all()

@@ -20,33 +20,38 @@ else in the first source camera's frame at the normalised scale.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from app import visuals
-from app.logic import render_targets
-from gen_nvs.commands.sample import _depth_scale, _write_cameras, _write_depth, _write_rgb
 from gen_nvs.geometry import rgbd
 from gen_nvs.inputs import (
     TargetCameras,
     add_input_arguments,
     add_target_arguments,
+    check_render_size,
     load_source_views,
     prepare_output_dir,
     resolve_device,
-    scene_focus,
-    target_cameras,
+    scene_targets,
     target_spec_from_args,
 )
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, load_model_or_default
+from gen_nvs.outputs import (
+    DEPTH_FORMAT,
+    colorize_depth,
+    fit_depth_scale,
+    to_pil,
+    write_cameras,
+    write_gif,
+    write_point_cloud,
+    write_regression,
+    write_summary,
+)
+from gen_nvs.rendering import render_targets
 from gen_nvs.sampling import scene_to_world
-
-MAX_PLY_POINTS = 500_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,21 +70,12 @@ def run(args: argparse.Namespace) -> int:
     sources = load_source_views(args.images, args.cameras, image_hw)
     device = resolve_device(args.device)
     model = load_model_or_default(args.checkpoint, device)
-    if image_hw[0] % model.patch_size or image_hw[1] % model.patch_size:
-        raise ValueError(
-            f"--size {image_hw[0]} {image_hw[1]} must be multiples of the model's patch size "
-            f"{model.patch_size}"
-        )
+    check_render_size(image_hw, model.patch_size)
     out = prepare_output_dir(args.out, args.overwrite)
 
     with torch.no_grad():
         scene = model.encode(*sources.batch(device))
-    if spec.focus is None and spec.kind != "cameras":
-        spec = dataclasses.replace(
-            spec, focus=scene_focus(model, scene, image_hw, sources.fxfycxcy)
-        )
-    source_c2w = None if scene.source_c2w is None else scene.source_c2w[0]
-    targets = target_cameras(spec, image_hw, source_c2w, sources.fxfycxcy)
+    spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
     with tqdm(total=targets.num_views, desc="rendering", unit="view") as bar:
 
         def progress(fraction: float, desc: str) -> None:
@@ -87,17 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         views = render_targets(model, scene, targets, image_hw, device, progress)
     files = _write_outputs(out, scene, targets, views, args.fps)
-    settings = {k: v for k, v in vars(args).items() if k not in ("_module", "command")}
-    summary = {
-        "settings": settings,
-        "sources": sources.names,
-        "posed": scene.posed,
-        "frame": "input world frame" if scene.posed else "first source camera, normalised scale",
-        "focus": spec.focus,
-        "num_targets": targets.num_views,
-        **files,
-    }
-    (out / "render.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(out / "render.json", args, sources, scene, spec.focus, targets.num_views, files)
     print(f"wrote {targets.num_views} view(s) to {out} (see {out / 'render.json'})")
     return 0
 
@@ -113,30 +99,19 @@ def _write_outputs(
     depth = depth_scale = None
     if views.points is not None:
         depth = rgbd.points_to_depth(views.points[0], c2w.cpu()) * scene.scale[0].item()
-        depth_scale = _depth_scale(depth.flatten())
-    for j in range(targets.num_views):
-        folder = out / f"target_{j:03d}"
-        folder.mkdir(exist_ok=True)
-        _write_rgb(folder / "regression_rgb.png", views.rgb[0, j])
-        if depth is not None:
-            _write_depth(folder / "regression_depth.png", depth[j], depth_scale)
-            visuals.colorize_depth(depth[j]).save(folder / "depth_color.png")
-    files = {
-        "depth_scale": depth_scale,
-        "depth": "uint16 PNG, depth = value / depth_scale (0: no depth), z in the target camera",
-        "cameras": "cameras.json",
-    }
+        depth_scale = fit_depth_scale(depth.flatten())
+    folders = write_regression(out, views.rgb[0], depth, depth_scale)
+    if depth is not None:
+        for folder, view_depth in zip(folders, depth, strict=True):
+            colorize_depth(view_depth).save(folder / "depth_color.png")
+    files = {"depth_scale": depth_scale, "depth": DEPTH_FORMAT, "cameras": "cameras.json"}
     if views.points is not None:
         points = scene_to_world(scene, views.points.to(scene.scale))[0].cpu()  # (t, h, w, 3)
-        xyz, rgb = rgbd.fuse_point_clouds(
-            points,
-            views.rgb[0].permute(0, 2, 3, 1),
-            valid=rgbd.valid_depth(depth),
-            max_points=MAX_PLY_POINTS,
-        )
-        files["point_cloud"] = rgbd.write_ply(out / "points.ply", xyz, rgb).name
+        files["point_cloud"] = write_point_cloud(
+            out / "points.ply", points, views.rgb[0], depth
+        ).name
     if targets.num_views > 1:
-        frames = [visuals.to_pil(frame) for frame in views.rgb[0]]
-        files["video"] = visuals.write_gif(frames, out / "video.gif", fps).name
-    _write_cameras(out / "cameras.json", scene, c2w, targets.fxfycxcy)
+        frames = [to_pil(frame) for frame in views.rgb[0]]
+        files["video"] = write_gif(frames, out / "video.gif", fps).name
+    write_cameras(out / "cameras.json", scene, c2w, targets.fxfycxcy)
     return files

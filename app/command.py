@@ -1,7 +1,9 @@
-"""`gen-nvs app`: the Gradio app (regression and sampling) on a local web server.
+"""`gen-nvs app` (or `python -m app`): the Gradio app (regression and sampling) on a
+local web server.
 
 Loads the model once (the embedded default, or `--checkpoint`), writes the example scenes
-and serves the page offline until interrupted. The page itself lives in `app/`.
+and serves the page offline until interrupted. The command lives with the app, so that
+the `gen_nvs` library does not depend on it; `gen_nvs.cli` finds it by module name.
 """
 
 from __future__ import annotations
@@ -12,32 +14,15 @@ import sys
 import tempfile
 
 from gen_nvs.cli import CommandError
-from gen_nvs.inputs import resolve_device
+from gen_nvs.inputs import add_model_arguments, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="model export (directory or hf://org/repo[/subdir]); default: the embedded model",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...",
-    )
-    parser.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        default=[64, 64],
-        metavar=("H", "W"),
-        help="input and render size, multiples of the model's patch size (default 64 64)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,67 @@
+"""Regression renders of many target views, as `gen-nvs render` and the app make them.
+
+`render_targets` renders the targets of one encoded scene a few views per decoder call,
+so that memory stays bounded and progress is steady however long the trajectory.
+
+Dimension legend: `t` target views, `h`/`w` render height/width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from gen_nvs.inputs import TargetCameras
+from gen_nvs.models.decoder import DecoderOutput
+from gen_nvs.models.nvs import EncodedScene, NVSModel
+
+# progress(fraction in [0, 1], description); gr.Progress fits.
+Progress = Callable[[float, str], object]
+
+RENDER_CHUNK = 4  # target views per decoder call (steady progress, bounded memory)
+
+
+def no_progress(fraction: float, desc: str) -> None:
+    return None
+
+
+def render_targets(
+    model: NVSModel,
+    scene: EncodedScene,
+    targets: TargetCameras,
+    image_hw: tuple[int, int],
+    device: torch.device | str,
+    progress: Progress = no_progress,
+) -> DecoderOutput:
+    """The regression render of every target of one encoded scene, `RENDER_CHUNK` views
+    per decoder call; on the CPU, rgb [1, t, 3, h, w], points [1, t, h, w, 3] and conf
+    [1, t, h, w] (None without a point head)."""
+    c2w, fxfycxcy = targets.batch(device)
+    t = targets.num_views
+    parts = []
+    for start in range(0, t, RENDER_CHUNK):
+        progress(start / t, f"rendering {t} view{'s' * (t > 1)}")
+        part = slice(start, start + RENDER_CHUNK)
+        with torch.no_grad():
+            out = model.render(
+                scene, c2w[:, part], fxfycxcy[:, part], image_hw, normalized=targets.normalized
+            )
+        parts.append(to_cpu(out))
+    progress(1.0, "rendered")
+
+    def cat(name: str) -> Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values, 1)
+
+    return DecoderOutput(rgb=cat("rgb"), points=cat("points"), conf=cat("conf"))
+
+
+def to_cpu(out: DecoderOutput) -> DecoderOutput:
+    """A decoder output with its tensors moved to the CPU."""
+    return DecoderOutput(
+        rgb=out.rgb.cpu(),
+        points=None if out.points is None else out.points.cpu(),
+        conf=None if out.conf is None else out.conf.cpu(),
+    )
