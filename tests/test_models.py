@@ -203,23 +203,37 @@ def test_diffusion_model_export_round_trip_in_half_precision(tmp_path):
         require_diffusion(model, "tiny")
     model.add_diffusion(prediction_type="sample", cond_dropout=0.2)
     assert model.can_sample and model.config["diffusion"]["cond_dropout"] == 0.2
+    model.noise_schedule = {"prediction_type": "sample", "beta_schedule": "scaled_linear"}
     save_model(model.half(), tmp_path / "export")
     loaded = load_model(tmp_path / "export")
     assert loaded.can_sample and loaded.config == model.config
+    assert loaded.noise_schedule == model.noise_schedule
     assert next(loaded.parameters()).dtype == torch.float32
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value.float()), key
 
 
-def test_encode_builds_the_diffusion_cache_once():
+def test_encode_builds_the_diffusion_cache_lazily_and_once(monkeypatch):
     torch.manual_seed(0)
     model = NVSModel.from_preset("tiny").eval()
     images = torch.rand(1, 2, 3, 32, 32)
     assert model.encode(images).diffusion_cache is None
     model.add_diffusion()
+    calls = []
+    prepare = model.diffusion.decoder.prepare_sources
+    monkeypatch.setattr(
+        model.diffusion.decoder, "prepare_sources", lambda t: calls.append(1) or prepare(t)
+    )
     scene = model.encode(images)
+    assert calls == []  # regression-only use never prepares the diffusion sources
     assert scene.diffusion_cache.decoder is model.diffusion.decoder
+    assert scene.diffusion_cache is scene.diffusion_cache and calls == [1]
     assert torch.equal(scene.diffusion_cache.context.tokens, scene.cache.context.tokens)
+    # The flattened sources give the same source stream as the per-view tokens.
+    per_view = scene.cache.context.tokens.unflatten(1, (2, -1))  # [b, s, p, c]
+    direct = model.diffusion.decoder.prepare_sources(per_view)
+    for (k1, v1), (k2, v2) in zip(direct.kv, scene.diffusion_cache.context.kv, strict=True):
+        assert torch.allclose(k1, k2, atol=1e-6) and torch.allclose(v1, v2, atol=1e-6)
 
 
 def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):

@@ -14,7 +14,7 @@ Dimension legend:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +62,9 @@ class EncodedScene:
     """A scene's sources, encoded once.
 
     cache: the decoder's SceneCache (encoder tokens, cached source keys/values).
-    diffusion_cache: the same sources prepared for the diffusion decoder (None for a
-        regression-only model); one cache serves every step of every sample.
+    diffusion: the model's diffusion decoder (None for a regression-only model).
+    `diffusion_cache` prepares the same sources for it on first use (regression-only use
+    never pays for it); one cache serves every step of every sample.
     reference_w2c: [b, 4, 4] inverse of the first source camera (input world frame).
     scale: [b] divisor applied to translations after `reference_w2c`.
     source_c2w: [b, s, 4, 4] normalised source cameras (the camera head's estimate
@@ -76,11 +77,21 @@ class EncodedScene:
     scale: Tensor
     source_c2w: Tensor | None
     posed: bool
-    diffusion_cache: SceneCache | None = None
+    diffusion: DiffusionDecoder | None = None
+    _diffusion_cache: SceneCache | None = field(default=None, init=False, repr=False)
+
+    @property
+    def diffusion_cache(self) -> SceneCache | None:
+        """The sources prepared for the diffusion decoder (built on first access, in the
+        caller's grad mode), or None without a diffusion decoder."""
+        if self.diffusion is not None and self._diffusion_cache is None:
+            tokens = self.cache.context.tokens[:, None]  # [b, 1, m, c]: the flattened sources
+            self._diffusion_cache = SceneCache.build(self.diffusion.decoder, tokens)
+        return self._diffusion_cache
 
     def normalize(self, c2w: Tensor) -> Tensor:
         """Cameras [b, t, 4, 4] in the input world frame -> the normalised scene frame."""
-        return _apply(c2w, self.reference_w2c, self.scale)
+        return apply_batch_normalization(c2w, self.reference_w2c, self.scale)
 
 
 class NVSModel(nn.Module):
@@ -116,6 +127,9 @@ class NVSModel(nn.Module):
         self.decoder = HighwayDecoder(**decoder)
         self.camera_head = CameraHead(**camera_head) if camera_head is not None else None
         self.diffusion: DiffusionDecoder | None = None
+        # The training noise schedule (`samplers.build_scheduler` options, prediction type
+        # included) that exports carry for the samplers; the network never reads it.
+        self.noise_schedule: dict[str, Any] | None = None
         if diffusion is not None:
             self._config["diffusion"] = copy.deepcopy(diffusion)
             self.diffusion = DiffusionDecoder(decoder=decoder, **diffusion)
@@ -207,9 +221,9 @@ class NVSModel(nn.Module):
             raise ValueError("give both c2w and fxfycxcy for posed input, or neither")
         if posed:
             _check_cameras(c2w, fxfycxcy, (b, s), hw, "source cameras")
-            reference_w2c, scale = _batch_normalization(c2w, s)
-            source_c2w = _apply(c2w, reference_w2c, scale)
-            tokens = _camera_tokens(source_c2w, fxfycxcy, hw, s, posed=True, training=False)
+            reference_w2c, scale = batch_normalization(c2w, s)
+            source_c2w = apply_batch_normalization(c2w, reference_w2c, scale)
+            tokens = batch_camera_tokens(source_c2w, fxfycxcy, hw, s, posed=True, training=False)
         else:
             eye = torch.eye(4, dtype=images.dtype, device=images.device)
             reference_w2c, scale = eye.repeat(b, 1, 1), images.new_ones(b)
@@ -217,16 +231,13 @@ class NVSModel(nn.Module):
             tokens = cam.pose_free_camera_tokens(s, dtype=images.dtype, device=images.device)
             tokens = tokens.expand(b, s, -1)
         source_tokens = self.encoder(images, tokens).tokens  # (b, s, p, c)
-        diffusion_cache = None
-        if self.diffusion is not None:
-            diffusion_cache = SceneCache.build(self.diffusion.decoder, source_tokens)
         return EncodedScene(
             cache=SceneCache.build(self.decoder, source_tokens),
             reference_w2c=reference_w2c,
             scale=scale,
             source_c2w=source_c2w,
             posed=posed,
-            diffusion_cache=diffusion_cache,
+            diffusion=self.diffusion,
         )
 
     def _estimate_normalized_cameras(self, images: Tensor) -> Tensor | None:
@@ -234,8 +245,8 @@ class NVSModel(nn.Module):
         if self.camera_head is None:
             return None
         c2w, _ = self.estimate_cameras(images)
-        reference_w2c, scale = _batch_normalization(c2w, c2w.shape[1])
-        return _apply(c2w, reference_w2c, scale)
+        reference_w2c, scale = batch_normalization(c2w, c2w.shape[1])
+        return apply_batch_normalization(c2w, reference_w2c, scale)
 
     def render(
         self,
@@ -289,27 +300,28 @@ class NVSModel(nn.Module):
             raise ValueError(f"num_sources must be in 1..{v - 1} for {v} views, got {num_sources}")
         hw = (images.shape[-2], images.shape[-1])
         _check_cameras(c2w, fxfycxcy, (b, v), hw, "cameras")
-        reference_w2c, scale = _batch_normalization(c2w, num_sources)
-        normalized = _apply(c2w, reference_w2c, scale)
-        tokens = _camera_tokens(normalized, fxfycxcy, hw, num_sources, posed, self.training)
+        reference_w2c, scale = batch_normalization(c2w, num_sources)
+        normalized = apply_batch_normalization(c2w, reference_w2c, scale)
+        tokens = batch_camera_tokens(normalized, fxfycxcy, hw, num_sources, posed, self.training)
         s = num_sources
         source_tokens = self.encoder(images[:, :s], tokens[:, :s]).tokens  # (b, s, p, c)
         rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
         return self.decoder(source_tokens, rays)
 
 
-def _batch_normalization(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
-    """Per-scene `scene_normalization`: c2w [b, v, 4, 4] -> (reference_w2c [b, 4, 4], scale [b])."""
+def batch_normalization(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
+    """Per-scene `scene_normalization` (relative to the first source camera, scaled by the
+    sources' extent): c2w [b, v, 4, 4] -> (reference_w2c [b, 4, 4], scale [b])."""
     pairs = [cam.scene_normalization(scene, num_sources) for scene in c2w]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def _apply(c2w: Tensor, reference_w2c: Tensor, scale: Tensor) -> Tensor:
+def apply_batch_normalization(c2w: Tensor, reference_w2c: Tensor, scale: Tensor) -> Tensor:
     """`apply_normalization` per scene: c2w [b, v, 4, 4], reference_w2c [b, 4, 4], scale [b]."""
     return cam.apply_normalization(c2w, reference_w2c[:, None], scale[:, None, None, None])
 
 
-def _camera_tokens(
+def batch_camera_tokens(
     c2w: Tensor,
     fxfycxcy: Tensor,
     image_hw: tuple[int, int],
@@ -317,7 +329,8 @@ def _camera_tokens(
     posed: bool,
     training: bool,
 ) -> Tensor:
-    """Camera tokens [b, v, 11] of normalised cameras c2w [b, v, 4, 4]."""
+    """Camera tokens [b, v, 11] of normalised cameras c2w [b, v, 4, 4] (`training` as in
+    `cameras.camera_tokens`; False gives the tokens `NVSModel.encode` uses)."""
     camera_scale = c2w[:, :num_sources, :3, 3].norm(dim=-1).amax(dim=-1)  # (b,)
     return torch.stack(
         [
@@ -342,7 +355,10 @@ def _check_cameras(
 
 
 def save_model(model: NVSModel, directory: str | Path, **info: Any) -> Path:
-    """Inference export: `model.safetensors` + `config.json` ({"model": config, **info})."""
+    """Inference export: `model.safetensors` + `config.json` ({"model": config, **info}),
+    with the model's `noise_schedule` unless `info` gives one."""
+    if model.noise_schedule is not None:
+        info.setdefault("noise_schedule", model.noise_schedule)
     return ckpt.save_export(directory, model.state_dict(), {"model": model.config, **info})
 
 
@@ -364,6 +380,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NV
     model.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     )
+    model.noise_schedule = config.get("noise_schedule")
     return model.to(map_location).eval()
 
 
