@@ -6,6 +6,7 @@ Tiny model (encoder resized to 28 px: 2x2 patches), 16x16 procedural scenes, CPU
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -22,7 +25,7 @@ from gen_nvs.models.nvs import load_model
 from gen_nvs.train import checkpoints
 from gen_nvs.train.config import load_config
 from gen_nvs.train.data import MixtureDataset, StepBatchSampler, TrainingData
-from gen_nvs.train.loop import TrainState, train
+from gen_nvs.train.loop import TrainState, apply_update, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -54,6 +57,25 @@ def losses(run_dir: Path) -> list[float]:
 
 def export_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
+
+
+def saved_objects(state: Path) -> tuple[dict, dict]:
+    """A training state's EMA and TrainState (registered for checkpointing in this order)."""
+    return tuple(
+        torch.load(state / f"custom_checkpoint_{i}.pkl", weights_only=True) for i in (0, 1)
+    )
+
+
+def launch_two_processes(*overrides: str) -> None:
+    """`python -m gen_nvs.train` in two CPU processes joined by gloo."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        "-m", "gen_nvs.train", *TINY, *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -276,24 +298,117 @@ def test_spike_steps_are_skipped():
     assert not state.is_spike(1e9, factor=0.0, warmup=5)
 
 
+def test_skipped_updates_keep_weights_and_ema_but_advance_the_schedule(regression_run, tmp_path):
+    """Every update after the first is a spike (spike_factor tiny): the weights and the EMA
+    stay those of step 1, while the step count and the LR schedule go on."""
+    spikes = "train.spike_factor=1e-9", "train.spike_warmup=1"
+    skipping = train(tiny_config(tmp_path, "spikes", "train.steps=4", *spikes))
+    one_step = train(tiny_config(tmp_path, "one", "train.steps=1"))
+    records = [json.loads(line) for line in (skipping / "metrics.jsonl").open()]
+    straight = [json.loads(line) for line in (regression_run / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["skipped"] for r in records] == [0, 1, 2, 3]
+    assert [r["lr"] for r in records] == [r["lr"] for r in straight]
+    for name, tensor in export_weights(one_step / "export").items():
+        assert torch.equal(tensor, export_weights(skipping / "export")[name]), name
+    ema, counters = saved_objects(checkpoints.list_states(skipping / "checkpoints")[-1])
+    assert ema["num_updates"] == 1
+    assert (counters["step"], counters["skipped"], counters["accepted"]) == (4, 3, 1)
+
+
+def test_fp16_overflow_goes_to_the_grad_scaler():
+    """A non-finite norm (fp16 overflow) is the GradScaler's to skip: it lowers its scale.
+    A skipped spike updates the scaler too, so the next step can unscale again."""
+    Accelerator(cpu=True)
+    layer = torch.nn.Linear(2, 1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    optimizer = AcceleratedOptimizer(torch.optim.SGD(layer.parameters(), lr=0.1), scaler=scaler)
+    state = TrainState(accepted=5, grad_norm_mean=1.0)
+    options = {"spike_factor": 10.0, "spike_warmup": 5}
+
+    def update(gradient: float) -> bool:
+        optimizer.zero_grad()
+        scaler.scale(layer(torch.ones(1, 2)).sum() * gradient).backward()
+        scaler.unscale_(optimizer.optimizer)  # as Accelerator.clip_grad_norm_ does
+        norm = float(torch.nn.utils.clip_grad_norm_(layer.parameters(), math.inf))
+        return apply_update(optimizer, scaler, state, norm, options)
+
+    start = [p.detach().clone() for p in layer.parameters()]
+    assert not update(math.inf)
+    assert scaler.get_scale() == 2.0
+    assert not update(100.0)  # norm 100 * sqrt(3) > 10 x the mean 1
+    assert all(torch.equal(p, q) for p, q in zip(layer.parameters(), start, strict=True))
+    assert update(1.0)
+    assert not torch.equal(layer.weight, start[0])
+    assert (state.skipped, state.accepted) == (2, 6)
+
+
+def scenes_without_depth(root: Path) -> list[str]:
+    """Four RealEstate10K-layout scenes without depth under `root`; the overrides that
+    add them to the data as `disk`."""
+    for seed in range(4):
+        views = generate_scene(seed, 3, (16, 16))
+        write_re10k_scene(root, f"scene{seed}", views.images, views.c2w, views.fxfycxcy)
+    return [
+        "data.datasets.disk.type=re10k",
+        f"data.datasets.disk.root={root}",
+        "data.datasets.disk.list_file=null",
+    ]
+
+
 def test_two_cpu_processes(tmp_path):
     """Two CPU processes joined by gloo train a few steps (configs/accelerate/cpu-2proc.yaml;
-    Accelerate's `--cpu` flag alone starts one process unless MPI is set up)."""
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
-        "-m", "gen_nvs.train", *TINY, f"run.output_dir={tmp_path}", "run.name=ddp",
-        "train.steps=3", "checkpoint.every=3",
+    Accelerate's `--cpu` flag alone starts one process unless MPI is set up). The data mix
+    scenes with and without depth, one scene per batch: on some steps only one process has
+    depth, and DDP still needs a gradient for every trained parameter (the point head) and
+    both processes reduce the same logged terms."""
+    overrides = [
+        f"run.output_dir={tmp_path}", "run.name=ddp", "train.steps=3", "checkpoint.every=3",
+        "train.batch_size=1", "data.datasets.scenes.num_scenes=8",
+        *scenes_without_depth(tmp_path / "disk"),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    config = tiny_config(tmp_path, "ddp", *overrides)
+    has_depth = []  # [process][step]
+    for rank in (0, 1):
+        stream = TrainingData(config["data"], batch_size=1, seed=0, rank=rank).batches(0, 3)
+        has_depth.append([batch.depth is not None for batch in stream])
+    assert has_depth[0] != has_depth[1]
+    launch_two_processes(*overrides)
     run_dir = tmp_path / "ddp"
     assert len(losses(run_dir)) == 3
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [("points" in r) for r in records] == [any(d) for d in zip(*has_depth, strict=True)]
+    assert all({"loss", "l2", "camera"} <= set(r) for r in records)
     assert json.loads((run_dir / "run_info.json").read_text())["num_processes"] == 2
     state = checkpoints.list_states(run_dir / "checkpoints")[-1]
     assert {p.name for p in state.glob("random_states_*.pkl")} == {
         "random_states_0.pkl",
         "random_states_1.pkl",
     }
-    assert load_model(run_dir / "export") is not None
+    # The export holds the EMA of the trained weights and the live frozen ones.
+    export, live = export_weights(run_dir / "export"), load_file(str(state / "model.safetensors"))
+    shadow = saved_objects(state)[0]["shadow"]
+    assert shadow and set(export) == {k.removeprefix("model.") for k in live}
+    for name, tensor in export.items():
+        assert torch.equal(tensor, shadow.get(name, live[f"model.{name}"])), name
+    assert any(not torch.equal(shadow[k], live[f"model.{k}"]) for k in shadow)
+
+
+def test_two_cpu_processes_rgb_diffusion_without_depth(regression_run, tmp_path):
+    """RGB-only diffusion (noise_channels 3) on data without depth in two processes: the
+    diffusion decoder's point head and its modulation, never run, are frozen, so that
+    DDP gets a gradient for every trained parameter."""
+    export = regression_run / "export"
+    launch_two_processes(
+        f"run.output_dir={tmp_path}", "run.name=rgb", "train.steps=2", "checkpoint.every=2",
+        "stage=diffusion", f"model.init_from={export}", "diffusion.noise_channels=3",
+        "data.datasets.scenes.weight=0", *scenes_without_depth(tmp_path / "disk"),
+    )  # fmt: skip
+    assert len(losses(tmp_path / "rgb")) == 2
+    before, after = export_weights(export), export_weights(tmp_path / "rgb" / "export")
+    points = [k for k in after if k.startswith("diffusion.decoder.point_head.")]
+    assert points
+    for name in points:
+        assert torch.equal(after[name], before[name.removeprefix("diffusion.")]), name
+    modulation = [k for k in after if k.startswith("diffusion.head_modulation.points.")]
+    assert modulation and all(not after[k].any() for k in modulation)  # zero-initialised

@@ -8,8 +8,9 @@ Everything the run needs is checked before the first step (config keys, data pat
 image sizes, the LPIPS weights, a resumed state's model). The run directory
 (`run.output_dir/run.name`) receives `config.yaml` (the resolved config), `run_info.json`
 (git revision, command line), `metrics.jsonl` (the logged losses), `samples/` (evaluation
-grids), `checkpoints/step_XXXXXXX` (resumable states, see `checkpoints`) and `export/`
-(the latest inference export: EMA weights, loadable by `gen_nvs.models.nvs.load_model`).
+grids, none under FSDP), `checkpoints/step_XXXXXXX` (resumable states, see `checkpoints`)
+and `export/` (the latest inference export: EMA weights, loadable by
+`gen_nvs.models.nvs.load_model`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from einops import rearrange
 from tqdm.auto import tqdm
 
@@ -34,6 +35,7 @@ from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
 from gen_nvs.models.losses import DenoisingLoss
 from gen_nvs.models.nvs import NVSModel, load_model, model_config
+from gen_nvs.outputs import write_rgb
 from gen_nvs.train import checkpoints, objectives
 from gen_nvs.train.config import dump, git_revision, load_config
 from gen_nvs.train.data import TrainingData, batch_seed, view_counts
@@ -52,8 +54,9 @@ _STEP_STREAM = 1
 
 @dataclass
 class TrainState:
-    """Counters saved with every state: optimizer steps done, spike steps skipped, and
-    the running mean of accepted gradient norms."""
+    """Counters saved with every state: training steps done (skipped updates included:
+    the LR schedule and the data follow them), updates skipped (`apply_update`), updates
+    applied and the running mean of their gradient norms."""
 
     step: int = 0
     skipped: int = 0
@@ -61,6 +64,7 @@ class TrainState:
     grad_norm_mean: float = 0.0
 
     def is_spike(self, norm: float, factor: float, warmup: int) -> bool:
+        """Non-finite, or above `factor` x the mean of applied norms after `warmup` of them."""
         if not math.isfinite(norm):
             return True
         return factor > 0 and self.accepted >= warmup and norm > factor * self.grad_norm_mean
@@ -76,6 +80,54 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+def apply_update(optimizer, scaler, state: TrainState, norm: float, train: dict) -> bool:
+    """Step the optimizer for synced gradients of norm `norm` (before clipping) unless the
+    update is skipped; returns whether it was applied.
+
+    A spike (`TrainState.is_spike`) is skipped. With fp16's GradScaler (`scaler`) a
+    non-finite norm is an overflow: it goes to the optimizer, whose GradScaler skips the
+    update and lowers its scale; a skipped spike still updates the scaler, which closes
+    the step (its `unscale_` in `clip_grad_norm_`). Skips count in `state.skipped`.
+    """
+    if scaler is not None and not math.isfinite(norm):
+        optimizer.step()
+        applied = False
+    elif state.is_spike(norm, train["spike_factor"], train["spike_warmup"]):
+        if scaler is not None:
+            scaler.update()
+        applied = False
+    else:
+        optimizer.step()
+        applied = True
+    if applied:
+        state.accept(norm)
+    else:
+        state.skipped += 1
+    return applied
+
+
+class LossMeans:
+    """Per-term sums and counts of the logged losses since the last log, on the device (no
+    sync per step). Every process holds the same names in the same order, so their
+    reduction matches; a term is averaged over the micro-batches that had it."""
+
+    def __init__(self, names: list[str], device: torch.device) -> None:
+        self.names = names
+        self.totals = torch.zeros(2, len(names), device=device)  # (sums, counts)
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for i, name in enumerate(self.names):
+            if name in values:
+                self.totals[0, i] += values[name].detach().float()
+                self.totals[1, i] += 1
+
+    def pop(self, accelerator: Accelerator) -> dict[str, float]:
+        """The means over every process (terms no micro-batch had are left out); resets."""
+        sums, counts = accelerator.reduce(self.totals, "sum").tolist()
+        self.totals.zero_()
+        return {n: s / c for n, s, c in zip(self.names, sums, counts, strict=True) if c > 0}
 
 
 # --------------------------------------------------------------------------------------
@@ -106,24 +158,36 @@ def build_model(config: dict) -> NVSModel:
             from gen_nvs.models.convert import load_official_weights
 
             load_official_weights(model, lagernvs=m["official_lagernvs"], vggt=m["official_vggt"])
-    if stage == "diffusion" and model.diffusion is None:
+    if stage == "diffusion":
         d = config["diffusion"]
-        model.add_diffusion(
-            prediction_type=d["prediction_type"],
-            noise_channels=d["noise_channels"],
-            cond_dropout=d["cond_dropout"],
-            frequency_dim=d["frequency_dim"],
-        )
+        if model.diffusion is None:
+            model.add_diffusion(
+                prediction_type=d["prediction_type"],
+                noise_channels=d["noise_channels"],
+                cond_dropout=d["cond_dropout"],
+                frequency_dim=d["frequency_dim"],
+            )
+        elif model.diffusion.prediction_type != d["prediction_type"]:
+            raise ValueError(
+                f"model.init_from's diffusion decoder predicts {model.diffusion.prediction_type!r}"
+                f", diffusion.prediction_type is {d['prediction_type']!r}"
+            )
+        model.noise_schedule = diffusion_schedule(config)  # what the export records
     return model
 
 
 def set_trainable(model: NVSModel, config: dict) -> None:
-    """Freeze what this stage does not train (parts without a loss included, so that
-    every trained parameter gets a gradient, as DDP needs)."""
+    """Freeze what this stage does not train (parts without a loss or never run included,
+    so that every trained parameter gets a gradient on every step, as DDP needs; the point
+    head on batches without depth gets a zero one from `RegressionLoss`)."""
     m, loss = config["model"], config["loss"]
     model.requires_grad_(config["stage"] == "regression")
     if config["stage"] == "diffusion":
         model.diffusion.requires_grad_(True)
+        if model.diffusion.noise_channels == 3 and model.diffusion.decoder.point_head is not None:
+            # RGB-only denoising never runs the point head.
+            model.diffusion.decoder.point_head.requires_grad_(False)
+            model.diffusion.head_modulation["points"].requires_grad_(False)
     else:
         model.encoder.freeze(m["freeze_encoder"])
         if model.diffusion is not None:
@@ -178,7 +242,8 @@ def build_perceptual(loss: dict, device: torch.device):
 
 
 def diffusion_schedule(config: dict) -> dict:
-    """The DDPM training schedule's options (stored in the export for the samplers)."""
+    """The DDPM training schedule's options: `samplers.build_scheduler` keyword arguments,
+    kept as `NVSModel.noise_schedule` (the export's `noise_schedule`)."""
     d = config["diffusion"]
     keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
     return {
@@ -188,15 +253,10 @@ def diffusion_schedule(config: dict) -> dict:
     }
 
 
-def build_scheduler(config: dict, name: str = "ddpm"):
-    from samplers.schedulers import build_scheduler as build
-
-    return build(name, **diffusion_schedule(config))
-
-
 def build_objective(config: dict, model: NVSModel, device: torch.device):
-    """(forward, step_loss): the module to prepare with Accelerate (it holds the model)
-    and `step_loss(forward, views, posed, generator) -> (loss, {term: value})`."""
+    """(forward, step_loss, names): the module to prepare with Accelerate (it holds the
+    model), `step_loss(forward, views, posed, generator) -> (loss, {term: value})` and
+    the names of every term a step can return."""
     loss = config["loss"]
     if config["stage"] == "regression":
         forward = objectives.RegressionForward(model, camera_head=loss["camera"] > 0)
@@ -214,7 +274,7 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
             output, poses = forward(views, posed)
             return regression(output, poses, views)
 
-        return forward, regression_step
+        return forward, regression_step, regression.names
 
     d = config["diffusion"]
     denoising = DenoisingLoss(
@@ -222,7 +282,9 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
         weighting=d["weighting"],
         min_snr_gamma=d["min_snr_gamma"],
     )
-    alphas_cumprod = build_scheduler(config).alphas_cumprod.float()
+    from samplers import build_scheduler  # diffusers: only the diffusion stage needs it
+
+    alphas_cumprod = build_scheduler("ddpm", **model.noise_schedule).alphas_cumprod.float()
     channels = model.diffusion.noise_channels
 
     def diffusion_step(forward, views, posed, generator):
@@ -230,7 +292,7 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
         prediction = forward(views, noised.x_t, noised.timesteps, posed, generator)
         return objectives.denoising_loss(denoising, prediction, noised)
 
-    return objectives.DiffusionForward(model), diffusion_step
+    return objectives.DiffusionForward(model), diffusion_step, ["denoising"]
 
 
 def mixed_precision(train: dict) -> str:
@@ -280,6 +342,17 @@ def flat_scalars(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def evaluation_interval(config: dict, accelerator: Accelerator) -> int:
+    """Steps between evaluation grids (0: none). 0 under FSDP: the grids run the unwrapped
+    model outside the FSDP forward, where the root's parameters stay sharded."""
+    every = config["log"]["eval_every"]
+    if every > 0 and accelerator.distributed_type == DistributedType.FSDP:
+        if accelerator.is_main_process:
+            print("gen_nvs.train: no evaluation grids under FSDP (log.eval_every)", file=sys.stderr)
+        return 0
+    return every
+
+
 def tracker(config: dict) -> str | None:
     if config["log"]["tracker"] != "tensorboard":
         return None
@@ -301,43 +374,32 @@ def tracker(config: dict) -> str | None:
 
 
 @torch.no_grad()
-def evaluation_grid(model: NVSModel, batch: SceneBatch, config: dict) -> torch.Tensor:
-    """One row per scene: sources | targets | regression renders [| diffusion samples];
-    returns an image [3, H, W] in [0, 1]."""
+def evaluation_grid(model: NVSModel, batch: SceneBatch, sample_steps: int) -> torch.Tensor:
+    """One row per scene: sources | targets | regression renders [| diffusion samples, DDIM
+    with `sample_steps` steps on the model's noise schedule]; returns an image [3, H, W]
+    in [0, 1]."""
     s = batch.num_sources
     images, c2w, k = batch.images, batch.c2w, batch.fxfycxcy
     b, v, _, h, w = images.shape
     scene = model.encode(images[:, :s], c2w[:, :s], k[:, :s])
-    target_c2w = scene.normalize(c2w[:, s:])
-    rays = cam.plucker_rays(target_c2w, k[:, s:], h, w)
-    columns = [images, scene.cache.render(rays).rgb]
-    if model.diffusion is not None:
-        from samplers.sampling import sample
+    columns = [images, model.render(scene, c2w[:, s:], k[:, s:], (h, w)).rgb]
+    if model.diffusion is not None and model.noise_schedule is not None:
+        from samplers import build_scheduler, sample
 
-        null = model.diffusion.null_context(b, scene.diffusion_cache.num_source_tokens)
-        fn = make_model_fn(model.diffusion, scene.diffusion_cache, null, rays)
-        channels = model.diffusion.noise_channels
+        rays = cam.plucker_rays(scene.normalize(c2w[:, s:]), k[:, s:], h, w)
         x = sample(
-            fn,
-            shape=(channels, h, w),
+            make_model_fn(model.diffusion, scene.diffusion_cache, None, rays),
+            shape=(model.diffusion.noise_channels, h, w),
             num_samples=b * (v - s),
             seeds=0,
-            scheduler=build_scheduler(config, "ddim"),
-            steps=config["log"]["sample_steps"],
+            scheduler=build_scheduler("ddim", **model.noise_schedule),
+            steps=sample_steps,
             device=images.device,
         )
         columns.append(from_diffusion_space(rearrange(x, "(b t) k h w -> b t k h w", b=b))[0])
     grid = torch.cat(columns, dim=1).clamp(0, 1)  # (b, columns, 3, h, w)
     grid = torch.nn.functional.pad(grid, (1, 1, 1, 1), value=1.0)
     return rearrange(grid, "b n c h w -> c (b h) (n w)").float().cpu()
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).save(path)
 
 
 def averaged_weights(accelerator, forward, model: NVSModel, ema: EMA) -> dict | None:
@@ -363,8 +425,8 @@ def write_export(
             "git_revision": git_revision(),
         }
     }
-    if model.diffusion is not None:
-        info["noise_schedule"] = diffusion_schedule(config)
+    if model.noise_schedule is not None:
+        info["noise_schedule"] = model.noise_schedule
     dtype = EXPORT_DTYPES[config["checkpoint"]["export_dtype"]]
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     ckpt.save_export(directory, weights, {"model": model.config, **info})
@@ -408,7 +470,7 @@ def train(config: dict) -> Path:
     set_trainable(model, config)
     data = TrainingData(config["data"], batch_size=t["batch_size"], seed=seed, rank=rank)
     low, high, _ = view_counts(config["data"])
-    forward, step_loss = build_objective(config, model, accelerator.device)
+    forward, step_loss, term_names = build_objective(config, model, accelerator.device)
     optimizer = build_optimizer(model, t)
     lr_schedule = build_lr_schedule(optimizer, t)
     state = TrainState()
@@ -447,9 +509,8 @@ def train(config: dict) -> Path:
 
     accum = t["gradient_accumulation"]
     loader = data.batches(state.step * accum, t["steps"] * accum)
-    eval_batch = None
-    sums: dict[str, torch.Tensor] = {}  # summed on the device: no sync per step
-    count = 0
+    means = LossMeans(["loss", *term_names], accelerator.device)
+    eval_every, eval_batch = evaluation_interval(config, accelerator), None
     progress = tqdm(
         total=t["steps"],
         initial=state.step,
@@ -466,29 +527,21 @@ def train(config: dict) -> Path:
             views = objectives.select_views(batch.to(accelerator.device), num_sources, gen)
             loss, terms = step_loss(forward, views, posed, gen)
             accelerator.backward(loss)
-            for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
-            count += 1
+            means.add({"loss": loss, **terms})
             if not accelerator.sync_gradients:
                 continue
             max_norm = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
             norm = float(accelerator.clip_grad_norm_(forward.parameters(), max_norm))
-            skip = state.is_spike(norm, t["spike_factor"], t["spike_warmup"])
-            if skip:
-                state.skipped += 1
-            else:
-                optimizer.step()
-                state.accept(norm)
+            applied = apply_update(optimizer, accelerator.scaler, state, norm, t)
             optimizer.zero_grad(set_to_none=True)
         lr_schedule.step()
-        if not skip:
+        if applied:
             ema.update(model)
         state.step += 1
         progress.update(1)
 
         if state.step % config["log"]["every"] == 0 or state.step == t["steps"]:
-            means = accelerator.reduce(torch.stack(list(sums.values())) / count, "mean")
-            logs = dict(zip(sums, means.tolist(), strict=True))
+            logs = means.pop(accelerator)
             logs.update(lr=lr_schedule.get_last_lr()[0], grad_norm=norm, skipped=state.skipped)
             accelerator.log(logs, step=state.step)
             progress.set_postfix(loss=f"{logs['loss']:.4f}", skipped=state.skipped)
@@ -496,20 +549,18 @@ def train(config: dict) -> Path:
                 record = {"step": state.step, "time": time.perf_counter() - start, **logs}
                 with (run_dir / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(record) + "\n")
-            sums, count = {}, 0
 
-        every = config["log"]["eval_every"]
-        if every > 0 and state.step % every == 0:
-            # On every process (FSDP's sharded layers gather across them); the main one saves.
+        if main_process and eval_every > 0 and state.step % eval_every == 0:
             if eval_batch is None:
                 size = config["log"]["eval_scenes"]
                 eval_batch = data.fixed_batch(size).to(accelerator.device)
             model.eval()
             with ema.applied(model):
-                grid = evaluation_grid(model, eval_batch, config)
+                grid = evaluation_grid(model, eval_batch, config["log"]["sample_steps"])
             model.train()
-            if main_process:
-                save_png(grid, run_dir / "samples" / f"{checkpoints.state_name(state.step)}.png")
+            path = run_dir / "samples" / f"{checkpoints.state_name(state.step)}.png"
+            path.parent.mkdir(exist_ok=True)
+            write_rgb(path, grid)
 
         if state.step % config["checkpoint"]["every"] == 0 or state.step == t["steps"]:
             save()

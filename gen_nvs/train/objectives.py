@@ -8,8 +8,9 @@ part Accelerate wraps for data parallelism) and the losses beside it.
   the rest) + camera * the camera head's
   pose-encoding error on pose-free aggregator tokens.
 - Diffusion: the frozen encoder encodes the sources, the targets (RGB + points in the
-  normalised scene frame) are noised by the DDPM schedule and the diffusion decoder is
-  trained with `DenoisingLoss` in its prediction type.
+  normalised scene frame, or RGB only with 3 noise channels) are noised by the DDPM
+  schedule and the diffusion decoder is trained with `DenoisingLoss` in its prediction
+  type.
 
 Dimension legend:
     b   scenes (batch)       v   views (sources first)    s   source views
@@ -33,7 +34,12 @@ from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.diffusion import to_diffusion_space
 from gen_nvs.models.heads import compress_points
 from gen_nvs.models.losses import ConfidencePointLoss, DenoisingLoss
-from gen_nvs.models.nvs import NVSModel
+from gen_nvs.models.nvs import (
+    NVSModel,
+    apply_batch_normalization,
+    batch_camera_tokens,
+    batch_normalization,
+)
 
 # Later camera-head iterations weigh more (VGGT's camera loss).
 CAMERA_ITERATION_GAMMA = 0.6
@@ -86,7 +92,8 @@ def select_views(batch: SceneBatch, num_sources: int, generator: torch.Generator
     keep = [0, *sorted(others.tolist()), *range(batch.num_sources, batch.images.shape[1])]
     index = torch.tensor(keep, device=batch.images.device)
     c2w = batch.c2w[:, index]
-    normalized, scale = normalize_cameras(c2w, num_sources)
+    reference_w2c, scale = batch_normalization(c2w, num_sources)
+    normalized = apply_batch_normalization(c2w, reference_w2c, scale)
     return Views(
         images=batch.images[:, index],
         c2w=c2w,
@@ -96,30 +103,6 @@ def select_views(batch: SceneBatch, num_sources: int, generator: torch.Generator
         depth_valid=None if batch.depth_valid is None else batch.depth_valid[:, index],
         normalized=normalized,
         scale=scale,
-    )
-
-
-def normalize_cameras(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
-    """c2w [b, v, 4, 4] -> (the scene-frame cameras [b, v, 4, 4], scale [b]): the
-    normalisation `NVSModel` applies (`cameras.scene_normalization` per scene)."""
-    pairs = [cam.scene_normalization(scene, num_sources) for scene in c2w]
-    reference = torch.stack([p[0] for p in pairs])  # (b, 4, 4)
-    scale = torch.stack([p[1] for p in pairs])  # (b,)
-    return cam.apply_normalization(c2w, reference[:, None], scale[:, None, None, None]), scale
-
-
-def source_camera_tokens(views: Views, posed: bool) -> Tensor:
-    """The sources' camera tokens [b, s, 11] as `NVSModel.encode` makes them (inference)."""
-    s = views.num_sources
-    source = views.normalized[:, :s]
-    camera_scale = source[..., :3, 3].norm(dim=-1).amax(dim=-1)  # (b,)
-    return torch.stack(
-        [
-            cam.camera_tokens(
-                source[i], views.fxfycxcy[i, :s], views.image_hw, s, camera_scale[i], posed
-            )
-            for i in range(source.shape[0])
-        ]
     )
 
 
@@ -151,6 +134,10 @@ class RegressionForward(nn.Module):
 class RegressionLoss:
     """Weighted sum of the regression losses -> (total, {name: value}) for logging.
 
+    Every term with a weight > 0 is in the total's graph on every batch, so that each
+    trained parameter gets a gradient on every step (DDP without unused-parameter
+    detection needs it): a batch without depth adds the point outputs times 0, and its
+    logged terms leave out "points". `names` lists every term that can be logged.
     perceptual: a callable (pred, target) on [n, 3, h, w] in [0, 1], or None when its
     weight is 0.
     """
@@ -171,6 +158,7 @@ class RegressionLoss:
         if perceptual > 0 and perceptual_fn is None:
             raise ValueError("loss.perceptual > 0 needs a perceptual loss function")
         self.weights = {"l2": l2, "perceptual": perceptual, "points": points, "camera": camera}
+        self.names = [name for name, weight in self.weights.items() if weight > 0]
         self.perceptual_fn = perceptual_fn
         self.point_loss = ConfidencePointLoss(alpha=point_alpha)
         self.point_space = point_space
@@ -181,6 +169,7 @@ class RegressionLoss:
         target = views.target_images
         rgb = output.rgb.float()
         terms = {"l2": F.mse_loss(rgb, target)}
+        unused = []  # outputs without a loss on this batch
         if self.weights["perceptual"] > 0:
             flat = "b t c h w -> (b t) c h w"
             terms["perceptual"] = self.perceptual_fn(
@@ -188,15 +177,28 @@ class RegressionLoss:
             ).mean()
         if self.weights["points"] > 0 and output.points is not None:
             gt = views.target_points()
-            if gt is not None:
+            if gt is None:
+                unused += [output.points, output.conf]
+            else:
                 points, gt_points = output.points.float(), gt[0]
                 if self.point_space == "log":
                     points, gt_points = compress_points(points), compress_points(gt_points)
                 terms["points"] = self.point_loss(points, output.conf.float(), gt_points, gt[1])
-        if self.weights["camera"] > 0 and poses is not None:
+        if self.weights["camera"] > 0:
+            if poses is None:
+                raise ValueError("loss.camera > 0 needs the camera head's pose encodings")
             terms["camera"] = camera_loss(poses.float(), views)
         total = sum(self.weights[name] * value for name, value in terms.items())
+        if unused:
+            total = total + zero_from(*unused)
         return total, terms
+
+
+def zero_from(*tensors: Tensor) -> Tensor:
+    """0 computed from `tensors`: added to a loss it changes neither the loss nor its
+    gradients, but puts the parameters behind the tensors in the backward pass.
+    Non-finite values are zeroed first (0 * inf would be NaN)."""
+    return sum(t.float().nan_to_num(0.0, 0.0, 0.0).sum() for t in tensors) * 0.0
 
 
 def camera_loss(poses: Tensor, views: Views) -> Tensor:
@@ -239,7 +241,8 @@ class DiffusionForward(nn.Module):
     ) -> Tensor:
         s = views.num_sources
         with torch.no_grad():
-            tokens = source_camera_tokens(views, posed)
+            source = views.normalized[:, :s], views.fxfycxcy[:, :s]
+            tokens = batch_camera_tokens(*source, views.image_hw, s, posed, training=False)
             source_tokens = self.model.encoder(views.images[:, :s], tokens).tokens  # (b,s,p,c)
         rays = cam.plucker_rays(views.normalized[:, s:], views.fxfycxcy[:, s:], *views.image_hw)
         return self.model.diffusion(source_tokens, x_t, timesteps, rays, generator=generator)
