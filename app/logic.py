@@ -264,11 +264,12 @@ class Engine:
         else:
             source_fxfycxcy = default_intrinsics(self.image_hw).expand(s, 4).clone()
         sources = None
-        focus = scene_focus(self.model, scene, self.image_hw, source_fxfycxcy)
         if scene.source_c2w is not None and self.model.decoder.point_head is not None:
             progress(0.7, "rendering the source views' geometry")
             k = source_fxfycxcy[None].to(self.device)
             sources = self.model.render(scene, scene.source_c2w, k, self.image_hw, normalized=True)
+        # Without the sources' render there is no depth to measure: the default focus.
+        focus = scene_focus(self.model, scene, self.image_hw, source_fxfycxcy, sources=sources)
         progress(1.0, "encoded")
         session.loaded = LoadedScene(
             key=key,

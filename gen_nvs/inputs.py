@@ -48,6 +48,7 @@ from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.geometry.trajectories import TRAJECTORY_PRESETS, make_trajectory
 
 if TYPE_CHECKING:
+    from gen_nvs.models.decoder import DecoderOutput
     from gen_nvs.models.nvs import EncodedScene, NVSModel
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -463,6 +464,7 @@ def scene_focus(
     source_fxfycxcy: Tensor | None = None,
     source_hw: tuple[int, int] | None = None,
     reference: int = 0,
+    sources: DecoderOutput | None = None,
 ) -> float:
     """The median depth (normalised scene units) the model sees from source `reference` of
     the first encoded scene: a focus distance for orbits that turn about the scene rather
@@ -470,10 +472,15 @@ def scene_focus(
 
     source_fxfycxcy: [s, 4] in pixels of `source_hw` images (default `image_hw`); None:
     a `DEFAULT_FOV_DEG` camera.
+    sources: `model.render` of the source cameras ([b, s, ...], normalised frame, at these
+    intrinsics) when the caller has it; None: source `reference` is rendered here.
     """
     if model.decoder.point_head is None or scene.source_c2w is None:
         return DEFAULT_FOCUS
     c2w = scene.source_c2w[:1, reference : reference + 1]  # (1, 1, 4, 4)
+    if sources is not None:
+        points = sources.points[:1, reference : reference + 1].to(c2w)  # (1, 1, h, w, 3)
+        return _median_depth(points, c2w)
     if source_fxfycxcy is None:
         intrinsics = default_intrinsics(image_hw)
     else:
@@ -483,6 +490,12 @@ def scene_focus(
     intrinsics = intrinsics.to(c2w)[None, None]  # (1, 1, 4)
     with torch.no_grad():
         points = model.render(scene, c2w, intrinsics, image_hw, normalized=True).points
+    return _median_depth(points, c2w)
+
+
+def _median_depth(points: Tensor, c2w: Tensor) -> float:
+    """The median positive depth of points [1, 1, h, w, 3] in camera c2w [1, 1, 4, 4];
+    `DEFAULT_FOCUS` when there is none."""
     depth = points_to_depth(points, c2w)  # (1, 1, h, w)
     depth = depth[torch.isfinite(depth) & (depth > 0)]
     return depth.median().item() if depth.numel() else DEFAULT_FOCUS
@@ -516,9 +529,17 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_arguments(group: argparse._ActionsContainer) -> None:
+def add_model_arguments(
+    group: argparse._ActionsContainer, default_size: tuple[int, int] | None = (64, 64)
+) -> None:
     """--checkpoint, --size and --device (to a parser or an argument group): which model
-    runs, at what size, where (see `check_render_size` and `resolve_device`)."""
+    runs, at what size, where (see `check_render_size` and `resolve_device`).
+
+    default_size: --size when not given; None: the inputs' size as stored.
+    """
+    default = "default: as stored"
+    if default_size is not None:
+        default = f"default {default_size[0]} {default_size[1]}"
     group.add_argument(
         "--checkpoint",
         metavar="PATH",
@@ -528,9 +549,9 @@ def add_model_arguments(group: argparse._ActionsContainer) -> None:
         "--size",
         nargs=2,
         type=int,
-        default=[64, 64],
+        default=None if default_size is None else list(default_size),
         metavar=("H", "W"),
-        help="input and render size, multiples of the model's patch size (default 64 64)",
+        help=f"input and render size, multiples of the model's patch size ({default})",
     )
     group.add_argument(
         "--device",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from gen_nvs.data.re10k import depth_scale_for, quantise_depth, write_png
 from gen_nvs.geometry import rgbd
 from gen_nvs.geometry.cameras import invert_rigid
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from gen_nvs.inputs import SourceViews
     from gen_nvs.models.nvs import EncodedScene
 
-UINT16_MAX = 65535
 MAX_PLY_POINTS = 500_000
 REGRESSION_RGB = "regression_rgb.png"
 REGRESSION_DEPTH = "regression_depth.png"
@@ -80,14 +79,14 @@ def fit_depth_scale(depth: Tensor) -> float:
     valid = depth[rgbd.valid_depth(depth)]
     if valid.numel() == 0:
         return 1.0
-    return 2.0 ** math.floor(math.log2(UINT16_MAX / valid.max().item()))
+    return depth_scale_for(valid.max().item())
 
 
 def write_depth(path: Path, depth: Tensor, depth_scale: float) -> None:
-    """depth [h, w] -> 16-bit PNG of depth * depth_scale; 0 where there is no depth."""
-    valid = rgbd.valid_depth(depth)
-    values = torch.where(valid, (depth * depth_scale).round().clamp(1, UINT16_MAX), 0)
-    Image.fromarray(values.cpu().numpy().astype(np.uint16)).save(path)
+    """depth [h, w] -> 16-bit PNG of depth * depth_scale, the RealEstate10K layout's depth
+    format (`gen_nvs.data.re10k`); 0 where there is no depth. ValueError when a depth
+    does not fit (`fit_depth_scale` gives a scale where all do)."""
+    write_png(quantise_depth(depth, rgbd.valid_depth(depth), depth_scale, str(path)), path)
 
 
 def turbo(values: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@
 `samplers.sample`:
 
 1. The regression decoder renders the targets (rgb, points, confidence): the known
-   region and the fallback output.
+   region and the fallback output (or the caller passes the render it already has).
 2. A mask says which target pixels no source saw (1 = unseen, to generate): by geometry
    (the sources' depth, rendered by the point head, tested by reprojection), by the
    point head's confidence (both `unseen_region`, which the app's regression view shows
@@ -12,7 +12,8 @@
 3. The diffusion decoder samples every target, RePaint-style where there is a mask: the
    regression render is kept where the sources saw the scene and the rest is generated.
    The scene's `diffusion_cache` holds the encoder tokens and the source stream, so one
-   encoding serves every step of every sample.
+   encoding serves every step of every sample. Schedulers given by name follow the
+   model's training noise schedule (`model_scheduler`).
 
 Randomness: sample k draws from a CPU generator seeded with `seed + k` (it seeds one
 sampler row per target view), so a sample does not change with `num_samples` or
@@ -150,6 +151,8 @@ def sample_views(
     source_fxfycxcy: Tensor | None = None,
     conf_threshold: float | None = None,
     memory_budget: int | None = None,
+    regression: DecoderOutput | None = None,
+    sources: DecoderOutput | None = None,
 ) -> SampledViews:
     """Draw `num_samples` samples of every target view of the encoded scenes.
 
@@ -159,7 +162,7 @@ def sample_views(
         scene's normalised frame.
     seed: sample k uses seed `seed + k`, whatever `num_samples` and `max_batch`.
     scheduler, steps, eta, guidance_*, resample_jumps: as for `samplers.sample`; a
-        scheduler name builds it with the diffusion decoder's prediction type.
+        scheduler name builds it on the model's noise schedule (`model_scheduler`).
     mask_mode: "off" generates everything; "confidence" generates where the point head's
         confidence of the regression render is below `conf_threshold` (None: a share
         `CONFIDENCE_FRACTION` of the median confidence of the sources' renders, or of the
@@ -171,14 +174,18 @@ def sample_views(
         "auto" only).
     callback: called after every solver step with a `samplers.StepInfo` whose `step` and
         `num_steps` count over all batches; returning `samplers.STOP` cancels.
-    max_batch: samples drawn per sampler call (None: all at once); the results do not
-        depend on it.
+    max_batch: samples drawn per sampler call (None: as many as fit `memory_budget`); the
+        results do not depend on it.
     source_fxfycxcy: [b, s, 4] the sources' intrinsics in pixels of `image_hw` images, for
         the geometry and confidence masks; None: a default field of view
         (`gen_nvs.inputs.DEFAULT_FOV_DEG`).
     memory_budget: bytes sampling may use; None: the free GPU memory, or
-        `DEFAULT_CPU_MEMORY_BUDGET` on the CPU. Too many samples for it is an error that
-        says how many fit.
+        `DEFAULT_CPU_MEMORY_BUDGET` on the CPU. Not even one sample fitting, or `max_batch`
+        samples not fitting, is an error that says how many fit.
+    regression: `model.render` of these targets (rgb [b, t, 3, h, w], points, conf, on the
+        scene's device) when the caller has it; None: rendered here.
+    sources: `model.render` of the source cameras, as for `unseen_region`; None: rendered
+        here when the mask needs it.
 
     Raises:
         ValueError: a regression-only model, invalid options, cameras or mask, too little
@@ -205,11 +212,19 @@ def sample_views(
         )
     if mask is not None and mask_mode != "auto":
         raise ValueError(f"give a mask or a mask mode, got a mask and mask mode {mask_mode!r}")
-    scheduler = _scheduler(scheduler, diffusion)
-    regression = model.render(scene, target_c2w, target_fxfycxcy, image_hw, normalized=normalized)
+    scheduler = _scheduler(scheduler, model)
+    b, t = target_c2w.shape[:2]
+    if regression is None:
+        regression = model.render(
+            scene, target_c2w, target_fxfycxcy, image_hw, normalized=normalized
+        )
+    elif tuple(regression.rgb.shape) != (b, t, 3, *image_hw):
+        raise ValueError(
+            f"the regression render must be {[b, t, 3, *image_hw]} (scenes, targets, rgb, "
+            f"height, width), got {list(regression.rgb.shape)}"
+        )
     if not normalized and scene.posed:
         target_c2w = scene.normalize(target_c2w)
-    b, t = target_c2w.shape[:2]
     batch = _samples_per_batch(
         diffusion, scene, image_hw, t, num_samples, max_batch, guidance_scale, memory_budget
     )
@@ -219,6 +234,7 @@ def sample_views(
         unseen = unseen_region(
             model, scene, regression, target_c2w, target_fxfycxcy, image_hw,
             mode=mask_mode, source_fxfycxcy=source_fxfycxcy, conf_threshold=conf_threshold,
+            sources=sources,
         )  # fmt: skip
         if unseen is not None:
             unseen = _soft_edge(unseen.to(regression.rgb))
@@ -240,6 +256,25 @@ def sample_views(
     )
     x = _draw(model_fn, known, unseen, num_samples, batch, seed, callback, options)
     return _views(x, num_samples, regression, unseen, target_c2w)
+
+
+def model_scheduler(model: NVSModel, name: str) -> SchedulerMixin:
+    """The scheduler `name` (one of `samplers.SCHEDULER_NAMES`) on the model's training noise
+    schedule: `samplers.build_scheduler(name, **model.noise_schedule)` when the model has
+    one (exports carry it), else the default schedule with the diffusion decoder's
+    prediction type.
+
+    Raises ValueError for a regression-only model, or a schedule whose prediction type
+    is not the diffusion decoder's.
+    """
+    diffusion = require_diffusion(model, "the model")
+    options = {"prediction_type": diffusion.prediction_type, **(model.noise_schedule or {})}
+    if options["prediction_type"] != diffusion.prediction_type:
+        raise ValueError(
+            f"the model's noise schedule has prediction_type {options['prediction_type']!r} "
+            f"but its diffusion decoder predicts {diffusion.prediction_type!r}"
+        )
+    return samplers.build_scheduler(name, **options)
 
 
 def sample_seeds(seed: int, samples: range, views: int) -> list[int]:
@@ -310,6 +345,7 @@ def unseen_region(
     source_fxfycxcy: Tensor | None = None,
     conf_threshold: float | None = None,
     sources: DecoderOutput | None = None,
+    rel_tol: float = 0.02,
 ) -> Tensor | None:
     """bool [b, t, h, w]: the target pixels no source saw, on the regression render's
     device; None with mode "off", or "auto" for a model without a point head.
@@ -326,6 +362,7 @@ def unseen_region(
         a default field of view (`gen_nvs.inputs.DEFAULT_FOV_DEG`).
     sources: `model.render` of the source cameras ([b, s, ...], normalised frame) when the
         caller has it; None: rendered here when needed.
+    rel_tol: the geometry test's depth tolerance (`rgbd.unseen_mask`).
 
     Raises ValueError for an unknown mode, or mode "confidence" without a point head.
     """
@@ -347,7 +384,7 @@ def unseen_region(
         sources = model.render(scene, source_c2w, source_fxfycxcy, image_hw, normalized=True)
     if geometry:
         return _geometry_unseen(
-            scene, regression, target_c2w, target_fxfycxcy, source_fxfycxcy, sources
+            scene, regression, target_c2w, target_fxfycxcy, source_fxfycxcy, sources, rel_tol
         )
     return _confidence_unseen(regression, conf_threshold, sources)
 
@@ -357,10 +394,12 @@ def unseen_region(
 # --------------------------------------------------------------------------------------
 
 
-def _scheduler(scheduler: str | SchedulerMixin, diffusion: DiffusionDecoder) -> SchedulerMixin:
-    """A scheduler for the decoder's prediction type (built from a name, or checked)."""
+def _scheduler(scheduler: str | SchedulerMixin, model: NVSModel) -> SchedulerMixin:
+    """A scheduler for the model (built from a name by `model_scheduler`, or checked
+    against the diffusion decoder's prediction type)."""
     if isinstance(scheduler, str):
-        return samplers.build_scheduler(scheduler, prediction_type=diffusion.prediction_type)
+        return model_scheduler(model, scheduler)
+    diffusion = model.diffusion
     if scheduler.config.prediction_type != diffusion.prediction_type:
         raise ValueError(
             f"the scheduler's prediction_type {scheduler.config.prediction_type!r} differs from "
@@ -390,6 +429,7 @@ def _geometry_unseen(
     target_fxfycxcy: Tensor,
     source_fxfycxcy: Tensor,
     sources: DecoderOutput,
+    rel_tol: float,
 ) -> Tensor:
     """bool [b, t, h, w]: target pixels whose regressed point no source saw, on the
     device of the regression render."""
@@ -410,6 +450,7 @@ def _geometry_unseen(
                         source_c2w[i],
                         source_fxfycxcy[i],
                         source_depth[i],
+                        rel_tol,
                     )
                     for j in range(t)
                 ]
@@ -449,21 +490,25 @@ def _samples_per_batch(
     guidance_scale: float,
     memory_budget: int | None,
 ) -> int:
-    """Samples per sampler call; ValueError, saying how many fit, when they do not."""
+    """Samples per sampler call: `max_batch`, or (None) as many as fit the memory;
+    ValueError, saying how many fit, when not even one does or `max_batch` do not."""
     cache = scene.diffusion_cache
     per_sample = cache.num_scenes * estimate_sample_bytes(
         diffusion, cache.num_source_tokens, image_hw, num_targets, guided=guidance_scale != 1
     )
     device = cache.context.tokens.device
     available = available_memory(device, memory_budget)
-    batch = num_samples if max_batch is None else min(max_batch, num_samples)
     fit = int(available // per_sample)
+    if max_batch is None:
+        batch = max(1, min(num_samples, fit))
+    else:
+        batch = min(max_batch, num_samples)
     if batch > fit:
         where = "free on the GPU" if device.type == "cuda" and memory_budget is None else "budget"
         advice = (
             "draw fewer target views or use a smaller size"
             if fit == 0
-            else f"draw at most {fit} or set max_batch (--max-batch) to {fit}"
+            else f"set max_batch (--max-batch) to at most {fit}, or leave it unset"
         )
         raise ValueError(
             f"{batch} sample(s) of {num_targets} target view(s) per batch need about "

@@ -23,6 +23,7 @@ from app.logic import (
 )
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.geometry.rgbd import read_ply
+from gen_nvs.inputs import scene_focus
 from gen_nvs.models.nvs import NVSModel, model_config
 from gen_nvs.outputs import colorize_depth, to_pil
 from gen_nvs.rendering import render_targets
@@ -108,6 +109,25 @@ def test_scene_encoded_once_per_input_set(engine, monkeypatch, tmp_path):
     assert not engine.load(session, example.images, example.cameras, pose_free=True).scene.posed
     engine.load(session, example.images[:2], example.cameras)
     assert len(encodes) == 3
+
+
+def test_loading_renders_the_sources_once(engine, monkeypatch):
+    calls = []
+    render = engine.model.render
+
+    def counted(scene, c2w, *args, **kwargs):
+        calls.append(c2w.shape[1])
+        return render(scene, c2w, *args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "render", counted)
+    example = engine.examples[1]
+    loaded = engine.load(Session(), example.images, example.cameras)
+    assert calls == [3]  # all three sources, source 0 included
+    monkeypatch.undo()
+    # The focus is the one scene_focus measures by rendering source 0 alone.
+    with torch.no_grad():
+        focus = scene_focus(engine.model, loaded.scene, HW, loaded.source_fxfycxcy)
+    assert loaded.focus == pytest.approx(focus, rel=1e-5)
 
 
 def test_pose_free_uses_the_camera_head(engine):

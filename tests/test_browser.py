@@ -2,8 +2,11 @@
 
 Starts `python -m app` on a free local port (embedded default model, CPU), picks an example
 scene, renders a regression view and a trajectory video, draws 2 samples, uploads a file
-that is not an image, and checks what the page shows after each step. Screenshots go to
-`app/screenshots/` (the README shows them).
+that is not an image, and checks what the page shows after each step. Screenshots go to a
+temporary folder; with `GEN_NVS_UPDATE_SCREENSHOTS=1` in the environment they replace the
+tracked ones in `app/screenshots/` (the README shows them):
+
+    GEN_NVS_UPDATE_SCREENSHOTS=1 python -m pytest tests/test_browser.py
 
 Needs Debian's `chromium` package (the real binary is /usr/lib/chromium/chromium) and the
 `playwright` Python package (the `test` extra); without them these tests fail, they never
@@ -25,6 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "app" / "screenshots"
+UPDATE_SCREENSHOTS_ENV = "GEN_NVS_UPDATE_SCREENSHOTS"
 CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -105,6 +109,15 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where screenshots go: app/screenshots/ when asked to update them, else a tmp folder."""
+    if os.environ.get(UPDATE_SCREENSHOTS_ENV) == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
 def browser():
     chromium = _chromium()
     sync_playwright, _ = _playwright()
@@ -170,15 +183,15 @@ def _drawn_pixels(page, selector: str) -> int:
     return int((np.abs(pixels - background).sum(-1) > 30).sum())
 
 
-def _screenshot(page, name: str, full_page: bool = True) -> None:
-    """Save a screenshot for the README, from the top of the page, in 256 colours (small)."""
+def _screenshot(page, path: Path, full_page: bool = True) -> None:
+    """Save a screenshot (for the README), from the top of the page, in 256 colours (small)."""
     from io import BytesIO
 
     from PIL import Image
 
     page.evaluate("window.scrollTo(0, 0)")
     shot = Image.open(BytesIO(page.screenshot(full_page=full_page))).convert("RGB")
-    shot.quantize(256).save(SCREENSHOTS / name, optimize=True)
+    shot.quantize(256).save(path, optimize=True)
 
 
 def _set_slider(page, elem_id: str, value: int) -> None:
@@ -187,9 +200,8 @@ def _set_slider(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def test_example_regression_video_and_samples(page):
+def test_example_regression_video_and_samples(page, screenshots):
     _, expect = _playwright()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     _pick_example(page, expect)
     expect(page.locator("#plot img")).to_be_visible(timeout=WAIT_MS)
 
@@ -200,7 +212,7 @@ def test_example_regression_video_and_samples(page):
     assert page.locator("#ply a").first.get_attribute("href").endswith("-points.ply")
     page.wait_for_timeout(1500)  # the 3D viewer draws asynchronously
     assert _drawn_pixels(page, "#cloud canvas") > 200, "the point cloud viewer drew nothing"
-    _screenshot(page, "regression.png")
+    _screenshot(page, screenshots / "regression.png")
 
     page.get_by_label("Trajectory video").check()
     _set_slider(page, "frames", 4)
@@ -218,7 +230,7 @@ def test_example_regression_video_and_samples(page):
     captions = page.locator("#views .grid-container .caption-label")
     expect(captions).to_have_text(["sample 1 (seed 0)", "sample 2 (seed 1)", "regression"])
     expect(page.locator("#views img[data-testid=detailed-image]")).to_be_visible()
-    _screenshot(page, "sampling.png")
+    _screenshot(page, screenshots / "sampling.png")
 
     # A long run, cancelled once it is under way: the samples above stay.
     _set_slider(page, "steps", 100)
@@ -234,7 +246,7 @@ def test_example_regression_video_and_samples(page):
     assert page.outside_requests == [], page.outside_requests
 
 
-def test_bad_upload_shows_error_and_keeps_results(page, tmp_path):
+def test_bad_upload_shows_error_and_keeps_results(page, tmp_path, screenshots):
     _, expect = _playwright()
     _pick_example(page, expect, index=2)
     _render(page, expect, "Run 1: rendered 1 view")
@@ -245,7 +257,7 @@ def test_bad_upload_shows_error_and_keeps_results(page, tmp_path):
     page.set_input_files("#images input[type=file]", str(not_an_image))
     toast = page.locator(".toast-body").filter(has_text="notes.png")
     expect(toast).to_contain_text("cannot read image notes.png", timeout=WAIT_MS)
-    _screenshot(page, "error.png", full_page=False)
+    _screenshot(page, screenshots / "error.png", full_page=False)
 
     # The page keeps its results and the app keeps serving.
     assert page.locator("#views img").first.get_attribute("src") == first_view

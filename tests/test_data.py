@@ -38,6 +38,7 @@ from gen_nvs.geometry.cameras import (
     invert_rigid,
     project_points,
 )
+from gen_nvs.outputs import fit_depth_scale, write_depth
 
 
 def random_c2w(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -243,6 +244,21 @@ def test_re10k_round_trip(tmp_path):
     assert torch.equal(sample.depth_valid, valid[order])
     assert (sample.depth - depth[order])[valid[order]].abs().max() <= 1 / scale
     assert (sample.depth[~valid[order]] == 0).all()
+
+
+def test_command_depth_files_are_the_re10k_depth_format(tmp_path):
+    images, c2w, fxfycxcy, depth, valid = make_scene(v=2)
+    meta_path = write_re10k_scene(tmp_path, "s", images, c2w, fxfycxcy, depth, valid)
+    scale = json.loads(meta_path.read_text())["depth_scale"]
+    # What `gen-nvs render` / `sample` write: no depth (here NaN) is stored as 0.
+    missing = torch.where(valid, depth, torch.full_like(depth, math.nan))
+    assert fit_depth_scale(missing) == scale
+    for i in range(2):
+        write_depth(tmp_path / f"{i}.png", missing[i], scale)
+        stored = tmp_path / "depths" / "s" / f"{i:05d}.png"
+        assert (tmp_path / f"{i}.png").read_bytes() == stored.read_bytes()
+    with pytest.raises(ValueError, match="exceeds 65535"):
+        write_depth(tmp_path / "far.png", depth[0], 4 * scale)
 
 
 def test_re10k_writer_is_byte_deterministic(tmp_path):

@@ -16,6 +16,9 @@ from gen_nvs.data.re10k import RE10KReader
 from gen_nvs.eval.evaluate import (
     PSNR_MAX_DB,
     FirstViewsDataset,
+    SamplingSettings,
+    evaluate_scene,
+    evenly_spaced,
     map_tree,
     quality,
     unseen_masks,
@@ -135,6 +138,16 @@ def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
     assert grid.size == (7 * SIZE + 6 * 2, 2 * SIZE + 2)  # + 2 sample columns
 
 
+def test_max_targets_are_evenly_spaced(workspace, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(workspace / "regression"), "--num-sources", "1"]
+    assert _eval(workspace, out, *argv, "--max-targets", "2", "--max-scenes", "1") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"]["max_targets"] == 2
+    (scene,) = results["scenes"]
+    assert scene["source_frames"] == [0] and scene["target_frames"] == [1, 3]
+
+
 def test_eval_with_an_index(workspace, tmp_path):
     index = tmp_path / "index.json"
     scenes = RE10KReader(workspace / "scenes", None).scene_names
@@ -171,13 +184,46 @@ def test_unseen_masks_from_depth_and_from_predicted_points(workspace):
         unseen, source = unseen_masks(model, encoded, no_depth)
         assert source == "predicted_points" and unseen.shape == (1, SIZE, SIZE)
         assert unseen.dtype == torch.bool
+        # The model's points at source 0's camera are what source 0 sees.
+        assert unseen.float().mean() < 0.01
+
+
+def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
+    reader = RE10KReader(workspace / "scenes", None)
+    sample = reader.load(reader.scene_names[0], [0, 1, 2, 3], num_sources=1)
+    no_depth = dataclasses.replace(sample, depth=None, depth_valid=None)
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny").eval()
+    model.add_diffusion()
+    calls = []
+    render = model.render
+
+    def counted(scene, c2w, *args, **kwargs):
+        calls.append(c2w.shape[1])
+        return render(scene, c2w, *args, **kwargs)
+
+    monkeypatch.setattr(model, "render", counted)
+    sampling = SamplingSettings(num_samples=2, steps=1, scheduler="ddim", mask_mode="auto")
+    with torch.inference_mode():
+        result, _ = evaluate_scene(model, no_depth, 0, sampling=sampling)
+    assert result["region_source"] == "predicted_points"
+    assert calls == [3, 1]  # the three targets, then the source
+    calls.clear()
+    off = dataclasses.replace(sampling, mask_mode="off")
+    with torch.inference_mode():
+        evaluate_scene(model, sample, 0, sampling=off)  # depth splits the regions
+    assert calls == [3]
 
 
 def test_first_views_dataset_needs_a_target_frame(workspace):
     reader = RE10KReader(workspace / "scenes", None)
     dataset = FirstViewsDataset(reader, num_sources=3)
     assert dataset[1].num_sources == 3 and dataset[1].num_views == 4
-    assert FirstViewsDataset(reader, 1, max_targets=2)[0].num_views == 3
+    spaced = FirstViewsDataset(reader, 1, max_targets=2)[0]
+    assert spaced.num_views == 3 and spaced.frame_indices.tolist() == [0, 1, 3]
+    assert FirstViewsDataset(reader, 1, max_targets=9)[0].frame_indices.tolist() == [0, 1, 2, 3]
+    assert evenly_spaced(4, 8) == [0, 2, 4, 7] and evenly_spaced(1, 5) == [0]
+    assert evenly_spaced(3, 3) == [0, 1, 2]
     with pytest.raises(ValueError, match="no frame left for a target"):
         FirstViewsDataset(reader, num_sources=4)
 
@@ -241,3 +287,13 @@ def test_sampling_a_regression_model_and_missing_lpips(workspace, tmp_path, caps
     assert "unknown sampler" in _error(capsys)
     assert _eval(workspace, tmp_path / "out", *regression, "--size", "30", "30") == 2
     assert "patch size" in _error(capsys)
+    assert _eval(workspace, tmp_path / "out", *regression, "--max-targets", "0") == 2
+    assert "--max-targets must be >= 1, got 0" in _error(capsys)
+
+
+def test_a_device_without_cuda_is_a_one_line_error(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["eval", "--data", str(workspace / "scenes"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--checkpoint", str(workspace / "regression"), "--device", "cuda"]) == 2
+    assert "device 'cuda' was asked for but CUDA is not available" in _error(capsys)
+    assert not (tmp_path / "out").exists()

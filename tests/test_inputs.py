@@ -15,6 +15,7 @@ from gen_nvs.geometry.cameras import crop_resize_intrinsics, invert_rigid
 from gen_nvs.inputs import (
     TargetSpec,
     add_input_arguments,
+    add_model_arguments,
     add_target_arguments,
     default_intrinsics,
     load_source_views,
@@ -211,6 +212,14 @@ def test_options_build_the_target_spec():
         target_spec_from_args(parse("--trajectory", "orbit", "--azimuth", "3"))
 
 
+def test_model_options_without_a_default_size():
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_model_arguments(parser, default_size=None)
+    assert parser.parse_args([]).size is None
+    assert parser.parse_args(["--size", "16", "24"]).size == [16, 24]
+    assert "default: as stored" in parser.format_help()
+
+
 def test_output_directory_and_device(tmp_path):
     out = prepare_output_dir(tmp_path / "out", overwrite=False)
     (out / "file.txt").write_text("x")
@@ -218,6 +227,14 @@ def test_output_directory_and_device(tmp_path):
         prepare_output_dir(out, overwrite=False)
     assert prepare_output_dir(out, overwrite=True) == out
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_auto_device_is_cuda_only_when_available(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto") == torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        with pytest.raises(ValueError, match="device 'cuda:1' was asked for but CUDA is not"):
+            resolve_device("cuda:1")

@@ -13,7 +13,9 @@ from gen_nvs.cli import main
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.geometry.rgbd import read_ply
-from gen_nvs.models.nvs import NVSModel, model_config, save_model
+from gen_nvs.inputs import TargetSpec, load_source_views, scene_targets
+from gen_nvs.models.nvs import NVSModel, load_model, model_config, save_model
+from gen_nvs.sampling import sample_views
 
 SIZE = ["--size", "32", "32"]
 FAST = ["--steps", "2", "--sampler", "ddim", "--samples", "2"]
@@ -55,6 +57,22 @@ def read(path) -> np.ndarray:
         return np.array(image)
 
 
+def expected_masks(setup, spec: TargetSpec) -> np.ndarray:
+    """The "auto" masks of `spec`'s targets as `sample_views` computes them, as the 8-bit
+    values of mask.png: uint8 [t, h, w]."""
+    images, meta, checkpoint, _ = setup
+    model = load_model(checkpoint)
+    sources = load_source_views(images, meta, (32, 32))
+    with torch.no_grad():
+        scene = model.encode(*sources.batch("cpu"))
+    _, targets = scene_targets(model, scene, spec, (32, 32), sources.fxfycxcy)
+    views = sample_views(
+        model, scene, *targets.batch("cpu"), (32, 32), normalized=targets.normalized,
+        source_fxfycxcy=sources.fxfycxcy[None], steps=1, scheduler="ddim",
+    )  # fmt: skip
+    return (views.mask[0] * 255).round().to(torch.uint8).numpy()
+
+
 def test_writes_samples_depth_masks_point_clouds_and_cameras(setup, tmp_path):
     out = tmp_path / "out"
     assert sample(setup, out, "--trajectory", "orbit", "--frames", "2") == 0
@@ -70,7 +88,10 @@ def test_writes_samples_depth_masks_point_clouds_and_cameras(setup, tmp_path):
         depth = read(folder / "sample_00_depth.png")
         assert depth.dtype == np.uint16 and depth.shape == (32, 32) and depth.max() > 0
         assert depth.max() / summary["depth_scale"] > 0  # depth = value / depth_scale
-        assert read(folder / "mask.png").dtype == np.uint8
+    # The masks are the sampler's; the orbit starts at source 0, which saw all it sees.
+    masks = np.stack([read(out / f"target_{j:03d}" / "mask.png") for j in range(2)])
+    assert np.array_equal(masks, expected_masks(setup, TargetSpec(trajectory="orbit", frames=2)))
+    assert masks[0].mean() < 0.01 * 255
     xyz, rgb, _ = read_ply(out / "sample_01.ply")
     assert xyz.shape[0] > 0 and rgb.shape == xyz.shape and torch.isfinite(xyz).all()
 
@@ -110,7 +131,11 @@ def bad_inputs(setup, tmp_path):
         ),
         "memory": (
             ["--samples", "50", "--memory-budget", "0.001"],
-            "50 sample(s) of 8 target view(s) per batch need about",
+            "0 sample(s) fit; draw fewer target views",
+        ),
+        "batch memory": (
+            ["--samples", "50", "--max-batch", "10", "--memory-budget", "0.01"],
+            "10 sample(s) of 8 target view(s) per batch need about",
         ),
         "regression model": (
             ["--checkpoint", regression],
@@ -134,6 +159,7 @@ def bad_inputs(setup, tmp_path):
         "guidance",
         "mask size",
         "memory",
+        "batch memory",
         "regression model",
         "non-image",
         "missing image",

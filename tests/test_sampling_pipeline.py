@@ -12,13 +12,16 @@ import torch
 import samplers
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.geometry import rgbd
+from gen_nvs.inputs import default_intrinsics
 from gen_nvs.models.nvs import NVSModel, model_config
 from gen_nvs.sampling import (
     SampledViews,
     estimate_sample_bytes,
+    model_scheduler,
     sample_seeds,
     sample_views,
     scene_to_world,
+    unseen_region,
 )
 
 HW = (32, 32)
@@ -97,6 +100,24 @@ def test_sample_k_does_not_depend_on_the_number_of_samples_or_batches(model, sce
     assert sample_seeds(5, range(1, 3), 2) == sample_seeds(5, range(3), 2)[2:]
 
 
+def per_sample_bytes(model, scene) -> int:
+    """`sample_views`' memory estimate of one sample of the two targets."""
+    return estimate_sample_bytes(model.diffusion, scene.diffusion_cache.num_source_tokens, HW, 2)
+
+
+def test_a_small_memory_budget_batches_the_same_samples(model, scene, views):
+    budget = 2 * per_sample_bytes(model, scene) + 1  # two samples fit
+    seen = []
+    whole = draw(model, scene, views, seed=2, num_samples=3, mask_mode="off")
+    batched = draw(
+        model, scene, views, seed=2, num_samples=3, mask_mode="off", memory_budget=budget,
+        callback=seen.append,
+    )  # fmt: skip
+    assert torch.allclose(whole.rgb, batched.rgb, atol=1e-5)
+    assert torch.allclose(whole.points, batched.points, atol=1e-4)
+    assert [info.num_steps for info in seen] == [2 * FAST["steps"]] * 4  # two sampler calls
+
+
 # --------------------------------------------------------------------------------------
 # Completion and masks
 # --------------------------------------------------------------------------------------
@@ -155,15 +176,36 @@ def test_confidence_mask_and_soft_edges(model, scene, views):
     assert torch.all(everything.mask == 1)
 
 
+def test_renders_the_caller_has_give_the_same_samples(model, scene, views):
+    c2w, k = targets(views)
+    source_k = views.fxfycxcy[None, :2]
+    with torch.no_grad():
+        regression = model.render(scene, c2w, k, HW)
+        sources = model.render(scene, scene.source_c2w, source_k, HW, normalized=True)
+    own = draw(model, scene, views, seed=1, source_fxfycxcy=source_k)
+    given = draw(
+        model, scene, views, seed=1, source_fxfycxcy=source_k, regression=regression,
+        sources=sources,
+    )  # fmt: skip
+    assert given.regression is regression and own.mask is not None
+    assert torch.equal(own.rgb, given.rgb) and torch.equal(own.mask, given.mask)
+    with torch.no_grad():
+        one_view = model.render(scene, c2w[:, :1], k[:, :1], HW)
+    with pytest.raises(ValueError, match=r"regression render must be \[1, 2, 3, 32, 32\]"):
+        draw(model, scene, views, regression=one_view)
+
+
 def test_pose_free_auto_mask_uses_the_estimated_cameras(model, views):
     with torch.no_grad():
         scene = model.encode(views.images[None, :2])
     assert scene.source_c2w is not None  # the camera head's estimate
-    out = sample_views(
-        model, scene, scene.source_c2w[:, :1], views.fxfycxcy[None, :1], HW, normalized=True,
-        **FAST,
-    )  # fmt: skip
+    # A target at source 0's estimated camera, with the default intrinsics pose-free
+    # sources are rendered at, sees what source 0 saw.
+    k = default_intrinsics(HW)[None, None]  # (1, 1, 4)
+    out = sample_views(model, scene, scene.source_c2w[:, :1], k, HW, normalized=True, **FAST)
     assert out.mask.shape == (1, 1, *HW) and 0 <= out.mask.min() <= out.mask.max() <= 1
+    unseen = unseen_region(model, scene, out.regression, scene.source_c2w[:, :1], k, HW)
+    assert unseen.float().mean() < 0.01 and out.mask.mean() < 0.01
 
 
 # --------------------------------------------------------------------------------------
@@ -237,11 +279,11 @@ def test_errors_name_the_problem(model, scene, views):
         draw(model, scene, views, mask_mode="depth")
     with pytest.raises(ValueError, match="give a mask or a mask mode"):
         draw(model, scene, views, mask=torch.zeros(1, 2, *HW), mask_mode="off")
-    per_sample = estimate_sample_bytes(
-        model.diffusion, scene.diffusion_cache.num_source_tokens, HW, 2
-    )
-    with pytest.raises(ValueError, match="10 sample.* 3 sample\\(s\\) fit; draw at most 3"):
-        draw(model, scene, views, num_samples=10, memory_budget=3 * per_sample + 1)
+    per_sample = per_sample_bytes(model, scene)
+    with pytest.raises(ValueError, match="1 sample.* 0 sample\\(s\\) fit; draw fewer target"):
+        draw(model, scene, views, num_samples=10, memory_budget=per_sample - 1)
+    with pytest.raises(ValueError, match="5 sample.* 3 sample\\(s\\) fit; set max_batch .* 3"):
+        draw(model, scene, views, num_samples=10, max_batch=5, memory_budget=3 * per_sample + 1)
     regression = tiny_model(diffusion=False)
     with torch.no_grad():
         plain = regression.encode(
@@ -251,6 +293,25 @@ def test_errors_name_the_problem(model, scene, views):
         sample_views(regression, plain, *targets(views), HW)
     with pytest.raises(ValueError, match="not encoded for this model's diffusion decoder"):
         sample_views(tiny_model(), scene, *targets(views), HW)
+
+
+def test_schedulers_follow_the_models_noise_schedule(model, scene, views, monkeypatch):
+    prediction = model.diffusion.prediction_type
+    default = draw(model, scene, views, seed=1, mask_mode="off")
+    schedule = {"prediction_type": prediction, "beta_schedule": "scaled_linear"}
+    monkeypatch.setattr(model, "noise_schedule", schedule)
+    assert model_scheduler(model, "ddim").config.beta_schedule == "scaled_linear"
+    scaled = draw(model, scene, views, seed=1, mask_mode="off")
+    given = draw(
+        model, scene, views, seed=1, mask_mode="off",
+        scheduler=samplers.build_scheduler("ddim", **schedule),
+    )  # fmt: skip
+    assert torch.equal(scaled.rgb, given.rgb)
+    assert (scaled.rgb - default.rgb).abs().max() > 1e-3
+    other = "epsilon" if prediction != "epsilon" else "v_prediction"
+    monkeypatch.setattr(model, "noise_schedule", {"prediction_type": other})
+    with pytest.raises(ValueError, match=f"noise schedule has prediction_type '{other}'"):
+        draw(model, scene, views)
 
 
 def test_scene_to_world_inverts_the_normalisation(scene, views):

@@ -29,24 +29,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import platform
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gen_nvs.geometry.cameras import (
-    camera_tokens,
-    fov_to_focal,
-    look_at,
-    normalize_scene,
-    plucker_rays,
-)
-from gen_nvs.geometry.trajectories import orbit
+from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.decoder import DECODER_PRESETS, VARIANTS, HighwayDecoder
 from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder, build_encoder
@@ -68,8 +57,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         targets=2, repeats=1, warmup=0,
     ),
 }  # fmt: skip
-FIELD_OF_VIEW_DEG = 60.0
-SOURCE_ARC_DEG = 40.0
 NOTES = [
     "ms_per_view_cached: SceneCache built once per scene (ms_cache_build, not included), "
     "then the targets are rendered one per call",
@@ -196,24 +183,25 @@ def bench_render(
     plus `cache_bytes`.
     """
     device = torch.device(device)
-    _check_settings(variants, source_counts, image_hw, num_targets, device, dtype, repeats, warmup)
+    _check_settings(variants, source_counts, dtype)
+    check_settings(image_hw, device, repeats, warmup, targets=num_targets)
     encoder, decoders = _build_models(encoder_preset, decoder_preset, variants, device, seed)
     autocast = _autocast(device, DTYPES[dtype])
     generator = torch.Generator().manual_seed(seed)
     results = []
     with torch.inference_mode():
         for num_sources in source_counts:
-            images, tokens, rays = _synthetic_scene(num_sources, num_targets, image_hw, generator)
-            images, tokens, rays = images.to(device), tokens.to(device), rays.to(device)
+            scene = synthetic_scene(num_sources, num_targets, image_hw, generator).to(device)
 
-            def encode(images=images, tokens=tokens) -> Tensor:
+            def encode(scene=scene) -> Tensor:
                 with autocast():
-                    return encoder(images, tokens).tokens
+                    return encoder(scene.images, scene.tokens).tokens
 
-            [(ms_encode, source_tokens)] = _time([encode], device, repeats, warmup)
+            [encoded] = time_calls([encode], device, repeats, warmup)
+            ms_encode, source_tokens = 1000.0 * encoded.seconds, encoded.result
             for variant in variants:
                 entry = _bench_variant(
-                    decoders[variant], source_tokens, rays, autocast, device, repeats, warmup
+                    decoders[variant], source_tokens, scene.rays, autocast, device, repeats, warmup
                 )
                 results.append(
                     dict(variant=variant, num_sources=num_sources, ms_encode=round(ms_encode, 4))
@@ -263,47 +251,19 @@ def _bench_variant(
             views = [decoder(source_tokens, rays[:, i : i + 1]).rgb for i in range(num_targets)]
         return torch.cat(views, dim=1)  # (1, t, 3, h, w)
 
-    timings = _time([build, render_cached, render_uncached], device, repeats, warmup)
-    (ms_cache_build, _), (ms_cached, rgb_cached), (ms_uncached, rgb_uncached) = timings
-    ms_per_view_cached = ms_cached / num_targets
-    ms_per_view_uncached = ms_uncached / num_targets
+    built, cached, uncached = time_calls(
+        [build, render_cached, render_uncached], device, repeats, warmup
+    )
+    ms_per_view_cached = 1000.0 * cached.seconds / num_targets
+    ms_per_view_uncached = 1000.0 * uncached.seconds / num_targets
     return dict(
-        ms_cache_build=round(ms_cache_build, 4),
+        ms_cache_build=round(1000.0 * built.seconds, 4),
         ms_per_view_cached=round(ms_per_view_cached, 4),
         ms_per_view_uncached=round(ms_per_view_uncached, 4),
         speedup=round(ms_per_view_uncached / ms_per_view_cached, 4),
         cache_bytes=cache.memory_bytes(),
-        max_abs_diff=(rgb_cached.float() - rgb_uncached.float()).abs().max().item(),
+        max_abs_diff=(cached.result.float() - uncached.result.float()).abs().max().item(),
     )
-
-
-def _time(
-    fns: Sequence[Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-) -> list[tuple[float, Any]]:
-    """For each fn: (median milliseconds over `repeats` calls, its last result).
-
-    The functions take turns within each repeat, so that a change in machine load
-    (other processes on a shared CPU) weighs on all of them alike rather than on one.
-    `warmup` untimed turns come first.
-    """
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    results: list[Any] = [None for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            _synchronize(device)
-            start = time.perf_counter()
-            results[i] = fn()
-            _synchronize(device)
-            times[i].append(time.perf_counter() - start)
-    return [(1000.0 * statistics.median(t), r) for t, r in zip(times, results, strict=True)]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
@@ -314,7 +274,7 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
 
 
 # --------------------------------------------------------------------------------------
-# Models and the synthetic scene
+# Models and settings
 # --------------------------------------------------------------------------------------
 
 
@@ -344,51 +304,15 @@ def _build_models(
     return encoder, decoders
 
 
-def _synthetic_scene(
-    num_sources: int, num_targets: int, image_hw: tuple[int, int], generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Random source images [1, s, 3, h, w], their camera tokens [1, s, 11] and the target
-    rays [1, t, 6, h, w]: sources on an arc, targets on a full orbit, all looking at the
-    scene centre 2 units in front of the first source camera."""
-    height, width = image_hw
-    reference = look_at(torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
-    sources = orbit(reference, num_sources, focus=2.0, degrees=SOURCE_ARC_DEG)
-    targets = orbit(reference, num_targets, focus=2.0, degrees=360.0, elevation_deg=15.0)
-    c2w, camera_scale = normalize_scene(torch.cat([sources, targets]), num_sources)
-    focal = fov_to_focal(math.radians(FIELD_OF_VIEW_DEG), width)
-    fxfycxcy = torch.tensor([focal, focal, width / 2, height / 2]).expand(c2w.shape[0], 4)
-    tokens = camera_tokens(c2w, fxfycxcy, image_hw, num_sources, camera_scale)  # (s + t, 11)
-    rays = plucker_rays(c2w[num_sources:], fxfycxcy[num_sources:], height, width)  # (t, 6, h, w)
-    images = torch.rand(num_sources, 3, height, width, generator=generator)
-    return images[None], tokens[None, :num_sources], rays[None]
-
-
-def _check_settings(
-    variants: Sequence[str],
-    source_counts: Sequence[int],
-    image_hw: tuple[int, int],
-    num_targets: int,
-    device: torch.device,
-    dtype: str,
-    repeats: int,
-    warmup: int,
-) -> None:
+def _check_settings(variants: Sequence[str], source_counts: Sequence[int], dtype: str) -> None:
+    """ValueError for the settings only this benchmark has (`check_settings` does the rest)."""
     unknown = [v for v in variants if v not in VARIANTS]
     if not variants or unknown:
         raise ValueError(f"variants must be among {VARIANTS}, got {list(variants)}")
     if not source_counts or any(not 1 <= s <= 9 for s in source_counts):
         raise ValueError(f"source counts must be between 1 and 9, got {list(source_counts)}")
-    if len(image_hw) != 2 or min(image_hw) < 1:
-        raise ValueError(f"image size must be two positive numbers (H W), got {list(image_hw)}")
-    if num_targets < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(
-            f"need targets >= 1, repeats >= 1 and warmup >= 0, got targets {num_targets}, "
-            f"repeats {repeats}, warmup {warmup}"
-        )
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but CUDA is not available")
 
 
 def _settings(
@@ -402,7 +326,7 @@ def _settings(
     patch_size = next(iter(decoders.values())).patch_size
     return dict(
         device=str(device),
-        device_name=_device_name(device),
+        device_name=device_name(device),
         torch_version=torch.__version__,
         num_threads=torch.get_num_threads(),
         image_hw=list(image_hw),
@@ -412,17 +336,6 @@ def _settings(
         encoder_parameters=_num_parameters(encoder),
         decoder_parameters={v: _num_parameters(d) for v, d in decoders.items()},
     )
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _num_parameters(module: torch.nn.Module) -> int:

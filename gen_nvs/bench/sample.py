@@ -25,27 +25,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 import samplers
-from gen_nvs.bench.render import _device_name, _synchronize
-from gen_nvs.geometry.cameras import (
-    camera_tokens,
-    fov_to_focal,
-    look_at,
-    normalize_scene,
-    plucker_rays,
-)
-from gen_nvs.geometry.trajectories import orbit
+from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
 from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
 from gen_nvs.models.nvs import MODEL_PRESETS, NVSModel, model_config
-from gen_nvs.sampling import sample_seeds, sample_views
+from gen_nvs.sampling import model_scheduler, sample_seeds, sample_views
 
 # Defaults per device; `--fast` is the smoke-test setting. Options given override them.
 # On the CPU the encoder sees 224 px inputs (16 x 16 patches a view) so that the naive
@@ -65,8 +54,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 TARGET_SPEEDUP = 5.0
-FIELD_OF_VIEW_DEG = 60.0
-SOURCE_ARC_DEG = 40.0
 NOTES = [
     "random weights: a speed benchmark, the sampled images are not meaningful",
     "cached: model.encode once + sample_views (mask off); the encoder and the source "
@@ -183,29 +170,32 @@ def bench_sample(
     view, speedup, max_abs_diff, meets_target).
     """
     device = torch.device(device)
-    _check_settings(image_hw, num_sources, num_targets, num_samples, steps, repeats, warmup)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but CUDA is not available")
+    check_settings(
+        image_hw, device, repeats, warmup,
+        sources=num_sources, targets=num_targets, samples=num_samples, steps=steps,
+    )  # fmt: skip
     model = _build_model(preset, encoder_size, device, seed)
-    scene = _synthetic_scene(num_sources, num_targets, image_hw, seed)
-    images, c2w, fxfycxcy, tokens, rays = (x.to(device) for x in scene)
+    generator = torch.Generator().manual_seed(seed)
+    scene = synthetic_scene(num_sources, num_targets, image_hw, generator).to(device)
+    images, c2w, fxfycxcy = scene.images, scene.c2w, scene.fxfycxcy
     s = num_sources
     options = dict(scheduler=scheduler, steps=steps, guidance_scale=guidance_scale)
 
     def cached() -> Tensor:
-        scene = model.encode(images[:, :s], c2w[:, :s], fxfycxcy[:, :s])
+        encoded = model.encode(images[:, :s], c2w[:, :s], fxfycxcy[:, :s])
         views = sample_views(
-            model, scene, c2w[:, s:], fxfycxcy[:, s:], image_hw,
+            model, encoded, c2w[:, s:], fxfycxcy[:, s:], image_hw,
             num_samples=num_samples, seed=seed, mask_mode="off", **options,
         )  # fmt: skip
         return views.rgb  # (n, 1, t, 3, h, w)
 
     def naive() -> Tensor:
-        return _naive_samples(model, images, tokens, rays, num_samples, seed, options)
+        return _naive_samples(model, images, scene.tokens, scene.rays, num_samples, seed, options)
 
     with torch.inference_mode():
-        timings = _time([cached, naive], device, repeats, warmup)
-    (seconds_cached, cpu_cached, rgb_cached), (seconds_naive, cpu_naive, rgb_naive) = timings
+        cached_timing, naive_timing = time_calls([cached, naive], device, repeats, warmup)
+    seconds_cached, cpu_cached = cached_timing.seconds, cached_timing.cpu_seconds
+    seconds_naive, cpu_naive = naive_timing.seconds, naive_timing.cpu_seconds
     views = num_samples * num_targets
     speedup = seconds_naive / seconds_cached
     results = dict(
@@ -218,12 +208,12 @@ def bench_sample(
         cpu_seconds_naive=round(cpu_naive, 4),
         speedup_cpu_time=round(cpu_naive / cpu_cached, 3),
         meets_target=speedup >= TARGET_SPEEDUP,
-        max_abs_diff=(rgb_cached - rgb_naive).abs().max().item(),
+        max_abs_diff=(cached_timing.result - naive_timing.result).abs().max().item(),
     )
     encoder_hw = model.encoder.resized_size(*image_hw, "keep_aspect")
     settings = dict(
         device=str(device),
-        device_name=_device_name(device),
+        device_name=device_name(device),
         torch_version=torch.__version__,
         num_threads=torch.get_num_threads(),
         preset=preset,
@@ -272,9 +262,7 @@ def _naive_samples(
         shape=(diffusion.noise_channels, h, w),
         num_samples=num_samples * t,
         seeds=sample_seeds(seed, range(num_samples), t),
-        scheduler=samplers.build_scheduler(
-            options["scheduler"], prediction_type=diffusion.prediction_type
-        ),
+        scheduler=model_scheduler(model, options["scheduler"]),
         steps=options["steps"],
         guidance_scale=options["guidance_scale"],
         device=images.device,
@@ -282,32 +270,6 @@ def _naive_samples(
     )  # (n t, k, h, w)
     rgb, _ = from_diffusion_space(x.reshape(num_samples, t, *x.shape[1:]))
     return rgb[:, None]
-
-
-def _time(
-    fns: list[Callable[[], Tensor]], device: torch.device, repeats: int, warmup: int
-) -> list[tuple[float, float, Tensor]]:
-    """For each fn: (median wall-clock seconds, median process CPU seconds, over `repeats`
-    runs, and its last result); the functions take turns so that load from other
-    processes weighs on both alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    wall: list[list[float]] = [[] for _ in fns]
-    cpu: list[list[float]] = [[] for _ in fns]
-    results: list[Tensor | None] = [None for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            _synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            results[i] = fn()
-            _synchronize(device)
-            wall[i].append(time.perf_counter() - start)
-            cpu[i].append(time.process_time() - start_cpu)
-    return [
-        (statistics.median(w), statistics.median(c), r)
-        for w, c, r in zip(wall, cpu, results, strict=True)
-    ]
 
 
 def _build_model(preset: str, encoder_size: int, device: torch.device, seed: int) -> NVSModel:
@@ -329,48 +291,3 @@ def _build_model(preset: str, encoder_size: int, device: torch.device, seed: int
                 if name.startswith(("noise_embedder", "block_modulation", "head_modulation")):
                     param.normal_(std=0.02)
     return model.eval().to(device)
-
-
-def _synthetic_scene(
-    num_sources: int, num_targets: int, image_hw: tuple[int, int], seed: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Random source images [1, s, 3, h, w], cameras c2w [1, s + t, 4, 4] and fxfycxcy
-    [1, s + t, 4] (sources on an arc, targets on an orbit, all looking at a point 2 units
-    in front of the first source), and what `NVSModel.encode` and `render` compute from
-    them: the sources' camera tokens [1, s, 11] and the targets' rays [1, t, 6, h, w]."""
-    height, width = image_hw
-    reference = look_at(torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
-    sources = orbit(reference, num_sources, focus=2.0, degrees=SOURCE_ARC_DEG)
-    targets = orbit(reference, num_targets, focus=2.0, degrees=360.0, elevation_deg=15.0)
-    c2w = torch.cat([sources, targets])
-    focal = fov_to_focal(math.radians(FIELD_OF_VIEW_DEG), width)
-    fxfycxcy = torch.tensor([focal, focal, width / 2, height / 2]).expand(c2w.shape[0], 4)
-    normalized, camera_scale = normalize_scene(c2w, num_sources)
-    tokens = camera_tokens(
-        normalized[:num_sources], fxfycxcy[:num_sources], image_hw, num_sources, camera_scale
-    )  # (s, 11)
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(num_sources, 3, height, width, generator=generator)
-    rays = plucker_rays(normalized[num_sources:], fxfycxcy[num_sources:], height, width)
-    return images[None], c2w[None], fxfycxcy[None], tokens[None], rays[None]
-
-
-def _check_settings(
-    image_hw: tuple[int, int],
-    num_sources: int,
-    num_targets: int,
-    num_samples: int,
-    steps: int,
-    repeats: int,
-    warmup: int,
-) -> None:
-    if len(image_hw) != 2 or min(image_hw) < 1:
-        raise ValueError(f"image size must be two positive numbers (H W), got {list(image_hw)}")
-    counts = dict(
-        sources=num_sources, targets=num_targets, samples=num_samples, steps=steps, repeats=repeats
-    )
-    for name, value in counts.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")

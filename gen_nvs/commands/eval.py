@@ -3,7 +3,8 @@
 Reads a dataset in the processed RealEstate10K layout (`gen-nvs make-scenes` writes
 one). With `--index` (the LVSM / LagerNVS evaluation index format) each scene's context
 frames are the sources and its target frames the targets; without one the first
-`--num-sources` frames of every scene are the sources and the rest the targets.
+`--num-sources` frames of every scene are the sources and at most `--max-targets` of the
+rest, evenly spaced, the targets.
 A diffusion model also draws `--samples` samples per target (0 turns sampling off).
 
 LPIPS needs torchvision's VGG16 ImageNet weights (see `gen_nvs.models.perceptual`);
@@ -25,11 +26,13 @@ from gen_nvs.cli import CommandError
 from gen_nvs.data.eval_index import EvalDataset, EvalIndex
 from gen_nvs.data.re10k import FULL_LIST, RE10KReader
 from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSettings, evaluate
+from gen_nvs.inputs import add_model_arguments, check_render_size, resolve_device
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model_or_default
 from gen_nvs.models.perceptual import load_lpips
 from gen_nvs.sampling import MASK_MODES, check_sampling_options
 
 DEFAULT_SAMPLES = 4
+DEFAULT_MAX_TARGETS = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="without --index: leading frames used as sources (default 2)",
     )
     parser.add_argument(
-        "--checkpoint", help="model export directory or hf://... (default: the embedded model)"
+        "--max-targets",
+        type=int,
+        default=DEFAULT_MAX_TARGETS,
+        help="without --index: target frames per scene, evenly spaced over the frames after "
+        f"the sources (default {DEFAULT_MAX_TARGETS})",
     )
-    parser.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"), help="image size (default: as stored)"
-    )
+    add_model_arguments(parser, default_size=None)
     parser.add_argument(
         "--samples",
         type=int,
@@ -82,11 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail instead of skipping LPIPS when the VGG16 weights are missing",
     )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda when available, else cpu)",
-    )
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -99,6 +99,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--max-scenes must be >= 1, got {args.max_scenes}")
     if args.num_sources < 1:
         raise CommandError(f"--num-sources must be >= 1, got {args.num_sources}")
+    if args.max_targets < 1:
+        raise CommandError(f"--max-targets must be >= 1, got {args.max_targets}")
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out} exists and is not a directory")
 
@@ -119,7 +121,7 @@ def _reader(args: argparse.Namespace) -> RE10KReader:
 
 def _dataset(args: argparse.Namespace, reader: RE10KReader):
     if args.index is None:
-        return FirstViewsDataset(reader, args.num_sources)
+        return FirstViewsDataset(reader, args.num_sources, args.max_targets)
     dataset = EvalDataset(reader, EvalIndex.load(args.index))
     if len(dataset) == 0:
         raise CommandError(f"{args.index}: the index has no scenes to evaluate")
@@ -135,10 +137,10 @@ def _dataset(args: argparse.Namespace, reader: RE10KReader):
     return dataset
 
 
-def _lpips(args: argparse.Namespace):
+def _lpips(args: argparse.Namespace, device: torch.device):
     """(LPIPS network or None, why it is missing)."""
     try:
-        return load_lpips(args.lpips_weights, args.device), None
+        return load_lpips(args.lpips_weights, device), None
     except FileNotFoundError as err:
         if args.require_lpips or args.lpips_weights is not None:
             raise
@@ -201,16 +203,14 @@ def _print_means(results: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    device = resolve_device(args.device)
     reader = _reader(args)
     dataset = _dataset(args, reader)
-    model = load_model_or_default(args.checkpoint, args.device)
-    if args.size is not None and any(n % model.patch_size for n in args.size):
-        raise CommandError(
-            f"--size {args.size[0]} {args.size[1]} is not a multiple of the model's patch "
-            f"size {model.patch_size}"
-        )
+    model = load_model_or_default(args.checkpoint, device)
+    if args.size is not None:
+        check_render_size(tuple(args.size), model.patch_size)
     sampling = _sampling(args, model.can_sample)
-    lpips_net, lpips_reason = _lpips(args)
+    lpips_net, lpips_reason = _lpips(args, device)
     results = evaluate(
         model,
         dataset,
@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
             "root": str(args.data),
             "index": None if args.index is None else str(args.index),
             "num_sources": None if args.index is not None else args.num_sources,
+            "max_targets": None if args.index is not None else args.max_targets,
             "image_size": None if args.size is None else list(args.size),
         },
     )

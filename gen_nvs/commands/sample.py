@@ -107,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resample-jumps", type=int, default=0, help="RePaint resampling per step (default 0)"
     )
     group.add_argument(
-        "--max-batch", type=int, help="samples per sampler call (default: all at once)"
+        "--max-batch",
+        type=int,
+        help="samples per sampler call (default: as many as fit --memory-budget)",
     )
     group.add_argument(
         "--memory-budget",

@@ -39,7 +39,7 @@ from gen_nvs.data.scene import (
 from gen_nvs.geometry.cameras import invert_rigid, validate_cameras
 
 FULL_LIST = "full_list.txt"
-UINT16_MAX = 65535
+UINT16_MAX = 65535  # the largest stored depth value
 
 
 @dataclass
@@ -318,12 +318,16 @@ def _check_scene_name(scene_name: str) -> None:
         raise ValueError(f"scene name {scene_name!r} cannot be used as a file name")
 
 
-def _default_depth_scale(max_depth: float) -> float:
+def depth_scale_for(max_depth: float) -> float:
     """The largest power of two that keeps `max_depth` within uint16 (exact in JSON)."""
     return 2.0 ** math.floor(math.log2(UINT16_MAX / max_depth))
 
 
-def _quantise_depth(depth: Tensor, valid: Tensor, depth_scale: float, where: str) -> np.ndarray:
+def quantise_depth(depth: Tensor, valid: Tensor, depth_scale: float, where: str) -> np.ndarray:
+    """depth [h, w] -> the stored uint16 values [h, w]: round(depth * depth_scale) where
+    `valid` [h, w] (at least 1), 0 elsewhere; ValueError naming `where` when a valid depth
+    does not fit."""
+    depth, valid = depth.detach().cpu(), valid.detach().cpu()
     values = torch.round(depth.double() * depth_scale)
     if valid.any() and values[valid].max() > UINT16_MAX:
         raise ValueError(
@@ -335,7 +339,8 @@ def _quantise_depth(depth: Tensor, valid: Tensor, depth_scale: float, where: str
     return values.numpy().astype(np.uint16)
 
 
-def _write_png(array: np.ndarray, path: Path) -> None:
+def write_png(array: np.ndarray, path: Path) -> None:
+    """uint8 [h, w, 3] or uint16 [h, w] -> PNG at `path` (its folder created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG")
 
@@ -399,7 +404,7 @@ def write_re10k_scene(
             raise ValueError(f"{where}: valid depths must be finite and positive")
         if depth_scale is None:
             max_depth = depth[depth_valid].max().item() if depth_valid.any() else 1.0
-            depth_scale = _default_depth_scale(max_depth)
+            depth_scale = depth_scale_for(max_depth)
         if not math.isfinite(depth_scale) or depth_scale <= 0:
             raise ValueError(f"{where}: depth_scale must be positive, got {depth_scale}")
         metadata["depth_scale"] = float(depth_scale)
@@ -409,7 +414,7 @@ def write_re10k_scene(
     for i in range(v):
         name = f"{i:05d}.png"
         image_rel = f"images/{scene_name}/{name}"
-        _write_png(pixels[i], root / image_rel)
+        write_png(pixels[i], root / image_rel)
         frame = {
             "image_path": image_rel,
             "fxfycxcy": [float(x) for x in fxfycxcy[i]],
@@ -417,8 +422,8 @@ def write_re10k_scene(
         }
         if depth is not None:
             depth_rel = f"depths/{scene_name}/{name}"
-            _write_png(
-                _quantise_depth(depth[i], depth_valid[i], depth_scale, where), root / depth_rel
+            write_png(
+                quantise_depth(depth[i], depth_valid[i], depth_scale, where), root / depth_rel
             )
             frame["depth_path"] = depth_rel
         metadata["frames"].append(frame)

@@ -2,10 +2,12 @@
 both split by what the source views saw.
 
 For every scene (a `SceneSample`, sources first) the model encodes the sources once and
-renders the targets. Targets are split into the region some source saw and the unseen
-region: from the dataset's depth when it has depth (`rgbd.unseen_mask` with the ground
-truth), else from the model's own predicted points (rendered at the source and target
-cameras). A model that can sample also draws N samples per target; they are scored
+renders the targets once (a few per decoder call), and the sources once where their
+predicted geometry is needed. Targets are split into the region some source saw and the
+unseen region: from the dataset's depth when it has depth (`rgbd.unseen_mask` with the
+ground truth), else from the model's own predicted points (`gen_nvs.sampling.
+unseen_region`, as the sampler's "auto" mask). A model that can sample also draws N
+samples per target from the same renders; they are scored
 one by one, then summarised as the mean over samples, the best of N (per metric:
 highest PSNR / SSIM, lowest LPIPS), and the samples' diversity (mean pairwise LPIPS and
 RMS pixel distance). `generated_fraction` records how much of each target the sampler
@@ -43,9 +45,12 @@ from tqdm import tqdm
 
 from gen_nvs.data.scene import SceneReader, SceneSample
 from gen_nvs.eval import metrics
-from gen_nvs.geometry.rgbd import points_to_depth, unseen_mask
+from gen_nvs.geometry.rgbd import unseen_mask
+from gen_nvs.inputs import TargetCameras
+from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, NVSModel
-from gen_nvs.sampling import check_sampling_options, sample_views
+from gen_nvs.rendering import render_targets, to_device
+from gen_nvs.sampling import check_sampling_options, sample_views, unseen_region
 
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
@@ -85,7 +90,8 @@ class SamplingSettings:
 
 class FirstViewsDataset(Dataset):
     """Every scene of a reader with its frames in order: the first `num_sources` are the
-    sources, the following ones (at most `max_targets`) the targets.
+    sources, the following ones the targets; at most `max_targets` of them, evenly spaced
+    (the first and the last included), when given.
 
     For datasets without an evaluation index. Raises ValueError up front when a scene
     has no frame left for a target.
@@ -115,10 +121,19 @@ class FirstViewsDataset(Dataset):
 
     def __getitem__(self, i: int) -> SceneSample:
         scene = self.reader.scene_names[i]
-        end = self.num_frames[scene]
-        if self.max_targets is not None:
-            end = min(end, self.num_sources + self.max_targets)
-        return self.reader.load(scene, list(range(end)), num_sources=self.num_sources)
+        rest = self.num_frames[scene] - self.num_sources
+        count = rest if self.max_targets is None else min(rest, self.max_targets)
+        targets = [self.num_sources + j for j in evenly_spaced(count, rest)]
+        frames = [*range(self.num_sources), *targets]
+        return self.reader.load(scene, frames, num_sources=self.num_sources)
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """`count` (1..total) increasing indices into range(total), evenly spaced, the first
+    and (for count > 1) the last included."""
+    if count == 1:
+        return [0]
+    return [j * (total - 1) // (count - 1) for j in range(count)]
 
 
 # --------------------------------------------------------------------------------------
@@ -127,32 +142,51 @@ class FirstViewsDataset(Dataset):
 
 
 def unseen_masks(
-    model: NVSModel, encoded: EncodedScene, sample: SceneSample, rel_tol: float = 0.02
+    model: NVSModel,
+    encoded: EncodedScene,
+    sample: SceneSample,
+    rel_tol: float = 0.02,
+    *,
+    regression: DecoderOutput | None = None,
+    sources: DecoderOutput | None = None,
 ) -> tuple[Tensor | None, str | None]:
     """Which target pixels no source saw -> (bool [t, h, w] or None, how it was found).
 
     "depth": the sample's depth (invalid pixels count as unseen in the target and as
-    seeing nothing in the sources). "predicted_points": the model's point maps at every
-    view, as depth in the normalised scene frame. (None, None) without depth and without
-    a point head.
+    seeing nothing in the sources). "predicted_points": the model's point maps of the
+    targets tested against the sources' (`gen_nvs.sampling.unseen_region`, mode "auto").
+    (None, None) without depth and without a point head.
+
+    encoded: `model.encode` of the sample's sources. regression: `model.render` of the
+    targets ([1, t, ...]), sources: of the source cameras ([1, s, ...], normalised frame),
+    when the caller has them; None: rendered here when needed.
     """
-    s, hw = sample.num_sources, sample.image_hw
+    s = sample.num_sources
     c2w, fxfycxcy = sample.c2w, sample.fxfycxcy
     if sample.has_depth:
         depth = torch.where(sample.depth_valid, sample.depth, torch.zeros_like(sample.depth))
-        source = "depth"
-    else:
-        points = model.render(encoded, c2w[None], fxfycxcy[None], hw).points
-        if points is None:
-            return None, None
-        c2w = encoded.normalize(c2w[None])[0]  # (v, 4, 4) in the points' frame
-        depth = points_to_depth(points[0], c2w)  # (v, h, w)
-        source = "predicted_points"
-    masks = [
-        unseen_mask(c2w[k], fxfycxcy[k], depth[k], c2w[:s], fxfycxcy[:s], depth[:s], rel_tol)
-        for k in range(s, sample.num_views)
-    ]
-    return torch.stack(masks), source
+        masks = [
+            unseen_mask(c2w[k], fxfycxcy[k], depth[k], c2w[:s], fxfycxcy[:s], depth[:s], rel_tol)
+            for k in range(s, sample.num_views)
+        ]
+        return torch.stack(masks), "depth"
+    source_views, targets = sample.split()
+    if regression is None:
+        regression = model.render(
+            encoded, targets.c2w[None], targets.fxfycxcy[None], sample.image_hw
+        )
+    unseen = unseen_region(
+        model,
+        encoded,
+        regression,
+        encoded.normalize(targets.c2w[None]),
+        targets.fxfycxcy[None],
+        sample.image_hw,
+        source_fxfycxcy=source_views.fxfycxcy[None],
+        sources=sources,
+        rel_tol=rel_tol,
+    )
+    return (None, None) if unseen is None else (unseen[0], "predicted_points")
 
 
 # --------------------------------------------------------------------------------------
@@ -283,37 +317,34 @@ def _grid_name(index: int, scene: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Views:
-    """Some of a sample's views: images [v, 3, h, w], c2w [v, 4, 4], fxfycxcy [v, 4],
-    frame_indices [v]."""
-
-    images: Tensor
-    c2w: Tensor
-    fxfycxcy: Tensor
-    frame_indices: Tensor
-
-    @classmethod
-    def of(cls, sample: SceneSample, views: slice) -> _Views:
-        # Not SceneSample.select: it re-checks the old num_sources against fewer views.
-        return cls(
-            sample.images[views],
-            sample.c2w[views],
-            sample.fxfycxcy[views],
-            sample.frame_indices[views],
-        )
+def _render_sources(
+    model: NVSModel,
+    encoded: EncodedScene,
+    sample: SceneSample,
+    sampling: SamplingSettings | None,
+) -> DecoderOutput | None:
+    """`model.render` of the source cameras ([1, s, ...], normalised frame) when the region
+    split (no depth) or the sampling mask needs the sources' predicted geometry, else None."""
+    needed = not sample.has_depth or (sampling is not None and sampling.mask_mode != "off")
+    if not needed or model.decoder.point_head is None:
+        return None
+    fxfycxcy = sample.fxfycxcy[None, : sample.num_sources]
+    return model.render(encoded, encoded.source_c2w, fxfycxcy, sample.image_hw, normalized=True)
 
 
 def _sample(
     model: NVSModel,
     encoded: EncodedScene,
-    sources: _Views,
-    targets: _Views,
+    sources: SceneSample,
+    targets: SceneSample,
     settings: SamplingSettings,
     seed: int,
+    regression: DecoderOutput,
+    source_render: DecoderOutput | None,
 ) -> tuple[Tensor, Tensor]:
-    """settings.num_samples samples of every target (sample k uses seed `seed + k`) ->
-    (rgb [n, t, 3, h, w], share of each target the sampler generated [t])."""
+    """settings.num_samples samples of every target (sample k uses seed `seed + k`), from
+    the targets' regression render and the sources' (None: rendered when the mask needs
+    it) -> (rgb [n, t, 3, h, w], share of each target the sampler generated [t])."""
     sampled = sample_views(
         model,
         encoded,
@@ -328,6 +359,8 @@ def _sample(
         mask_mode=settings.mask_mode,
         max_batch=settings.max_batch,
         source_fxfycxcy=sources.fxfycxcy[None],
+        regression=regression,
+        sources=source_render,
     )
     t = targets.images.shape[0]
     generated = torch.ones(t) if sampled.mask is None else sampled.mask[0].mean((-2, -1))
@@ -346,18 +379,24 @@ def evaluate_scene(
     """Metrics of one scene (on the model's device) -> (scene result, grid image)."""
     device = next(model.parameters()).device
     sample = sample.to(device)
-    s = sample.num_sources
-    sources, targets = _Views.of(sample, slice(None, s)), _Views.of(sample, slice(s, None))
+    sources, targets = sample.split()
     encoded = model.encode(sources.images[None], sources.c2w[None], sources.fxfycxcy[None])
-    rendered = model.render(encoded, targets.c2w[None], targets.fxfycxcy[None], sample.image_hw)
+    cameras = TargetCameras(targets.c2w, targets.fxfycxcy, normalized=False)
+    rendered = render_targets(model, encoded, cameras, sample.image_hw, device)
+    rendered = to_device(rendered, device)  # (1, t, ...)
+    source_render = _render_sources(model, encoded, sample, sampling)
     regression = rendered.rgb[0].clamp(0, 1)  # (t, 3, h, w)
-    unseen, region_source = unseen_masks(model, encoded, sample, rel_tol)
+    unseen, region_source = unseen_masks(
+        model, encoded, sample, rel_tol, regression=rendered, sources=source_render
+    )
     reg_tree = quality(regression, targets.images, unseen, lpips_net)
 
     samples = None
     if sampling is not None:
         seed = sampling.seed + index * sampling.num_samples
-        samples, generated = _sample(model, encoded, sources, targets, sampling, seed)
+        samples, generated = _sample(
+            model, encoded, sources, targets, sampling, seed, rendered, source_render
+        )
         sample_tree = quality(samples, targets.images, unseen, lpips_net)  # leaves (n, t)
         div_tree = None
         if sampling.num_samples >= 2:
