@@ -654,3 +654,11 @@ def test_split_with_fewer_targets_than_sources():
     )
     sources, targets = sample.split()
     assert sources.num_views == 2 and targets.num_views == 1 and targets.num_sources == 0
+
+
+def test_frames_of_different_sizes_are_named():
+    from gen_nvs.data.scene import check_same_size
+
+    check_same_size([torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)], [0, 1], "scene.json")
+    with pytest.raises(ValueError, match=r"scene.json: frames \[0, 1\] differ in size"):
+        check_same_size([torch.zeros(3, 8, 8), torch.zeros(3, 8, 6)], [0, 1], "scene.json")

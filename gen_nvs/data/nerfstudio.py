@@ -28,6 +28,7 @@ from gen_nvs.data.scene import (
     ViewSampledDataset,
     check_finite,
     check_frame_indices,
+    check_same_size,
     load_image,
     resize_views,
 )
@@ -207,11 +208,7 @@ class NerfstudioReader:
             image, intrinsics, _, _ = resize_views(image[None], intrinsics.float(), self.image_hw)
             images.append(image)
             fxfycxcy.append(intrinsics)
-        sizes = {tuple(i.shape[-2:]) for i in images}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"{transforms.path}: frames {indices} differ in size {sorted(sizes)}; pass image_hw"
-            )
+        check_same_size(images, indices, str(transforms.path))
         return SceneSample(
             images=torch.cat(images),
             c2w=transforms.c2w[indices].float(),

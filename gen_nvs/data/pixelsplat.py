@@ -27,6 +27,7 @@ from gen_nvs.data.scene import (
     ViewSampledDataset,
     check_finite,
     check_frame_indices,
+    check_same_size,
     decode_image,
     resize_views,
 )
@@ -157,11 +158,7 @@ class PixelSplatReader:
             images.append(image)
             c2w.append(invert_rigid(w2c).float())
             fxfycxcy.append(intrinsics)
-        sizes = {tuple(i.shape[-2:]) for i in images}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"{where}: frames {indices} differ in size {sorted(sizes)}; pass image_hw"
-            )
+        check_same_size(images, indices, where)
         return SceneSample(
             images=torch.cat(images),
             c2w=torch.cat(c2w),

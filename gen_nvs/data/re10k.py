@@ -33,6 +33,7 @@ from gen_nvs.data.scene import (
     ViewSampledDataset,
     check_finite,
     check_frame_indices,
+    check_same_size,
     load_image,
     resize_views,
 )
@@ -195,11 +196,7 @@ def _load_views(
     indices = check_frame_indices(frame_indices, len(meta.image_paths), str(meta.path))
     with_depth = load_depth and meta.depth_paths is not None
     views = [_load_frame(meta, root, k, image_hw, with_depth) for k in indices]
-    sizes = {tuple(v[0].shape[-2:]) for v in views}
-    if len(sizes) > 1:
-        raise ValueError(
-            f"{meta.path}: frames {indices} differ in size {sorted(sizes)}; pass image_hw"
-        )
+    check_same_size([v[0] for v in views], indices, str(meta.path))
     images, c2w, fxfycxcy, depth, valid = (
         None if v[0] is None else torch.cat(v) for v in zip(*views, strict=True)
     )

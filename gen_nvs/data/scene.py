@@ -455,6 +455,14 @@ def check_frame_indices(frame_indices: Sequence[int], num_frames: int, where: st
     return out
 
 
+def check_same_size(images: Sequence[Tensor], indices: Sequence[int], where: str) -> None:
+    """ValueError naming `where` if the frames' images [..., h, w] differ in size (only
+    possible without a target `image_hw`)."""
+    sizes = {tuple(image.shape[-2:]) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f"{where}: frames {indices} differ in size {sorted(sizes)}; pass image_hw")
+
+
 def check_finite(values: Tensor, where: str) -> None:
     """ValueError naming `where` if `values` has NaN or infinite entries."""
     if not torch.isfinite(values).all():
