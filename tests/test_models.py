@@ -240,3 +240,65 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(nvs, "DEFAULT_MODEL_DIR", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="embedded default model is missing"):
         nvs.load_model_or_default(None)
+
+
+def ray_model(seed: int = 0) -> NVSModel:
+    """The tiny model with the `source_rays` encoder option."""
+    config = model_config("tiny")
+    config["encoder"]["source_rays"] = True
+    torch.manual_seed(seed)
+    return NVSModel.from_config(config).eval()
+
+
+def test_source_rays_start_as_the_published_encoder():
+    with_rays = ray_model()
+    plain = NVSModel.from_preset("tiny").eval()
+    missing, unexpected = plain.load_state_dict(with_rays.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["encoder.ray_embed.weight"]
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        assert torch.equal(with_rays(images, c2w, k, 2).rgb, plain(images, c2w, k, 2).rgb)
+
+
+def test_source_rays_carry_the_source_cameras_when_posed_only():
+    model = ray_model()
+    images, c2w, k = small_scene()
+    ref, scale = cam.scene_normalization(c2w[0], 2)
+    target = cam.apply_normalization(c2w[0, 2:], ref, scale)[None]
+
+    def outputs():
+        with torch.no_grad():
+            posed = model(images, c2w, k, num_sources=2).rgb
+            # Camera-token dropout drops the rays too: pose-free training = pose-free use.
+            free = model(images, c2w, k, num_sources=2, posed=False).rgb
+            free_encoded = model.render(model.encode(images[:, :2]), target, k[:, 2:], (32, 48))
+            scene = model.encode(images[:, :2], c2w[:, :2], k[:, :2])
+            posed_encoded = model.render(scene, c2w[:, 2:], k[:, 2:], (32, 48)).rgb
+        assert torch.allclose(free, free_encoded.rgb, atol=1e-5)
+        assert torch.allclose(posed, posed_encoded, atol=1e-5)
+        return posed, free
+
+    posed_zero, free_zero = outputs()
+    torch.nn.init.normal_(model.encoder.ray_embed.weight, std=0.5)
+    posed_rays, free_rays = outputs()
+    assert (posed_rays - posed_zero).abs().max() > 1e-3  # the rays reach the render
+    assert torch.equal(free_rays, free_zero)  # and nothing when the cameras are unknown
+
+
+def test_source_rays_option_survives_the_export(tmp_path):
+    model = ray_model()
+    torch.nn.init.normal_(model.encoder.ray_embed.weight, std=0.5)
+    save_model(model, tmp_path / "export", kind="regression")
+    loaded = load_model(tmp_path / "export")
+    assert loaded.encoder.uses_source_rays
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        assert torch.equal(model(images, c2w, k, 2).rgb, loaded(images, c2w, k, 2).rgb)
+
+
+def test_source_rays_of_the_wrong_shape_are_rejected():
+    model = ray_model()
+    images = torch.rand(1, 2, 3, 32, 48)
+    tokens = cam.pose_free_camera_tokens(2).expand(1, 2, -1)
+    with pytest.raises(ValueError, match=r"expected source rays \[1, 2, 6, h, w\]"):
+        model.encoder(images, tokens, source_rays=torch.zeros(1, 3, 6, 32, 48))

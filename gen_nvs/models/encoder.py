@@ -195,17 +195,25 @@ class Aggregator(nn.Module):
             return checkpoint(block, x, positions, use_reentrant=False)
         return block(x, positions)
 
-    def forward(self, images: Tensor, camera_embedding: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        images: Tensor,
+        camera_embedding: Tensor | None = None,
+        patch_embedding: Tensor | None = None,
+    ) -> Tensor:
         """Last frame-block output concatenated with the last global-block output.
 
         images [b s 3 h w] in [0, 1] with h and w multiples of the patch size;
-        camera_embedding [b s c] added to each view's camera token, or None.
+        camera_embedding [b s c] added to each view's camera token, or None;
+        patch_embedding [b s p c] added to the patch tokens (the source rays), or None.
         Returns [b s n 2c].
         """
         batch, views, _, height, width = images.shape
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         x = rearrange((images - self.mean) / self.std, "b s ch h w -> (b s) ch h w")
         patches = self.patch_embed(x)  # ((b s), p, c)
+        if patch_embedding is not None:
+            patches = patches + rearrange(patch_embedding, "b s p c -> (b s) p c")
         camera = self._expand_slots(self.camera_token, batch, views)  # ((b s), 1, c)
         if camera_embedding is not None:
             camera = camera + rearrange(camera_embedding, "b s c -> (b s) 1 c")
@@ -261,6 +269,7 @@ class VGGTEncoder(nn.Module):
         patch_embed_layer_scale_init: float = 1.0,
         rope_frequency: float = 100.0,
         camera_token_dim: int = 11,
+        source_rays: bool = False,
         frozen: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -292,6 +301,13 @@ class VGGTEncoder(nn.Module):
         )
         self.geo_feature_connector = nn.Linear(2 * embed_dim, out_dim)
         self.geo_feature_norm = nn.LayerNorm(out_dim, bias=False)
+        # Optional (not in LagerNVS; off in the official presets): each patch token also gets
+        # its own Pluecker rays, projected per patch. Zero-initialised and bias-free, so it
+        # starts as the published encoder, and missing rays (pose-free) add nothing.
+        self.ray_embed = None
+        if source_rays:
+            self.ray_embed = nn.Conv2d(6, embed_dim, patch_size, stride=patch_size, bias=False)
+            nn.init.zeros_(self.ray_embed.weight)
         self.freeze(frozen)
         self.set_gradient_checkpointing(gradient_checkpointing)
 
@@ -344,6 +360,10 @@ class VGGTEncoder(nn.Module):
         flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=True)
         return flat.reshape(*images.shape[:-2], *size)
 
+    @property
+    def uses_source_rays(self) -> bool:
+        return self.ray_embed is not None
+
     def _check_inputs(self, images: Tensor, camera_tokens: Tensor | None) -> None:
         if images.ndim not in (4, 5) or images.shape[-3] != 3:
             raise ValueError(
@@ -372,37 +392,59 @@ class VGGTEncoder(nn.Module):
         images: Tensor,
         camera_tokens: Tensor | None = None,
         *,
+        source_rays: Tensor | None = None,
         resize: ResizeMode = "keep_aspect",
     ) -> Tensor:
         """Raw aggregator tokens (all tokens, last frame + global block), e.g. for `CameraHead`.
 
         images [s 3 h w] or [b s 3 h w] in [0, 1]; camera_tokens [(b) s 11] or None (plain
-        VGGT). Returns [(b) s n 2c], n = 1 + registers + patches; the camera token is first.
+        VGGT); source_rays [(b) s 6 h w] (Pluecker rays of the images' pixels, used by an
+        encoder built with `source_rays=True`) or None (unknown cameras).
+        Returns [(b) s n 2c], n = 1 + registers + patches; the camera token is first.
         """
         self._check_inputs(images, camera_tokens)
         unbatched = images.ndim == 4
         if unbatched:
             images = images[None]
             camera_tokens = None if camera_tokens is None else camera_tokens[None]
+            source_rays = None if source_rays is None else source_rays[None]
         images = self.resize(images, resize)  # (b, s, 3, h', w')
         camera_embedding = None if camera_tokens is None else self.camera_mlp(camera_tokens)
-        tokens = self.aggregator(images, camera_embedding)  # (b, s, n, 2c)
+        ray_embedding = self._embed_rays(source_rays, images.shape)
+        tokens = self.aggregator(images, camera_embedding, ray_embedding)  # (b, s, n, 2c)
         return tokens[0] if unbatched else tokens
+
+    def _embed_rays(self, rays: Tensor | None, image_shape: torch.Size) -> Tensor | None:
+        """rays [b s 6 h w] -> [b s p c] at the resized images' patch grid, or None."""
+        if rays is None or self.ray_embed is None:
+            return None
+        b, s = image_shape[:2]
+        if tuple(rays.shape[:3]) != (b, s, 6):
+            raise ValueError(
+                f"expected source rays [{b}, {s}, 6, h, w] (one ray map per image), "
+                f"got {list(rays.shape)}"
+            )
+        flat = rearrange(rays, "b s ch h w -> (b s) ch h w")
+        if flat.shape[-2:] != image_shape[-2:]:
+            flat = F.interpolate(flat, size=image_shape[-2:], mode="bilinear", align_corners=False)
+        patches = self.ray_embed(flat.to(self.ray_embed.weight.dtype))  # ((b s), c, gh, gw)
+        return rearrange(patches, "(b s) c gh gw -> b s (gh gw) c", b=b)
 
     def forward(
         self,
         images: Tensor,
         camera_tokens: Tensor,
         *,
+        source_rays: Tensor | None = None,
         resize: ResizeMode = "keep_aspect",
     ) -> EncoderOutput:
         """Encode the source views of each scene (views attend to each other).
 
         images [s 3 h w] or [b s 3 h w] in [0, 1]; camera_tokens [(b) s 11] (pose numbers
-        zeroed when the source cameras are unknown).
+        zeroed when the source cameras are unknown); source_rays as in `aggregate`.
         Returns tokens [(b) s p k] and the patch grid (gh, gw), p = gh * gw.
         """
-        tokens = self.aggregate(images, camera_tokens, resize=resize)  # ((b), s, n, 2c)
+        tokens = self.aggregate(images, camera_tokens, source_rays=source_rays, resize=resize)  # ((b), s, n, 2c)
         patches = tokens[..., self.aggregator.num_special_tokens :, :]  # ((b), s, p, 2c)
         height, width = self.resized_size(*images.shape[-2:], resize)
         grid_hw = (height // self.patch_size, width // self.patch_size)

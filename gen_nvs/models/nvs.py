@@ -224,13 +224,15 @@ class NVSModel(nn.Module):
             reference_w2c, scale = batch_normalization(c2w, s)
             source_c2w = apply_batch_normalization(c2w, reference_w2c, scale)
             tokens = batch_camera_tokens(source_c2w, fxfycxcy, hw, s, posed=True, training=False)
+            rays = self._source_rays(source_c2w, fxfycxcy, hw)
         else:
             eye = torch.eye(4, dtype=images.dtype, device=images.device)
             reference_w2c, scale = eye.repeat(b, 1, 1), images.new_ones(b)
             source_c2w = self._estimate_normalized_cameras(images)
             tokens = cam.pose_free_camera_tokens(s, dtype=images.dtype, device=images.device)
             tokens = tokens.expand(b, s, -1)
-        source_tokens = self.encoder(images, tokens).tokens  # (b, s, p, c)
+            rays = None
+        source_tokens = self.encoder(images, tokens, source_rays=rays).tokens  # (b, s, p, c)
         return EncodedScene(
             cache=SceneCache.build(self.decoder, source_tokens),
             reference_w2c=reference_w2c,
@@ -239,6 +241,13 @@ class NVSModel(nn.Module):
             posed=posed,
             diffusion=self.diffusion,
         )
+
+    def _source_rays(self, c2w: Tensor, fxfycxcy: Tensor, hw: tuple[int, int]) -> Tensor | None:
+        """Pluecker rays [b, s, 6, h, w] of normalised source cameras, for an encoder that
+        takes them (`source_rays` option), else None."""
+        if not self.encoder.uses_source_rays:
+            return None
+        return cam.plucker_rays(c2w, fxfycxcy, *hw)
 
     def _estimate_normalized_cameras(self, images: Tensor) -> Tensor | None:
         """The camera head's source cameras in the normalised scene frame, if it has one."""
@@ -304,7 +313,8 @@ class NVSModel(nn.Module):
         normalized = apply_batch_normalization(c2w, reference_w2c, scale)
         tokens = batch_camera_tokens(normalized, fxfycxcy, hw, num_sources, posed, self.training)
         s = num_sources
-        source_tokens = self.encoder(images[:, :s], tokens[:, :s]).tokens  # (b, s, p, c)
+        rays = self._source_rays(normalized[:, :s], fxfycxcy[:, :s], hw) if posed else None
+        source_tokens = self.encoder(images[:, :s], tokens[:, :s], source_rays=rays).tokens
         rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
         return self.decoder(source_tokens, rays)
 
