@@ -444,7 +444,7 @@ class VGGTEncoder(nn.Module):
         zeroed when the source cameras are unknown); source_rays as in `aggregate`.
         Returns tokens [(b) s p k] and the patch grid (gh, gw), p = gh * gw.
         """
-        tokens = self.aggregate(images, camera_tokens, source_rays=source_rays, resize=resize)  # ((b), s, n, 2c)
+        tokens = self.aggregate(images, camera_tokens, source_rays=source_rays, resize=resize)
         patches = tokens[..., self.aggregator.num_special_tokens :, :]  # ((b), s, p, 2c)
         height, width = self.resized_size(*images.shape[-2:], resize)
         grid_hw = (height // self.patch_size, width // self.patch_size)
