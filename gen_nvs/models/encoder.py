@@ -312,8 +312,8 @@ class VGGTEncoder(nn.Module):
         self.set_gradient_checkpointing(gradient_checkpointing)
 
     def freeze(self, frozen: bool = True) -> None:
-        """Stop (or restart) gradients into the pretrained VGGT aggregator; the camera MLP and
-        the output connector stay trainable."""
+        """Stop (or restart) gradients into the pretrained VGGT aggregator; the camera MLP,
+        the source-ray projection (if any) and the output connector stay trainable."""
         self.aggregator.requires_grad_(not frozen)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:

@@ -313,8 +313,8 @@ class NVSModel(nn.Module):
         normalized = apply_batch_normalization(c2w, reference_w2c, scale)
         tokens = batch_camera_tokens(normalized, fxfycxcy, hw, num_sources, posed, self.training)
         s = num_sources
-        rays = self._source_rays(normalized[:, :s], fxfycxcy[:, :s], hw) if posed else None
-        source_tokens = self.encoder(images[:, :s], tokens[:, :s], source_rays=rays).tokens
+        source_rays = self._source_rays(normalized[:, :s], fxfycxcy[:, :s], hw) if posed else None
+        source_tokens = self.encoder(images[:, :s], tokens[:, :s], source_rays=source_rays).tokens
         rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
         return self.decoder(source_tokens, rays)
 
