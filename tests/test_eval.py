@@ -1,4 +1,5 @@
-"""`gen-nvs eval` end to end on tiny procedural scenes, the region split, and bad input."""
+"""`gen-nvs eval` end to end on tiny procedural scenes, the region split, the copy probe,
+the score of the model's unseen mask, and bad input."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from gen_nvs.eval.evaluate import (
     PSNR_MAX_DB,
     FirstViewsDataset,
     SamplingSettings,
+    empty_regions,
+    evaluate,
     evaluate_scene,
     evenly_spaced,
     map_tree,
     quality,
     unseen_masks,
 )
+from gen_nvs.eval.metrics import mask_iou
 from gen_nvs.models.nvs import NVSModel, save_model
 from gen_nvs.models.perceptual import VGG16_WEIGHTS_ENV, vgg16_trunk_layout
 
@@ -68,6 +72,20 @@ def _mse(psnr: float) -> float:
     return 10 ** (-psnr / 10)
 
 
+def _load_strict(path):
+    """results.json, failing on NaN or infinities (which JSON does not have)."""
+
+    def reject(constant: str):
+        raise AssertionError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def _check_mask_entry(mask: dict) -> None:
+    assert set(mask) == {"iou", "model_unseen_fraction", "true_unseen_fraction"}
+    assert all(0 <= value <= 1 for value in mask.values())
+
+
 # --------------------------------------------------------------------------------------
 # End to end
 # --------------------------------------------------------------------------------------
@@ -104,8 +122,14 @@ def test_regression_eval_without_lpips_weights(workspace, tmp_path, capsys):
             # their shares, make up the whole image's error.
             metrics, share = target["regression"], target["unseen_fraction"]
             parts = [(share, metrics["unseen"]), (1 - share, metrics["seen"])]
-            combined = sum(w * _mse(m["psnr"]) for w, m in parts if m["psnr"] is not None)
+            combined = sum(w * _mse(m["psnr"]) for w, m in parts if m is not None)  # None: empty
             assert combined == pytest.approx(_mse(metrics["psnr"]), rel=1e-4)
+            # The model's own unseen estimate, scored against the depth's.
+            _check_mask_entry(target["mask"])
+            assert target["mask"]["true_unseen_fraction"] == pytest.approx(share)
+    assert results["mask"]["available"] is True and results["mask"]["reason"] is None
+    _check_mask_entry(results["means"]["mask"])
+    assert "unseen mask, model vs depth: iou" in captured.out
 
 
 def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
@@ -136,6 +160,73 @@ def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
     assert target["diffusion"]["generated_fraction"] == 1.0
     grid = Image.open(out / results["scenes"][0]["grid"])
     assert grid.size == (7 * SIZE + 6 * 2, 2 * SIZE + 2)  # + 2 sample columns
+
+
+def test_copy_probe_targets_are_the_sources(workspace, tmp_path, capsys):
+    """The model re-renders its sources: the unseen region is empty, and null (with the
+    reason), not NaN; the whole image is scored."""
+    scenes = RE10KReader(workspace / "scenes", None).scene_names
+    index = tmp_path / "copy.json"
+    index.write_text(json.dumps({s: {"context": [0, 2], "target": [0, 2]} for s in scenes}))
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(workspace / "diffusion"), "--index", str(index)]
+    assert _eval(workspace, out, *argv, "--samples", "2", "--steps", "1") == 0
+    printed = capsys.readouterr().out
+    assert "unseen                 - (empty in every target)" in printed
+    assert "empty regions (no metrics): unseen in 4 of 4 targets" in printed
+
+    results = _load_strict(out / "results.json")
+    assert results["empty_regions"]["targets"] == {"seen": 0, "unseen": 4}
+    assert "no pixels" in results["empty_regions"]["reason"]
+    means = results["means"]
+    assert means["regression"]["unseen"] is None
+    assert means["diffusion"]["mean"]["unseen"] is None
+    assert means["diffusion"]["diversity"]["unseen"] is None
+    assert 0 < means["regression"]["psnr"] <= PSNR_MAX_DB
+    # Every pixel is in the seen region: its error is the whole image's.
+    assert means["regression"]["seen"]["psnr"] == pytest.approx(means["regression"]["psnr"])
+    _check_mask_entry(means["mask"])
+    assert means["mask"]["true_unseen_fraction"] == 0
+    for scene in results["scenes"]:
+        assert scene["source_frames"] == scene["target_frames"] == [0, 2]
+        for target in scene["targets"]:
+            assert math.isfinite(target["regression"]["psnr"])
+            assert target["unseen_fraction"] == 0 and target["empty_regions"] == ["unseen"]
+            assert target["regression"]["unseen"] is None
+            assert target["diffusion"]["best_of_n"]["unseen"] is None
+            assert target["regression"]["seen"]["psnr"] == target["regression"]["psnr"]
+            _check_mask_entry(target["mask"])
+
+
+def test_no_mask_score_without_a_point_head(workspace):
+    torch.manual_seed(0)
+    model = NVSModel.from_preset("tiny", point_head=False)
+    reader = RE10KReader(workspace / "scenes", None)
+    dataset = FirstViewsDataset(reader, num_sources=2, max_targets=1)
+    results = evaluate(model, dataset, max_scenes=1, progress=False)
+    assert results["mask"]["available"] is False
+    assert "point head" in results["mask"]["reason"]
+    assert results["means"]["mask"] is None
+    assert results["scenes"][0]["targets"][0]["mask"] is None
+
+
+def test_mask_iou_and_empty_regions():
+    a = torch.zeros(3, 4, 4, dtype=torch.bool)
+    a[:, :2] = True  # rows 0-1
+    b = torch.zeros_like(a)
+    b[:, 2:] = True  # rows 2-3: disjoint from a
+    c = torch.zeros_like(a)
+    c[:, 1:3] = True  # rows 1-2: half of a, half of b
+    assert mask_iou(a, a).tolist() == [1.0, 1.0, 1.0]
+    assert mask_iou(a, b).tolist() == [0.0, 0.0, 0.0]
+    assert mask_iou(a, c)[0].item() == pytest.approx(1 / 3)
+    empty = torch.zeros(4, 4, dtype=torch.bool)
+    assert mask_iou(empty, empty).item() == 1.0  # two empty masks agree
+    assert mask_iou(empty, a[0]).item() == 0.0
+    with pytest.raises(ValueError, match="bool"):
+        mask_iou(a.float(), a)
+    every = torch.ones(4, 4, dtype=torch.bool)
+    assert empty_regions(torch.stack([empty, every, a[0]])) == [["unseen"], ["seen"], []]
 
 
 def test_max_targets_are_evenly_spaced(workspace, tmp_path):
@@ -212,7 +303,7 @@ def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
     off = dataclasses.replace(sampling, mask_mode="off")
     with torch.inference_mode():
         evaluate_scene(model, sample, 0, sampling=off)  # depth splits the regions
-    assert calls == [3]
+    assert calls == [3, 1]  # the source for the model's unseen estimate, scored
 
 
 def test_first_views_dataset_needs_a_target_frame(workspace):

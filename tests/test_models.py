@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from einops import rearrange
 from safetensors.torch import save_file
 
 from gen_nvs.cli import main
@@ -302,3 +303,195 @@ def test_source_rays_of_the_wrong_shape_are_rejected():
     tokens = cam.pose_free_camera_tokens(2).expand(1, 2, -1)
     with pytest.raises(ValueError, match=r"expected source rays \[1, 2, 6, h, w\]"):
         model.encoder(images, tokens, source_rays=torch.zeros(1, 3, 6, 32, 48))
+
+
+# --------------------------------------------------------------------------------------
+# Options for small models trained from scratch; one encode path for every stage
+# --------------------------------------------------------------------------------------
+
+SMALL_MODEL_OPTIONS = {
+    "published": ({}, {}),
+    "source_rays": ({"source_rays": True}, {}),
+    "fourier_rays": ({"source_rays": True, "ray_frequencies": 3}, {"ray_frequencies": 3}),
+    "source_skip": ({"source_skip": True, "ray_frequencies": 2}, {"ray_frequencies": 2}),
+}
+
+
+def option_model(name: str, seed: int = 0, diffusion: bool = False) -> NVSModel:
+    """The tiny model with one set of `SMALL_MODEL_OPTIONS`, every weight non-zero (the
+    zero-initialised ray projection included, so that a path that drops it shows)."""
+    encoder, decoder = SMALL_MODEL_OPTIONS[name]
+    config = model_config("tiny")
+    config["encoder"].update(image_size=48, patch_size=8, **encoder)
+    config["decoder"].update(decoder)
+    if diffusion:
+        config["diffusion"] = {"noise_channels": 6}
+    torch.manual_seed(seed)
+    model = NVSModel.from_config(config).eval()
+    if model.encoder.ray_embed is not None:
+        torch.nn.init.normal_(model.encoder.ray_embed.weight, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("name", list(SMALL_MODEL_OPTIONS))
+@pytest.mark.parametrize("posed", [True, False])
+def test_training_stages_encode_exactly_as_inference(name, posed):
+    """The regression and diffusion training steps see the tokens `NVSModel.encode` gives
+    (the diffusion decoder was once trained on tokens without the source rays)."""
+    from gen_nvs.data import SceneBatch
+    from gen_nvs.train import objectives
+
+    model = option_model(name, diffusion=True)
+    images, c2w, k = small_scene()
+    frames = torch.arange(4)[None]
+    batch = SceneBatch(images, c2w, k, num_sources=2, scenes=["s"], frame_indices=frames)
+    views = objectives.select_views(batch, 2, torch.Generator().manual_seed(0))
+    seen = {}
+
+    def record(stage):
+        def hook(module, args):
+            seen[stage] = args[0]  # the source tokens the stage's decoder gets
+
+        return hook
+
+    hooks = [
+        model.decoder.register_forward_pre_hook(record("regression")),
+        model.diffusion.register_forward_pre_hook(record("diffusion")),
+    ]
+    with torch.no_grad():
+        objectives.RegressionForward(model, camera_head=False)(views, posed)
+        x_t = torch.randn(1, 2, 6, 32, 48)
+        objectives.DiffusionForward(model)(
+            views, x_t, torch.tensor([[10, 500]]), posed, torch.Generator().manual_seed(0)
+        )
+        if posed:
+            scene = model.encode(images[:, :2], c2w[:, :2], k[:, :2])
+        else:  # camera-token dropout = pose-free use, up to the camera tokens' scale pair
+            scene = model.encode(images[:, :2])
+    for hook in hooks:
+        hook.remove()
+    expected = rearrange(scene.cache.context.tokens, "b (s p) c -> b s p c", s=2)
+    assert torch.equal(seen["diffusion"], seen["regression"])
+    # Pose-free: camera-token dropout gives the pose-free tokens up to float rounding of
+    # the normalised camera scale.
+    assert torch.allclose(seen["regression"], expected, atol=0 if posed else 1e-5)
+
+
+@pytest.mark.parametrize("name", ["fourier_rays", "source_skip"])
+def test_small_model_options_survive_the_export_and_keep_the_cache_exact(name, tmp_path):
+    model = option_model(name)
+    save_model(model, tmp_path / "export")
+    loaded = load_model(tmp_path / "export")
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        direct = model(images, c2w, k, 2).rgb
+        assert torch.equal(direct, loaded(images, c2w, k, 2).rgb)
+        scene = loaded.encode(images[:, :2], c2w[:, :2], k[:, :2])
+        cached = loaded.render(scene, c2w[:, 2:], k[:, 2:], (32, 48)).rgb
+    assert torch.allclose(direct, cached, atol=1e-5)
+
+
+def test_source_skip_carries_each_source_patch_to_the_tokens():
+    """Changing one source pixel changes only the token of its own patch (the aggregator
+    mixes it everywhere, so compare the skip alone) and, posed, the rays reach it too."""
+    model = option_model("source_skip")
+    images, c2w, k = small_scene()
+    ref, scale = cam.scene_normalization(c2w[0], 2)
+    normalized = cam.apply_normalization(c2w[0, :2], ref, scale)[None]
+    rays = cam.plucker_rays(normalized, k[:, :2], 32, 48)
+    encoder = model.encoder
+    features = cam_features = None
+    with torch.no_grad():
+        resized, ray_features, _ = encoder._prepare(images[:, :2], None, rays, "none")
+        features = encoder._skip(resized, None)
+        cam_features = encoder._skip(resized, ray_features)
+        changed = resized.clone()
+        changed[0, 1, :, 9, 20] = 1 - changed[0, 1, :, 9, 20]  # patch row 1, column 2 (of 6)
+        moved = encoder._skip(changed, None)
+    assert (cam_features - features).abs().amax() > 1e-3
+    differs = (moved - features).abs().amax(dim=-1)[0]  # (s, p)
+    assert differs[1, 1 * 6 + 2] > 1e-4
+    differs[1, 1 * 6 + 2] = 0
+    assert differs.amax() == 0
+
+
+def test_fourier_features_have_the_documented_layout():
+    from gen_nvs.models.layers import fourier_channels, fourier_features
+
+    x = torch.randn(2, 6, 4, 5)
+    f = fourier_features(x, 3, dim=1)
+    assert f.shape == (2, fourier_channels(6, 3), 4, 5)
+    assert torch.equal(f[:, :6], x)
+    assert torch.allclose(f[:, 6 + 6 * 2 + 1], torch.sin(4 * torch.pi * x[:, 1]), atol=1e-5)
+    assert torch.allclose(f[:, 6 + 18], torch.cos(torch.pi * x[:, 0]), atol=1e-5)
+    with pytest.raises(ValueError, match="num_frequencies must be >= 0"):
+        fourier_features(x, -1)
+
+
+def test_small_model_options_are_off_in_every_official_preset():
+    for preset in nvs.MODEL_PRESETS:
+        model = NVSModel.from_preset(preset) if preset == "tiny" else None
+        config = model_config(preset)
+        assert not config["encoder"].get("source_rays")
+        assert not config["encoder"].get("source_skip")
+        assert not config["encoder"].get("ray_frequencies")
+        assert not config["decoder"].get("ray_frequencies")
+        if model is not None:
+            assert "ray_frequencies" not in model.decoder.config
+
+
+# --------------------------------------------------------------------------------------
+# Depth head (the geometry stage's)
+# --------------------------------------------------------------------------------------
+
+
+def test_depth_head_unpatchifies_each_token_into_its_own_patch():
+    from gen_nvs.models.depth_head import DepthHead
+
+    torch.manual_seed(0)
+    head = DepthHead(dim=16, patch_size=4)
+    torch.nn.init.normal_(head.linear.weight, std=1.0)  # outputs far from the init's 1 and 2
+    tokens = torch.randn(2, 3, 12, 16)  # a 3x4 patch grid
+    with torch.no_grad():
+        depth, conf = head(tokens, (3, 4), (12, 16))
+        changed = tokens.clone()
+        changed[1, 2, 1 * 4 + 2] = torch.randn(16)  # patch row 1, column 2
+        moved = (head(changed, (3, 4), (12, 16))[0] - depth).abs()
+        small, small_conf = head(tokens, (3, 4), (6, 8))  # another image size: resized
+    assert depth.shape == conf.shape == (2, 3, 12, 16)
+    assert (depth > 0).all() and (conf > 1).all() and depth.std() > 0.1
+    assert moved[1, 2, 4:8, 8:12].amin() > 0
+    moved[1, 2, 4:8, 8:12] = 0
+    assert moved.amax() == 0
+    assert small.shape == small_conf.shape == (2, 3, 6, 8)
+    assert (small > 0).all() and (small_conf > 1).all()
+    with pytest.raises(ValueError, match=r"expected patch tokens \[b, s, 16, c\]"):
+        head(tokens, (4, 4), (16, 16))
+
+
+def depth_model(seed: int = 0) -> NVSModel:
+    config = model_config("tiny")
+    config["encoder"].update(image_size=48, patch_size=8)
+    config["depth_head"] = {}
+    torch.manual_seed(seed)
+    return NVSModel.from_config(config).eval()
+
+
+def test_depth_head_is_optional_and_survives_the_export(tmp_path):
+    model = depth_model()
+    assert model.config["depth_head"] == {"dim": 128, "patch_size": 8}  # the encoder's
+    images = torch.rand(1, 3, 3, 16, 24)  # the encoder runs on 32x48: outputs resized
+    save_model(model, tmp_path / "export")
+    loaded = load_model(tmp_path / "export")
+    with torch.no_grad():
+        depth, conf = model.estimate_depth(images)
+        assert depth.shape == conf.shape == (1, 3, 16, 24)
+        assert torch.equal(depth, loaded.estimate_depth(images)[0])
+    # Without the option (every preset) nothing of it is in the model, config or weights.
+    plain = NVSModel.from_preset("tiny")
+    assert plain.depth_head is None and "depth_head" not in plain.config
+    assert not any(k.startswith("depth_head.") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="no depth head"):
+        plain.estimate_depth(images)
+    with pytest.raises(ValueError, match="must be the encoder's token width 128 and patch size 8"):
+        NVSModel.from_config({**model.config, "depth_head": {"patch_size": 4}})

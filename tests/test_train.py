@@ -1,10 +1,12 @@
-"""The training loop: exact resume, the diffusion stage, exports, bad input, two processes.
+"""The training loop: exact resume, the geometry and diffusion stages, exports, bad input,
+two processes.
 
 Tiny model (encoder resized to 28 px: 2x2 patches), 16x16 procedural scenes, CPU float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,13 +21,20 @@ from accelerate.optimizer import AcceleratedOptimizer
 from PIL import Image
 from safetensors.torch import load_file
 
-from gen_nvs.data import write_re10k_scene
+from gen_nvs.data import collate_scenes, write_re10k_scene
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.models.nvs import load_model
-from gen_nvs.train import checkpoints
+from gen_nvs.train import checkpoints, objectives
 from gen_nvs.train.config import load_config
 from gen_nvs.train.data import MixtureDataset, StepBatchSampler, TrainingData
-from gen_nvs.train.loop import TrainState, apply_update, train
+from gen_nvs.train.loop import (
+    TrainState,
+    apply_update,
+    build_model,
+    build_objective,
+    set_trainable,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -42,6 +51,7 @@ TINY = [
     "loss.camera=0.1",
     "log.every=1",
     "log.eval_every=0",
+    "log.probe_every=0",
     "log.tracker=none",
     "train.cpu=true",
 ]
@@ -412,3 +422,177 @@ def test_two_cpu_processes_rgb_diffusion_without_depth(regression_run, tmp_path)
         assert torch.equal(after[name], before[name.removeprefix("diffusion.")]), name
     modulation = [k for k in after if k.startswith("diffusion.head_modulation.points.")]
     assert modulation and all(not after[k].any() for k in modulation)  # zero-initialised
+
+
+def test_regression_runs_log_the_copy_probe_and_held_out_psnr(tmp_path):
+    """Every `log.probe_every` steps and at the end: the sources re-rendered at their own
+    cameras and held-out novel views, as PSNR, in probe.jsonl."""
+    config = tiny_config(
+        tmp_path, "probe", "train.steps=3", "log.probe_every=2", "log.probe_scenes=2"
+    )
+    run_dir = train(config)
+    records = [json.loads(line) for line in (run_dir / "probe.jsonl").open()]
+    assert [r["step"] for r in records] == [2, 3]
+    for record in records:
+        for name in ("copy", "novel", "interp", "extrap"):
+            assert 0 < record[f"probe/{name}_psnr"] < 60
+    assert all("loss" in json.loads(line) for line in (run_dir / "metrics.jsonl").open())
+
+
+def test_probe_psnr_is_perfect_for_a_model_that_returns_the_truth():
+    from gen_nvs.train.probe import Probe, psnr
+
+    probe = Probe(num_scenes=1, image_hw=(16, 16), sources=(0, 2), targets=(1, 3))
+    assert set(probe(_Oracle(probe))) == {
+        "probe/copy_psnr", "probe/novel_psnr", "probe/interp_psnr", "probe/extrap_psnr"
+    }  # fmt: skip
+    assert min(probe(_Oracle(probe)).values()) > 90
+    half = torch.full((3, 4, 4), 0.5)
+    assert torch.allclose(psnr(half, torch.zeros(3, 4, 4)), torch.tensor(6.0206), atol=1e-3)
+    with pytest.raises(ValueError, match="the probe needs scenes"):
+        Probe(num_scenes=0, image_hw=(16, 16))
+
+
+class _Oracle:
+    """A stand-in model that renders the probe's ground truth for any of its cameras."""
+
+    def __init__(self, probe) -> None:
+        self.probe = probe
+
+    def encode(self, images, c2w, fxfycxcy):
+        return None
+
+    def render(self, scene, c2w, fxfycxcy, image_hw):
+        from gen_nvs.models.decoder import DecoderOutput
+
+        match = (c2w[:, :, None] == self.probe.c2w[:, None]).flatten(-2).all(-1)  # (b, t, v)
+        return DecoderOutput(rgb=self.probe.images[:, match[0].float().argmax(-1)])
+
+
+# --------------------------------------------------------------------------------------
+# The geometry stage (3D pretraining of the encoder) and regression from its export
+# --------------------------------------------------------------------------------------
+
+GEOMETRY = ["stage=geometry", "model.depth_head={}", "loss.camera=1.0", "loss.depth=1.0"]
+
+
+@pytest.fixture(scope="module")
+def geometry_run(tmp_path_factory) -> Path:
+    """3 geometry steps, with a depth grid at the last (the tiny encoder runs at 28 px:
+    the depth head's 28x28 output is resized to the 16x16 images)."""
+    tmp = tmp_path_factory.mktemp("geometry")
+    overrides = ["train.steps=3", "checkpoint.every=3", "log.eval_every=3", "log.eval_scenes=2"]
+    return train(tiny_config(tmp, "geometry", *GEOMETRY, *overrides))
+
+
+def test_geometry_stage_trains_the_encoder_and_heads_only(geometry_run):
+    records = [json.loads(line) for line in (geometry_run / "metrics.jsonl").open()]
+    assert len(records) == 3 and all({"camera", "depth"} <= set(r) for r in records)
+    config = json.loads((geometry_run / "export" / "config.json").read_text())
+    assert config["training"]["stage"] == "geometry"
+    model = load_model(geometry_run / "export")
+    assert model.depth_head is not None and model.camera_head is not None
+    # What the pose-free aggregator and the heads do not use keeps its initial weights.
+    torch.manual_seed(0)
+    start = build_model(tiny_config(geometry_run.parent, "x", *GEOMETRY)).state_dict()
+    after = export_weights(geometry_run / "export")
+    moved = {k for k in after if not torch.equal(after[k], start[k])}
+    assert moved and all(
+        k.startswith(("encoder.aggregator.", "camera_head.", "depth_head.")) for k in moved
+    )
+    assert any(k.startswith("depth_head.") for k in moved)
+    assert any(k.startswith("encoder.aggregator.") for k in moved)
+    sample = generate_scene(5, 3, (16, 16))
+    with torch.no_grad():
+        depth, conf = model.estimate_depth(sample.images[None])
+    assert depth.shape == conf.shape == (1, 3, 16, 16)
+    assert (depth > 0).all() and (conf > 1).all()
+    grid = Image.open(geometry_run / "samples" / "step_0000003.png")
+    # 2 scenes x 3 views x (images, estimated depth, true depth), 16 px tiles + 1 px border
+    assert grid.size == (9 * 18, 2 * 18)
+
+
+def test_regression_from_geometry_export(geometry_run, tmp_path):
+    """The regression stage starts from the geometry export's weights (the model options
+    come from the export) and keeps its depth head, frozen."""
+    export = geometry_run / "export"
+    overrides = [f"model.init_from={export}", "model.decoder={depth: 2}", "log.probe_every=0"]
+    config = tiny_config(tmp_path, "regression", "train.steps=2", *overrides)
+    before = export_weights(export)
+    start = build_model(config).state_dict()
+    name = "encoder.aggregator.frame_blocks.0.attn.qkv.weight"
+    assert name in before and torch.equal(start[name], before[name])
+    assert set(start) == set(before)
+    run_dir = train(config)
+    after = export_weights(run_dir / "export")
+    assert not torch.equal(after[name], before[name])  # the encoder trains on
+    depth_head = [k for k in after if k.startswith("depth_head.")]
+    assert depth_head and all(torch.equal(after[k], before[k]) for k in depth_head)
+    assert load_model(run_dir / "export").depth_head is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.camera=0"], "needs loss.camera > 0"),
+        (["model.depth_head=null"], r"needs a model with a depth head: set model.depth_head"),
+        (["model.depth_head={dim: 7}"], "must be the encoder's token width 128"),
+    ],
+)
+def test_geometry_stage_misconfigurations_fail_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, "bad", *GEOMETRY, *overrides))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_geometry_stage_needs_a_camera_head(tmp_path):
+    model = build_model(tiny_config(tmp_path, "x", *GEOMETRY))
+    model.camera_head = None
+    with pytest.raises(ValueError, match="trains the camera head, and this model has none"):
+        objectives.GeometryForward(model, depth_head=True)
+
+
+def test_geometry_loss_decreases_on_one_batch():
+    """30 Adam steps on one batch of two scenes: the camera and depth losses fall."""
+    config = tiny_config(Path("unused"), "x", *GEOMETRY)
+    torch.manual_seed(0)
+    model = build_model(config)
+    set_trainable(model, config)
+    forward = objectives.GeometryForward(model, depth_head=True)
+    loss_fn = objectives.GeometryLoss(camera=1.0, depth=1.0, alpha=0.2)
+    batch = collate_scenes([generate_scene(seed, 3, (16, 16)).to_sample(3) for seed in (1, 2)])
+    views = objectives.all_sources(batch)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(30):
+        loss, terms = loss_fn(*forward(views), views)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({k: float(v.detach()) for k, v in terms.items()})
+    assert history[-1]["depth"] < 0.5 * history[0]["depth"]
+    assert history[-1]["camera"] < history[0]["camera"]
+
+
+@pytest.mark.parametrize("with_depth", [True, False])
+def test_geometry_step_reaches_every_trained_parameter(with_depth):
+    """What DDP needs: one geometry step gives every trained parameter a gradient, on a
+    batch without depth too (the depth head through a zero); the camera MLP, the ray
+    projections, the connector and the decoder, which no geometry loss reaches, are frozen."""
+    config = tiny_config(
+        Path("unused"), "x", *GEOMETRY, "model.encoder={image_size: 28, source_rays: true}"
+    )
+    model = build_model(config)
+    set_trainable(model, config)
+    forward, step_loss, names = build_objective(config, model, torch.device("cpu"))
+    batch = collate_scenes([generate_scene(seed, 3, (16, 16)).to_sample(3) for seed in (1, 2)])
+    if not with_depth:
+        batch = dataclasses.replace(batch, depth=None, depth_valid=None)
+    loss, terms = step_loss(forward, objectives.all_sources(batch), True, None)
+    loss.backward()
+    assert names == ["camera", "depth"] and ("depth" in terms) == with_depth
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == trained
+    assert not any(
+        n.startswith(("decoder.", "encoder.camera_mlp.", "encoder.ray_embed")) for n in trained
+    )

@@ -7,6 +7,7 @@ import yaml
 
 from gen_nvs.train.config import CONFIG_DIR, git_revision, load_config, parse_override
 from gen_nvs.train.data import dataset_entries
+from gen_nvs.train.loop import STAGES
 
 
 def test_layers_apply_in_order(tmp_path):
@@ -87,8 +88,21 @@ def test_shipped_experiment_files_resolve(name):
     if name == "defaults.yaml":
         return
     config = load_config(CONFIG_DIR / name)
-    assert config["stage"] in ("regression", "diffusion")
+    assert config["stage"] in STAGES
     assert dataset_entries(config["data"])
+
+
+def test_depth_head_options_are_free_and_off_by_default():
+    assert load_config()["model"]["depth_head"] is None
+    config = load_config(
+        CONFIG_DIR / "embedded-geometry.yaml", ["model.depth_head.norm_eps=1.0e-6"]
+    )
+    assert config["stage"] == "geometry" and config["loss"]["camera"] > 0
+    assert config["model"]["depth_head"] == {"norm_eps": 1e-6}
+    assert load_config(None, ["model.depth_head={}"])["model"]["depth_head"] == {}
+    assert load_config(None, ["model.depth_head.norm_eps=0.1"])["model"]["depth_head"] == {
+        "norm_eps": 0.1
+    }
 
 
 def test_git_revision_is_read_from_dot_git(tmp_path):

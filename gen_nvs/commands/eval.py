@@ -11,6 +11,11 @@ LPIPS needs torchvision's VGG16 ImageNet weights (see `gen_nvs.models.perceptual
 without them the evaluation still runs, records `"lpips": null` and the reason, and
 says so on stderr, unless `--require-lpips`.
 
+With depth in the dataset and a point head in the model it also scores the model's own
+unseen estimate (the sampler's "auto" mask) against the depth's: IoU and unseen shares.
+Targets may repeat the sources (`configs/eval/procedural64-copy.json`, the copy probe):
+their unseen region is empty, and null in the results.
+
 Writes OUT/results.json and OUT/grids/*.png, and prints the means.
 """
 
@@ -171,10 +176,17 @@ def _sampling(args: argparse.Namespace, can_sample: bool) -> SamplingSettings | 
 
 def _print_means(results: dict) -> None:
     means = results["means"]
+    # Regions without a pixel in any target (the unseen region of a copy probe).
+    empty = {
+        region
+        for region, count in results["empty_regions"]["targets"].items()
+        if count == results["num_targets"]
+    }
 
     def row(name: str, group: dict | None) -> str:
         if group is None:
-            return f"  {name:<24} -"
+            why = " (empty in every target)" if name.strip() in empty else ""
+            return f"  {name:<24} -{why}"
         cells = []
         for key in ("psnr", "ssim", "lpips"):
             value = group.get(key)
@@ -199,6 +211,16 @@ def _print_means(results: dict) -> None:
         print(
             f"  diversity: rms {diversity['rms']:.4f}" + ("" if lp is None else f"  lpips {lp:.4f}")
         )
+    mask = means.get("mask")
+    if mask is not None:
+        print(
+            f"  unseen mask, model vs depth: iou {mask['iou']:.4f}  model unseen "
+            f"{mask['model_unseen_fraction']:.4f}  true unseen {mask['true_unseen_fraction']:.4f}"
+        )
+    counts = results["empty_regions"]["targets"]
+    if any(counts.values()):
+        shown = ", ".join(f"{region} in {n}" for region, n in counts.items() if n)
+        print(f"  empty regions (no metrics): {shown} of {results['num_targets']} targets")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,11 @@ renders the targets once (a few per decoder call), and the sources once where th
 predicted geometry is needed. Targets are split into the region some source saw and the
 unseen region: from the dataset's depth when it has depth (`rgbd.unseen_mask` with the
 ground truth), else from the model's own predicted points (`gen_nvs.sampling.
-unseen_region`, as the sampler's "auto" mask). A model that can sample also draws N
+unseen_region`, as the sampler's "auto" mask). A target may be its own source (the
+copy probe, `configs/eval/procedural64-copy.json`): its unseen region is then empty, and
+so has no metrics. When the split comes from depth and the model has a point head, the
+model's own unseen estimate (the sampler's "auto" mask) is also scored against it: IoU
+and the share of pixels each marks unseen. A model that can sample also draws N
 samples per target from the same renders; they are scored
 one by one, then summarised as the mean over samples, the best of N (per metric:
 highest PSNR / SSIM, lowest LPIPS), and the samples' diversity (mean pairwise LPIPS and
@@ -21,7 +25,9 @@ target: sources | target | regression | samples | unseen mask (white = unseen).
 
 Per-image PSNR is capped at `PSNR_MAX_DB` so that means stay finite (a perfect
 prediction scores exactly that). Values that do not exist (a region with no pixels,
-LPIPS without VGG weights, diversity of one sample) are `null` and left out of means.
+LPIPS without VGG weights, diversity of one sample) are `null` and left out of means; a
+region with no pixels in a target is `null` as a whole, listed in the target's
+`empty_regions` and counted, with the reason, in the results' `empty_regions`.
 
 Dimension legend: `v` views, `s` sources, `t` targets, `n` samples, `h`/`w` image size.
 """
@@ -55,6 +61,15 @@ from gen_nvs.sampling import check_sampling_options, sample_views, unseen_region
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
 GRID_DIR = "grids"
+REGIONS = ("seen", "unseen")
+EMPTY_REGION_REASON = (
+    "a region with no pixels in a target (e.g. the unseen region when the targets are the "
+    "sources) has no metrics: null there and left out of the means"
+)
+MASK_ESTIMATE = (
+    "the model's unseen region as the sampler's 'auto' mask finds it (gen_nvs.sampling."
+    "unseen_region, before its soft edge) against the one the dataset's depth gives"
+)
 # Best of N: the direction in which each metric improves.
 BEST_OF = {"psnr": torch.amax, "ssim": torch.amax, "lpips": torch.amin}
 
@@ -170,6 +185,26 @@ def unseen_masks(
             for k in range(s, sample.num_views)
         ]
         return torch.stack(masks), "depth"
+    unseen = predicted_unseen_masks(
+        model, encoded, sample, rel_tol, regression=regression, sources=sources
+    )
+    return (None, None) if unseen is None else (unseen, "predicted_points")
+
+
+def predicted_unseen_masks(
+    model: NVSModel,
+    encoded: EncodedScene,
+    sample: SceneSample,
+    rel_tol: float = 0.02,
+    *,
+    regression: DecoderOutput | None = None,
+    sources: DecoderOutput | None = None,
+) -> Tensor | None:
+    """The target pixels the model finds no source saw -> bool [t, h, w], or None without
+    a point head: the sampler's "auto" mask (`gen_nvs.sampling.unseen_region`; sampling
+    then softens its edge), from the model's point maps of the targets tested against the
+    sources'. Arguments as for `unseen_masks`; the sample's depth is not used.
+    """
     source_views, targets = sample.split()
     if regression is None:
         regression = model.render(
@@ -186,7 +221,26 @@ def unseen_masks(
         sources=sources,
         rel_tol=rel_tol,
     )
-    return (None, None) if unseen is None else (unseen[0], "predicted_points")
+    return None if unseen is None else unseen[0]
+
+
+def mask_quality(estimate: Tensor, truth: Tensor) -> Tree:
+    """How well an estimated unseen mask matches the true one (bool [h, w] each): their
+    IoU (1 when both are empty) and the share of pixels each marks unseen."""
+    return {
+        "iou": _leaf(metrics.mask_iou(estimate, truth)),
+        "model_unseen_fraction": _leaf(estimate.float().mean()),
+        "true_unseen_fraction": _leaf(truth.float().mean()),
+    }
+
+
+def empty_regions(unseen: Tensor) -> list[list[str]]:
+    """Per target, the regions (of REGIONS) without a pixel, from unseen [t, h, w]."""
+    seen_empty, unseen_empty = unseen.flatten(1).all(1), ~unseen.flatten(1).any(1)
+    return [
+        [name for name, empty in zip(REGIONS, flags, strict=True) if empty]
+        for flags in zip(seen_empty.tolist(), unseen_empty.tolist(), strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -201,6 +255,14 @@ def _by_region(measure: Callable[[Tensor | None], Tree], unseen: Tensor | None) 
         tree["seen"] = measure(~unseen)
         tree["unseen"] = measure(unseen)
     return tree
+
+
+def _target_values(
+    tree: Tree, fn: Callable[[str, Tensor], Any], empty: Sequence[str], keep=lambda name: True
+) -> Tree:
+    """map_tree(tree, fn, keep) with the subtree of every region in `empty` set to None."""
+    out = map_tree(tree, fn, keep)
+    return {**out, **{region: None for region in empty if region in out}}
 
 
 def quality(pred: Tensor, target: Tensor, unseen: Tensor | None, net) -> Tree:
@@ -261,9 +323,9 @@ def mean_trees(trees: Sequence[Tree | None]) -> Tree | None:
     if not present:
         return None
     out: Tree = {}
-    for name, value in present[0].items():
-        column = [t[name] for t in present]
-        if isinstance(value, dict):
+    for name in present[0]:
+        column = [t.get(name) for t in present]
+        if any(isinstance(value, dict) for value in column):
             out[name] = mean_trees(column)
         else:
             values = [v for v in column if v is not None]
@@ -318,15 +380,12 @@ def _grid_name(index: int, scene: str) -> str:
 
 
 def _render_sources(
-    model: NVSModel,
-    encoded: EncodedScene,
-    sample: SceneSample,
-    sampling: SamplingSettings | None,
+    model: NVSModel, encoded: EncodedScene, sample: SceneSample
 ) -> DecoderOutput | None:
-    """`model.render` of the source cameras ([1, s, ...], normalised frame) when the region
-    split (no depth) or the sampling mask needs the sources' predicted geometry, else None."""
-    needed = not sample.has_depth or (sampling is not None and sampling.mask_mode != "off")
-    if not needed or model.decoder.point_head is None:
+    """`model.render` of the source cameras ([1, s, ...], normalised frame) for the model's
+    unseen estimate (the region split without depth, the mask's score with depth, the
+    sampling mask); None without a point head."""
+    if model.decoder.point_head is None:
         return None
     fxfycxcy = sample.fxfycxcy[None, : sample.num_sources]
     return model.render(encoded, encoded.source_c2w, fxfycxcy, sample.image_hw, normalized=True)
@@ -384,11 +443,17 @@ def evaluate_scene(
     cameras = TargetCameras(targets.c2w, targets.fxfycxcy, normalized=False)
     rendered = render_targets(model, encoded, cameras, sample.image_hw, device)
     rendered = to_device(rendered, device)  # (1, t, ...)
-    source_render = _render_sources(model, encoded, sample, sampling)
+    source_render = _render_sources(model, encoded, sample)
     regression = rendered.rgb[0].clamp(0, 1)  # (t, 3, h, w)
     unseen, region_source = unseen_masks(
         model, encoded, sample, rel_tol, regression=rendered, sources=source_render
     )
+    estimate = None
+    if region_source == "depth":
+        estimate = predicted_unseen_masks(
+            model, encoded, sample, rel_tol, regression=rendered, sources=source_render
+        )
+    empty = [[]] * sample.num_targets if unseen is None else empty_regions(unseen)
     reg_tree = quality(regression, targets.images, unseen, lpips_net)
 
     samples = None
@@ -407,10 +472,12 @@ def evaluate_scene(
         entry: Tree = {
             "frame": int(targets.frame_indices[k]),
             "unseen_fraction": None if unseen is None else _leaf(unseen[k].float().mean()),
-            "regression": map_tree(reg_tree, lambda _, v, k=k: v[k]),
+            "empty_regions": empty[k],
+            "mask": None if estimate is None else mask_quality(estimate[k], unseen[k]),
+            "regression": _target_values(reg_tree, lambda _, v, k=k: v[k], empty[k]),
         }
         if samples is not None:
-            entry["diffusion"] = _diffusion_entry(sample_tree, div_tree, generated[k], k)
+            entry["diffusion"] = _diffusion_entry(sample_tree, div_tree, generated[k], k, empty[k])
         per_target.append(entry)
 
     result: Tree = {
@@ -425,22 +492,45 @@ def evaluate_scene(
     return result, grid
 
 
-def _diffusion_entry(samples: Tree, spread: Tree | None, generated: Tensor, k: int) -> Tree:
+def _diffusion_entry(
+    samples: Tree, spread: Tree | None, generated: Tensor, k: int, empty: Sequence[str]
+) -> Tree:
     """Target k's diffusion results from the trees of per-sample metrics (leaves [n, t])
-    and of diversity (leaves [t], None for one sample)."""
+    and of diversity (leaves [t], None for one sample); `empty` regions are None."""
     return {
         "generated_fraction": _leaf(generated),
-        "mean": map_tree(samples, lambda _, v: v[:, k].mean()),
-        "best_of_n": map_tree(
-            samples, lambda name, v: BEST_OF[name](v[:, k]), keep=lambda name: name in BEST_OF
+        "mean": _target_values(samples, lambda _, v: v[:, k].mean(), empty),
+        "best_of_n": _target_values(
+            samples,
+            lambda name, v: BEST_OF[name](v[:, k]),
+            empty,
+            keep=lambda name: name in BEST_OF,
         ),
-        "diversity": None if spread is None else map_tree(spread, lambda _, v: v[k]),
+        "diversity": None if spread is None else _target_values(spread, lambda _, v: v[k], empty),
     }
 
 
 def _means(entries: list[Tree]) -> Tree:
     """Means over targets (per-target entries) or over scenes (their means), by field."""
-    return mean_trees([{k: v for k, v in e.items() if k != "frame"} for e in entries])
+    skip = ("frame", "empty_regions")
+    return mean_trees([{k: v for k, v in e.items() if k not in skip} for e in entries])
+
+
+def _empty_region_counts(scenes: list[Tree]) -> Tree:
+    """How many targets of all scenes have each region empty, and why that means null."""
+    targets = [t for scene in scenes for t in scene["targets"]]
+    counts = {region: sum(region in t["empty_regions"] for t in targets) for region in REGIONS}
+    return {"targets": counts, "reason": EMPTY_REGION_REASON}
+
+
+def _mask_info(model: NVSModel, scenes: list[Tree]) -> Tree:
+    """What the per-target "mask" entries compare, or why there are none."""
+    reason = None
+    if model.decoder.point_head is None:
+        reason = "the model has no point head, so no unseen estimate of its own"
+    elif not any(scene["region_source"] == "depth" for scene in scenes):
+        reason = "the dataset has no depth: the regions are the model's own estimate"
+    return {"available": reason is None, "estimate": MASK_ESTIMATE, "reason": reason}
 
 
 def evaluate(
@@ -514,6 +604,8 @@ def evaluate(
             "version": "0.1",
             "reason": None if lpips_net is not None else lpips_unavailable,
         },
+        "mask": _mask_info(model, scenes),
+        "empty_regions": _empty_region_counts(scenes),
         "num_targets": sum(len(s["targets"]) for s in scenes),
         "seconds": round(time.perf_counter() - start, 3),
         "means": _means([s["means"] for s in scenes]),

@@ -10,7 +10,7 @@ the leading dimensions) and then measures the prediction on that region only:
   map (SSIM map, LPIPS `spatial` map, gradient magnitude) is then averaged over the mask.
 
 A region metric therefore depends on the prediction inside the region alone. An empty
-region gives NaN.
+region gives NaN. `mask_iou` compares two region masks.
 
 Full-image PSNR and SSIM follow the LVSM / LagerNVS evaluation protocol: per-image MSE
 over all channels and pixels, PSNR = -10 log10(MSE) (data range 1; +inf for a perfect
@@ -239,3 +239,24 @@ def pairwise_mean(samples: Tensor, distance: Callable[[Tensor, Tensor], Tensor])
         raise ValueError(f"pairwise_mean needs at least 2 samples, got {n}")
     first, second = torch.triu_indices(n, n, offset=1, device=samples.device)
     return distance(samples[first], samples[second]).mean(0)
+
+
+# --------------------------------------------------------------------------------------
+# Region masks
+# --------------------------------------------------------------------------------------
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over union of two bool masks [..., h, w] -> [...] in [0, 1].
+
+    Two empty masks agree perfectly: their IoU is 1 (not 0 / 0).
+    """
+    if a.dtype != torch.bool or b.dtype != torch.bool or a.shape != b.shape:
+        raise ValueError(
+            f"masks must both be bool [..., h, w] of one shape, got {a.dtype} {list(a.shape)} "
+            f"and {b.dtype} {list(b.shape)}"
+        )
+    intersection = (a & b).sum((-2, -1))
+    union = (a | b).sum((-2, -1))
+    ratio = intersection / union.clamp(min=1)
+    return torch.where(union > 0, ratio, torch.ones_like(ratio))

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gen_nvs.models.heads import PointHead, RGBHead
+from gen_nvs.models.layers import fourier_channels, fourier_features
 
 logger = logging.getLogger(__name__)
 
@@ -339,13 +340,21 @@ class RendererCore(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Pluecker ray map [b, 6, h, w] -> patch tokens [b, gh * gw, c] (bias-free conv)."""
+    """Pluecker ray map [b, 6, h, w] -> patch tokens [b, gh * gw, c] (bias-free conv).
 
-    def __init__(self, *, dim: int, patch_size: int) -> None:
+    With `ray_frequencies` F > 0 (an option for small models trained from scratch; 0 as
+    published) the conv sees the rays' Fourier features (`fourier_features`), 6 (1 + 2F)
+    channels.
+    """
+
+    def __init__(self, *, dim: int, patch_size: int, ray_frequencies: int = 0) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(RAY_CHANNELS, dim, patch_size, stride=patch_size, bias=False)
+        self.ray_frequencies = ray_frequencies
+        channels = fourier_channels(RAY_CHANNELS, ray_frequencies)
+        self.proj = nn.Conv2d(channels, dim, patch_size, stride=patch_size, bias=False)
 
     def forward(self, rays: Tensor) -> Tensor:
+        rays = fourier_features(rays, self.ray_frequencies, dim=1)
         return rearrange(self.proj(rays), "b c gh gw -> b (gh gw) c")
 
 
@@ -393,10 +402,13 @@ class HighwayDecoder(nn.Module):
         point_head: bool = False,
         norm_eps: float = 1e-5,
         qk_norm_eps: float = 1e-5,
+        ray_frequencies: int = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_config(variant, width, depth, num_heads, patch_size, mlp_ratio, num_registers)
+        if ray_frequencies < 0:
+            raise ValueError(f"decoder ray_frequencies must be >= 0, got {ray_frequencies}")
         self._config = {
             "variant": variant,
             "width": width,
@@ -410,6 +422,8 @@ class HighwayDecoder(nn.Module):
             "qk_norm_eps": qk_norm_eps,
             "gradient_checkpointing": gradient_checkpointing,
         }
+        if ray_frequencies:  # configs (and exports) of the published layout stay as they were
+            self._config["ray_frequencies"] = ray_frequencies
         self.variant = variant
         self.width = width
         self.patch_size = patch_size
@@ -422,7 +436,9 @@ class HighwayDecoder(nn.Module):
             norm_eps=norm_eps,
             qk_norm_eps=qk_norm_eps,
         )
-        self.tgt_embedder = PatchEmbed(dim=width, patch_size=patch_size)
+        self.tgt_embedder = PatchEmbed(
+            dim=width, patch_size=patch_size, ray_frequencies=ray_frequencies
+        )
         self.tgt_norm = _layer_norm(width, norm_eps)
         self.per_view_register_tokens = nn.Parameter(torch.zeros(1, num_registers, width))
         self.renderer_core = RendererCore(variant=variant, depth=depth, size=size)

@@ -22,12 +22,13 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gen_nvs.models.layers import Block, RotaryEmbedding2D
+from gen_nvs.models.layers import Block, RotaryEmbedding2D, fourier_channels, fourier_features
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ResizeMode = Literal["keep_aspect", "square", "none"]
+RAY_CHANNELS = 6  # Pluecker rays: direction, moment
 
 
 class PatchProjection(nn.Module):
@@ -270,6 +271,8 @@ class VGGTEncoder(nn.Module):
         rope_frequency: float = 100.0,
         camera_token_dim: int = 11,
         source_rays: bool = False,
+        ray_frequencies: int = 0,
+        source_skip: bool = False,
         frozen: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -279,6 +282,8 @@ class VGGTEncoder(nn.Module):
                 f"embed_dim / num_heads must be a multiple of 4 for 2D RoPE, "
                 f"got {embed_dim} / {num_heads}"
             )
+        if ray_frequencies < 0:
+            raise ValueError(f"encoder ray_frequencies must be >= 0, got {ray_frequencies}")
         self.patch_size = patch_size
         self.image_size = image_size
         self.camera_token_dim = camera_token_dim
@@ -301,19 +306,37 @@ class VGGTEncoder(nn.Module):
         )
         self.geo_feature_connector = nn.Linear(2 * embed_dim, out_dim)
         self.geo_feature_norm = nn.LayerNorm(out_dim, bias=False)
-        # Optional (not in LagerNVS; off in the official presets): each patch token also gets
-        # its own Pluecker rays, projected per patch. Zero-initialised and bias-free, so it
-        # starts as the published encoder, and missing rays (pose-free) add nothing.
+        # Options for small encoders trained from scratch (not in LagerNVS; off in the
+        # official presets, whose checkpoints hold none of these weights):
+        # - source_rays: each patch token also gets its own Pluecker rays, projected per
+        #   patch (zero-initialised and bias-free: it starts as the published encoder,
+        #   and missing rays, pose-free, add nothing);
+        # - ray_frequencies: those projections see the rays' Fourier features;
+        # - source_skip: each output token also gets its own patch's pixels (and rays,
+        #   when posed) through one linear projection, past the aggregator, so the
+        #   decoder can copy and match source patches before the aggregator has learned
+        #   to carry them.
+        self.ray_frequencies = ray_frequencies
+        ray_channels = fourier_channels(RAY_CHANNELS, ray_frequencies)
         self.ray_embed = None
         if source_rays:
-            self.ray_embed = nn.Conv2d(6, embed_dim, patch_size, stride=patch_size, bias=False)
+            self.ray_embed = nn.Conv2d(
+                ray_channels, embed_dim, patch_size, stride=patch_size, bias=False
+            )
             nn.init.zeros_(self.ray_embed.weight)
+        self.pixel_skip = self.ray_skip = None
+        if source_skip:
+            self.pixel_skip = nn.Conv2d(3, out_dim, patch_size, stride=patch_size)
+            self.ray_skip = nn.Conv2d(
+                ray_channels, out_dim, patch_size, stride=patch_size, bias=False
+            )
         self.freeze(frozen)
         self.set_gradient_checkpointing(gradient_checkpointing)
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or restart) gradients into the pretrained VGGT aggregator; the camera MLP,
-        the source-ray projection (if any) and the output connector stay trainable."""
+        the source-ray projection and skip (if any) and the output connector stay
+        trainable."""
         self.aggregator.requires_grad_(not frozen)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -362,7 +385,7 @@ class VGGTEncoder(nn.Module):
 
     @property
     def uses_source_rays(self) -> bool:
-        return self.ray_embed is not None
+        return self.ray_embed is not None or self.ray_skip is not None
 
     def _check_inputs(self, images: Tensor, camera_tokens: Tensor | None) -> None:
         if images.ndim not in (4, 5) or images.shape[-3] != 3:
@@ -402,24 +425,45 @@ class VGGTEncoder(nn.Module):
         encoder built with `source_rays=True`) or None (unknown cameras).
         Returns [(b) s n 2c], n = 1 + registers + patches; the camera token is first.
         """
+        images, rays, unbatched = self._prepare(images, camera_tokens, source_rays, resize)
+        if unbatched:
+            camera_tokens = None if camera_tokens is None else camera_tokens[None]
+        tokens = self._aggregate(images, camera_tokens, rays)  # (b, s, n, 2c)
+        return tokens[0] if unbatched else tokens
+
+    def _prepare(
+        self,
+        images: Tensor,
+        camera_tokens: Tensor | None,
+        source_rays: Tensor | None,
+        resize: ResizeMode,
+    ) -> tuple[Tensor, Tensor | None, bool]:
+        """Checked inputs -> (images [b s 3 h' w'] resized, rays [(b s) ch h' w'] (Fourier
+        features at the resized size; None unless given and used), unbatched)."""
         self._check_inputs(images, camera_tokens)
         unbatched = images.ndim == 4
         if unbatched:
             images = images[None]
-            camera_tokens = None if camera_tokens is None else camera_tokens[None]
             source_rays = None if source_rays is None else source_rays[None]
         images = self.resize(images, resize)  # (b, s, 3, h', w')
-        camera_embedding = None if camera_tokens is None else self.camera_mlp(camera_tokens)
-        ray_embedding = self._embed_rays(source_rays, images.shape)
-        tokens = self.aggregator(images, camera_embedding, ray_embedding)  # (b, s, n, 2c)
-        return tokens[0] if unbatched else tokens
+        return images, self._resized_rays(source_rays, images.shape), unbatched
 
-    def _embed_rays(self, rays: Tensor | None, image_shape: torch.Size) -> Tensor | None:
-        """rays [b s 6 h w] -> [b s p c] at the resized images' patch grid, or None."""
-        if rays is None or self.ray_embed is None:
+    def _aggregate(self, images: Tensor, camera_tokens: Tensor | None, rays: Tensor | None):
+        """Resized images [b s 3 h w] -> aggregator tokens [b s n 2c]."""
+        camera_embedding = None if camera_tokens is None else self.camera_mlp(camera_tokens)
+        ray_embedding = None
+        if rays is not None and self.ray_embed is not None:
+            patches = self.ray_embed(rays)  # ((b s), c, gh, gw)
+            ray_embedding = rearrange(patches, "(b s) c gh gw -> b s (gh gw) c", b=len(images))
+        return self.aggregator(images, camera_embedding, ray_embedding)
+
+    def _resized_rays(self, rays: Tensor | None, image_shape: torch.Size) -> Tensor | None:
+        """rays [b s 6 h w] -> their Fourier features [(b s) ch h' w'] at the resized
+        images' size, or None (no rays, or an encoder that does not use them)."""
+        if rays is None or not self.uses_source_rays:
             return None
         b, s = image_shape[:2]
-        if tuple(rays.shape[:3]) != (b, s, 6):
+        if tuple(rays.shape[:3]) != (b, s, RAY_CHANNELS):
             raise ValueError(
                 f"expected source rays [{b}, {s}, 6, h, w] (one ray map per image), "
                 f"got {list(rays.shape)}"
@@ -427,8 +471,18 @@ class VGGTEncoder(nn.Module):
         flat = rearrange(rays, "b s ch h w -> (b s) ch h w")
         if flat.shape[-2:] != image_shape[-2:]:
             flat = F.interpolate(flat, size=image_shape[-2:], mode="bilinear", align_corners=False)
-        patches = self.ray_embed(flat.to(self.ray_embed.weight.dtype))  # ((b s), c, gh, gw)
-        return rearrange(patches, "(b s) c gh gw -> b s (gh gw) c", b=b)
+        dtype = (self.ray_embed if self.ray_embed is not None else self.ray_skip).weight.dtype
+        return fourier_features(flat.to(dtype), self.ray_frequencies, dim=1)
+
+    def _skip(self, images: Tensor, rays: Tensor | None) -> Tensor:
+        """The `source_skip` tokens: resized images [b s 3 h w] and rays [(b s) ch h w] or
+        None -> [b s p k]."""
+        b = images.shape[0]
+        pixels = (images - self.aggregator.mean) / self.aggregator.std
+        skip = self.pixel_skip(rearrange(pixels, "b s ch h w -> (b s) ch h w"))
+        if rays is not None:
+            skip = skip + self.ray_skip(rays)  # ((b s), k, gh, gw)
+        return rearrange(skip, "(b s) k gh gw -> b s (gh gw) k", b=b)
 
     def forward(
         self,
@@ -444,11 +498,17 @@ class VGGTEncoder(nn.Module):
         zeroed when the source cameras are unknown); source_rays as in `aggregate`.
         Returns tokens [(b) s p k] and the patch grid (gh, gw), p = gh * gw.
         """
-        tokens = self.aggregate(images, camera_tokens, source_rays=source_rays, resize=resize)
-        patches = tokens[..., self.aggregator.num_special_tokens :, :]  # ((b), s, p, 2c)
-        height, width = self.resized_size(*images.shape[-2:], resize)
-        grid_hw = (height // self.patch_size, width // self.patch_size)
-        return EncoderOutput(self.geo_feature_norm(self.geo_feature_connector(patches)), grid_hw)
+        resized, rays, unbatched = self._prepare(images, camera_tokens, source_rays, resize)
+        if unbatched:
+            camera_tokens = camera_tokens[None]
+        tokens = self._aggregate(resized, camera_tokens, rays)  # (b, s, n, 2c)
+        patches = tokens[..., self.aggregator.num_special_tokens :, :]  # (b, s, p, 2c)
+        features = self.geo_feature_connector(patches)  # (b, s, p, k)
+        if self.pixel_skip is not None:
+            features = features + self._skip(resized, rays)
+        features = self.geo_feature_norm(features)
+        grid_hw = (resized.shape[-2] // self.patch_size, resized.shape[-1] // self.patch_size)
+        return EncoderOutput(features[0] if unbatched else features, grid_hw)
 
 
 ENCODER_PRESETS: dict[str, dict[str, int | float]] = {

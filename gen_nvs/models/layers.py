@@ -32,6 +32,32 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def fourier_features(x: Tensor, num_frequencies: int, dim: int = 1) -> Tensor:
+    """x with its sines and cosines at frequencies pi * 2^0 .. pi * 2^(F-1), along `dim`.
+
+    [..., k, ...] -> [..., k * (1 + 2F), ...] (x first, then all sines, then all
+    cosines); F = 0 returns x. Used for Pluecker rays: a linear layer on raw rays can
+    only compare them smoothly, while a dot product of these features is a sharp kernel,
+    so a target ray finds the source patches along it in far fewer steps.
+    """
+    if num_frequencies < 0:
+        raise ValueError(f"num_frequencies must be >= 0, got {num_frequencies}")
+    if num_frequencies == 0:
+        return x
+    freqs = torch.pi * 2.0 ** torch.arange(num_frequencies, device=x.device, dtype=x.dtype)
+    dim = dim % x.ndim
+    shape = [1] * (x.ndim + 1)
+    shape[dim] = num_frequencies
+    angles = x.unsqueeze(dim) * freqs.view(shape)  # (..., F, k, ...)
+    angles = angles.flatten(dim, dim + 1)  # (..., F * k, ...)
+    return torch.cat([x, angles.sin(), angles.cos()], dim=dim)
+
+
+def fourier_channels(channels: int, num_frequencies: int) -> int:
+    """Channels of `fourier_features` of `channels` inputs."""
+    return channels * (1 + 2 * num_frequencies)
+
+
 class LayerScale(nn.Module):
     """Learned per-channel residual scale `x * gamma`, with gamma initialised to `init_value`."""
 

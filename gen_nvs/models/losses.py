@@ -15,10 +15,12 @@ from torch import Tensor
 class ConfidencePointLoss:
     """Confidence-weighted point loss, the aleatoric form of DUSt3R and VGGT.
 
-    Per valid pixel: `conf * ||p - p_gt|| - alpha * log(conf)`. The network may lower the
-    confidence where it cannot be right, at the price of the log term, so conf learns
-    how far off each point is. Reduced over valid pixels by their mean (the default, so
-    the scale does not depend on image size or mask coverage) or their sum.
+    Per valid pixel: `conf * ||p - p_gt|| - alpha * log(conf)`, for points [..., 3] or
+    any other per-pixel vector (depth [..., 1]: `conf * |d - d_gt| - alpha * log(conf)`).
+    The network may lower the confidence where it cannot be right, at the price of the
+    log term, so conf learns how far off each point is. Reduced over valid pixels by their
+    mean (the default, so the scale does not depend on image size or mask coverage) or
+    their sum.
     """
 
     def __init__(self, *, alpha: float = 0.2, reduction: Literal["mean", "sum"] = "mean") -> None:
@@ -30,14 +32,15 @@ class ConfidencePointLoss:
         self.reduction = reduction
 
     def __call__(self, points: Tensor, conf: Tensor, points_gt: Tensor, valid: Tensor) -> Tensor:
-        """points, points_gt [..., 3]; conf [...] (> 0); valid [...] bool -> scalar loss.
+        """points, points_gt [..., k] (k = 3 for points); conf [...] (> 0); valid [...]
+        bool -> scalar loss.
 
         With no valid pixel the loss is 0 (still attached to the graph).
         """
-        if points.shape != points_gt.shape or points.shape[-1] != 3:
+        if points.shape != points_gt.shape or points.ndim < 2:
             raise ValueError(
-                f"points and points_gt must both be [..., 3], got {list(points.shape)} and "
-                f"{list(points_gt.shape)}"
+                f"points and points_gt must both be [..., k] of one shape, got "
+                f"{list(points.shape)} and {list(points_gt.shape)}"
             )
         if conf.shape != points.shape[:-1] or valid.shape != points.shape[:-1]:
             raise ValueError(

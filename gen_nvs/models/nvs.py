@@ -1,4 +1,5 @@
-"""The deterministic NVS model: VGGT encoder + highway decoder (+ camera head).
+"""The deterministic NVS model: VGGT encoder + highway decoder (+ camera head, depth
+head).
 
 `NVSModel` owns the camera pipeline that glues the parts together, as the published
 LagerNVS model does: scene normalisation relative to the first source camera, camera
@@ -26,6 +27,7 @@ from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.camera_head import CAMERA_HEAD_PRESETS, CameraHead
 from gen_nvs.models.decoder import DECODER_PRESETS, DecoderOutput, HighwayDecoder
+from gen_nvs.models.depth_head import DepthHead
 from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder
 
@@ -102,6 +104,12 @@ class NVSModel(nn.Module):
     its own copy of the renderer, fine-tuned as a denoiser) beside the regression decoder,
     which stays for fast rendering and for the known region of occlusion-aware sampling.
     `diffusion` holds DiffusionDecoder's options except `decoder` (always the model's).
+
+    With a `depth_head` config (DepthHead options; `dim` and `patch_size` default to the
+    encoder's) the model also estimates per-pixel depth from pose-free aggregator tokens
+    (`estimate_depth`), what the geometry training stage learns. Without one (every
+    preset) the model, its config and its weights are exactly those of a model before
+    the option existed.
     """
 
     def __init__(
@@ -110,6 +118,7 @@ class NVSModel(nn.Module):
         encoder: dict[str, Any],
         decoder: dict[str, Any],
         camera_head: dict[str, Any] | None = None,
+        depth_head: dict[str, Any] | None = None,
         diffusion: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -126,6 +135,9 @@ class NVSModel(nn.Module):
         self.encoder = VGGTEncoder(**encoder)
         self.decoder = HighwayDecoder(**decoder)
         self.camera_head = CameraHead(**camera_head) if camera_head is not None else None
+        self.depth_head: DepthHead | None = None
+        if depth_head is not None:
+            self.add_depth_head(**depth_head)
         self.diffusion: DiffusionDecoder | None = None
         # The training noise schedule (`samplers.build_scheduler` options, prediction type
         # included) that exports carry for the samplers; the network never reads it.
@@ -137,16 +149,17 @@ class NVSModel(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NVSModel:
         """Rebuild from `model.config` (as saved next to every export)."""
-        unknown = set(config) - {"encoder", "decoder", "camera_head", "diffusion"}
+        unknown = set(config) - {"encoder", "decoder", "camera_head", "depth_head", "diffusion"}
         if unknown or "encoder" not in config or "decoder" not in config:
             raise ValueError(
                 f"model config needs 'encoder' and 'decoder' (and optional 'camera_head', "
-                f"'diffusion'), got keys {sorted(config)}"
+                f"'depth_head', 'diffusion'), got keys {sorted(config)}"
             )
         return cls(
             encoder=config["encoder"],
             decoder=config["decoder"],
             camera_head=config.get("camera_head"),
+            depth_head=config.get("depth_head"),
             diffusion=config.get("diffusion"),
         )
 
@@ -177,6 +190,21 @@ class NVSModel(nn.Module):
         self._config["diffusion"] = config
         return self.diffusion
 
+    def add_depth_head(self, **options: Any) -> DepthHead:
+        """A new DepthHead (`options`: its arguments; `dim` and `patch_size` default to
+        the encoder's), held as `self.depth_head` and recorded in the config (with those
+        defaults filled in, so the export rebuilds it). Replaces an existing one."""
+        dim = self.encoder.geo_feature_connector.in_features  # 2 x the aggregator width
+        options = {"dim": dim, "patch_size": self.encoder.patch_size, **options}
+        if options["dim"] != dim or options["patch_size"] != self.encoder.patch_size:
+            raise ValueError(
+                f"depth_head dim {options['dim']} and patch_size {options['patch_size']} must "
+                f"be the encoder's token width {dim} and patch size {self.encoder.patch_size}"
+            )
+        self.depth_head = DepthHead(**options)
+        self._config["depth_head"] = copy.deepcopy(options)
+        return self.depth_head
+
     # ----------------------------------------------------------------------------------
     # Cameras
     # ----------------------------------------------------------------------------------
@@ -194,6 +222,27 @@ class NVSModel(nn.Module):
         encoding = self.camera_head(tokens)  # (b, s, 9)
         w2c, fxfycxcy = cam.pose_encoding_to_camera(encoding, tuple(images.shape[-2:]))
         return cam.invert_rigid(w2c), fxfycxcy
+
+    def estimate_depth(
+        self, images: Tensor, aggregator_tokens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Pose-free use: the depth head's per-pixel depth of every view.
+
+        images [b, s, 3, h, w] in [0, 1]; aggregator_tokens [b, s, n, 2c]: the pose-free
+        `encoder.aggregate(images)` when the caller has it already (the camera head reads
+        the same tokens). Returns (depth [b, s, h, w] along each view's optical axis, in
+        the normalised scene scale that the camera head's translations have; conf
+        [b, s, h, w] > 1), float32.
+        """
+        if self.depth_head is None:
+            raise ValueError("this model has no depth head (model config 'depth_head')")
+        if aggregator_tokens is None:
+            aggregator_tokens = self.encoder.aggregate(images, None)  # (b, s, n, 2c)
+        hw = (images.shape[-2], images.shape[-1])
+        resized = self.encoder.resized_size(*hw, "keep_aspect")  # what `aggregate` runs on
+        grid = (resized[0] // self.encoder.patch_size, resized[1] // self.encoder.patch_size)
+        patches = aggregator_tokens[..., self.encoder.aggregator.num_special_tokens :, :]
+        return self.depth_head(patches, grid, hw)
 
     # ----------------------------------------------------------------------------------
     # Encoding and rendering
@@ -223,16 +272,12 @@ class NVSModel(nn.Module):
             _check_cameras(c2w, fxfycxcy, (b, s), hw, "source cameras")
             reference_w2c, scale = batch_normalization(c2w, s)
             source_c2w = apply_batch_normalization(c2w, reference_w2c, scale)
-            tokens = batch_camera_tokens(source_c2w, fxfycxcy, hw, s, posed=True, training=False)
-            rays = self._source_rays(source_c2w, fxfycxcy, hw)
+            source_tokens = self.encode_sources(images, source_c2w, fxfycxcy)  # (b, s, p, c)
         else:
             eye = torch.eye(4, dtype=images.dtype, device=images.device)
             reference_w2c, scale = eye.repeat(b, 1, 1), images.new_ones(b)
             source_c2w = self._estimate_normalized_cameras(images)
-            tokens = cam.pose_free_camera_tokens(s, dtype=images.dtype, device=images.device)
-            tokens = tokens.expand(b, s, -1)
-            rays = None
-        source_tokens = self.encoder(images, tokens, source_rays=rays).tokens  # (b, s, p, c)
+            source_tokens = self.encode_sources(images)
         return EncodedScene(
             cache=SceneCache.build(self.decoder, source_tokens),
             reference_w2c=reference_w2c,
@@ -242,9 +287,37 @@ class NVSModel(nn.Module):
             diffusion=self.diffusion,
         )
 
+    def encode_sources(
+        self,
+        images: Tensor,
+        c2w: Tensor | None = None,
+        fxfycxcy: Tensor | None = None,
+        *,
+        posed: bool = True,
+        training: bool = False,
+    ) -> Tensor:
+        """The one way every path (rendering, sampling, each training stage) turns source
+        views into encoder tokens.
+
+        images [b, s, 3, h, w] in [0, 1]; c2w [b, s, 4, 4] normalised source cameras and
+        fxfycxcy [b, s, 4], or both None when no camera is known (pose-free camera
+        tokens). posed=False with cameras: camera-token dropout (the pose numbers zeroed,
+        as the published training does; no source rays). `training` as in
+        `cameras.camera_tokens`. Returns [b, s, p, c].
+        """
+        b, s = images.shape[:2]
+        hw = (images.shape[-2], images.shape[-1])
+        if c2w is None:
+            tokens = cam.pose_free_camera_tokens(s, dtype=images.dtype, device=images.device)
+            tokens, rays = tokens.expand(b, s, -1), None
+        else:
+            tokens = batch_camera_tokens(c2w, fxfycxcy, hw, s, posed, training)
+            rays = self._source_rays(c2w, fxfycxcy, hw) if posed else None
+        return self.encoder(images, tokens, source_rays=rays).tokens
+
     def _source_rays(self, c2w: Tensor, fxfycxcy: Tensor, hw: tuple[int, int]) -> Tensor | None:
         """Pluecker rays [b, s, 6, h, w] of normalised source cameras, for an encoder that
-        takes them (`source_rays` option), else None."""
+        takes them (`source_rays` or `source_skip` option), else None."""
         if not self.encoder.uses_source_rays:
             return None
         return cam.plucker_rays(c2w, fxfycxcy, *hw)
@@ -311,10 +384,10 @@ class NVSModel(nn.Module):
         _check_cameras(c2w, fxfycxcy, (b, v), hw, "cameras")
         reference_w2c, scale = batch_normalization(c2w, num_sources)
         normalized = apply_batch_normalization(c2w, reference_w2c, scale)
-        tokens = batch_camera_tokens(normalized, fxfycxcy, hw, num_sources, posed, self.training)
         s = num_sources
-        source_rays = self._source_rays(normalized[:, :s], fxfycxcy[:, :s], hw) if posed else None
-        source_tokens = self.encoder(images[:, :s], tokens[:, :s], source_rays=source_rays).tokens
+        source_tokens = self.encode_sources(
+            images[:, :s], normalized[:, :s], fxfycxcy[:, :s], posed=posed, training=self.training
+        )
         rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
         return self.decoder(source_tokens, rays)
 

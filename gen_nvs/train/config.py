@@ -4,8 +4,8 @@ The layers are plain nested dicts read from YAML. `configs/defaults.yaml` lists 
 key; an experiment file and `key.sub=value` overrides may only set keys that exist there
 (a mistyped key is an error naming the nearest valid one), except the free-named entries
 under `data.datasets`, whose keys are checked per dataset type by `gen_nvs.train.data`,
-and the module options under `model.encoder`/`decoder`/`camera_head`, checked by the
-modules themselves.
+and the module options under `model.encoder`/`decoder`/`camera_head`/`depth_head`,
+checked by the modules themselves.
 Override values are parsed as YAML scalars (`train.lr=1e-4`, `data.image_size=[32,32]`,
 `model.init_from=null`).
 """
@@ -23,7 +23,13 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULTS = CONFIG_DIR / "defaults.yaml"
 # Mappings whose keys are names chosen by the user (validated elsewhere).
-FREE_KEYS = ("data.datasets", "model.encoder", "model.decoder", "model.camera_head")
+FREE_KEYS = (
+    "data.datasets",
+    "model.encoder",
+    "model.decoder",
+    "model.camera_head",
+    "model.depth_head",
+)
 
 
 def load_config(experiment: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:

@@ -1,4 +1,5 @@
-"""The training loop on Hugging Face Accelerate, both stages.
+"""The training loop on Hugging Face Accelerate, every stage: `geometry` (optional 3D
+pretraining of the encoder with the camera and depth heads), `regression`, `diffusion`.
 
     python -m gen_nvs.train --config configs/embedded-regression.yaml [key.sub=value ...]
     accelerate launch --config_file configs/accelerate/multi-gpu.yaml \\
@@ -7,10 +8,11 @@
 Everything the run needs is checked before the first step (config keys, data paths and
 image sizes, the LPIPS weights, a resumed state's model). The run directory
 (`run.output_dir/run.name`) receives `config.yaml` (the resolved config), `run_info.json`
-(git revision, command line), `metrics.jsonl` (the logged losses), `samples/` (evaluation
-grids, none under FSDP), `checkpoints/step_XXXXXXX` (resumable states, see `checkpoints`)
-and `export/` (the latest inference export: EMA weights, loadable by
-`gen_nvs.models.nvs.load_model`).
+(git revision, command line), `metrics.jsonl` (the logged losses), `probe.jsonl` (the
+copy probe and held-out PSNR of regression runs, see `gen_nvs.train.probe`), `samples/`
+(evaluation grids: depth maps in the geometry stage; none under FSDP),
+`checkpoints/step_XXXXXXX` (resumable states, see `checkpoints`) and `export/` (the
+latest inference export: EMA weights, loadable by `gen_nvs.models.nvs.load_model`).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from gen_nvs.train import checkpoints, objectives
 from gen_nvs.train.config import dump, git_revision, load_config
 from gen_nvs.train.data import TrainingData, batch_seed, view_counts
 from gen_nvs.train.ema import EMA
+from gen_nvs.train.probe import Probe
 
-STAGES = ("regression", "diffusion")
+STAGES = ("geometry", "regression", "diffusion")
 # Storage types of the inference export (load_model reads any of them back as float32).
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Parameters no forward pass uses (DINOv2's masked-modelling token); DDP needs every
@@ -137,8 +140,13 @@ class LossMeans:
 
 def build_model(config: dict) -> NVSModel:
     """The model to train: an export (`model.init_from`) or a preset (optionally from
-    official checkpoints); the diffusion stage adds its diffusion decoder."""
+    official checkpoints), with a depth head when `model.depth_head` asks for one and it
+    has none; the diffusion stage adds its diffusion decoder."""
     m, stage = config["model"], config["stage"]
+    if m["depth_head"] is not None and not isinstance(m["depth_head"], dict):
+        raise ValueError(
+            f"model.depth_head must be DepthHead options or null, got {m['depth_head']!r}"
+        )
     if m["init_from"]:
         model = load_model(m["init_from"]).train()
     elif stage == "diffusion":
@@ -150,6 +158,8 @@ def build_model(config: dict) -> NVSModel:
         model_cfg = model_config(m["preset"], variant=m["variant"], point_head=m["point_head"])
         for part in ("encoder", "decoder", "camera_head"):
             model_cfg[part].update(m[part])
+        if m["depth_head"] is not None:
+            model_cfg["depth_head"] = dict(m["depth_head"])
         try:
             model = NVSModel.from_config(model_cfg)
         except TypeError as err:  # an unknown module option in model.encoder/decoder/...
@@ -158,6 +168,11 @@ def build_model(config: dict) -> NVSModel:
             from gen_nvs.models.convert import load_official_weights
 
             load_official_weights(model, lagernvs=m["official_lagernvs"], vggt=m["official_vggt"])
+    if m["depth_head"] is not None and model.depth_head is None:  # an export without one
+        try:
+            model.add_depth_head(**m["depth_head"])
+        except TypeError as err:
+            raise ValueError(f"model.depth_head: {err}") from err
     if stage == "diffusion":
         d = config["diffusion"]
         if model.diffusion is None:
@@ -179,10 +194,23 @@ def build_model(config: dict) -> NVSModel:
 def set_trainable(model: NVSModel, config: dict) -> None:
     """Freeze what this stage does not train (parts without a loss or never run included,
     so that every trained parameter gets a gradient on every step, as DDP needs; the point
-    head on batches without depth gets a zero one from `RegressionLoss`)."""
-    m, loss = config["model"], config["loss"]
-    model.requires_grad_(config["stage"] == "regression")
-    if config["stage"] == "diffusion":
+    and depth heads on batches without depth get a zero one from their loss).
+
+    geometry: the aggregator (unless `model.freeze_encoder`), the camera head and the
+    depth head (with loss.depth > 0); the aggregator runs without camera tokens and rays,
+    so the camera MLP, the ray projections, the output connector and the decoders have no
+    loss. regression: all but the depth head (no loss: it stays as the geometry stage left
+    it) and the diffusion decoder. diffusion: its decoder alone.
+    """
+    m, loss, stage = config["model"], config["loss"], config["stage"]
+    model.requires_grad_(stage == "regression")
+    if stage == "geometry":
+        model.encoder.freeze(m["freeze_encoder"])
+        if model.camera_head is not None:  # GeometryForward says when there is none
+            model.camera_head.requires_grad_(True)
+        if model.depth_head is not None:
+            model.depth_head.requires_grad_(loss["depth"] > 0)
+    elif stage == "diffusion":
         model.diffusion.requires_grad_(True)
         if model.diffusion.noise_channels == 3 and model.diffusion.decoder.point_head is not None:
             # RGB-only denoising never runs the point head.
@@ -196,6 +224,8 @@ def set_trainable(model: NVSModel, config: dict) -> None:
             model.camera_head.requires_grad_(False)
         if model.decoder.point_head is not None and loss["points"] <= 0:
             model.decoder.point_head.requires_grad_(False)
+        if model.depth_head is not None:
+            model.depth_head.requires_grad_(False)
     for name, param in model.named_parameters():
         if name in NEVER_USED:
             param.requires_grad_(False)
@@ -258,6 +288,21 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
     model), `step_loss(forward, views, posed, generator) -> (loss, {term: value})` and
     the names of every term a step can return."""
     loss = config["loss"]
+    if config["stage"] == "geometry":
+        forward = objectives.GeometryForward(model, depth_head=loss["depth"] > 0)
+        geometry = objectives.GeometryLoss(
+            camera=loss["camera"],
+            depth=loss["depth"],
+            alpha=loss["point_alpha"],
+            space=loss["point_space"],
+        )
+
+        def geometry_step(forward, views, posed, generator):
+            poses, depth = forward(views)
+            return geometry(poses, depth, views)
+
+        return forward, geometry_step, geometry.names
+
     if config["stage"] == "regression":
         forward = objectives.RegressionForward(model, camera_head=loss["camera"] > 0)
         regression = objectives.RegressionLoss(
@@ -353,6 +398,28 @@ def evaluation_interval(config: dict, accelerator: Accelerator) -> int:
     return every
 
 
+def build_probe(config: dict, accelerator: Accelerator) -> tuple[int, Probe | None]:
+    """(steps between probes, the copy/held-out probe) on the main process of a
+    regression run with `log.probe_every` > 0, else (0, None). Under FSDP there is none
+    (it runs the unwrapped model, as the evaluation grids)."""
+    log = config["log"]
+    every = log["probe_every"]
+    if (
+        every <= 0
+        or config["stage"] != "regression"
+        or not accelerator.is_main_process
+        or accelerator.distributed_type == DistributedType.FSDP
+    ):
+        return 0, None
+    probe = Probe(
+        num_scenes=log["probe_scenes"],
+        image_hw=tuple(config["data"]["image_size"]),
+        seed=log["probe_seed"],
+        device=accelerator.device,
+    )
+    return every, probe
+
+
 def tracker(config: dict) -> str | None:
     if config["log"]["tracker"] != "tensorboard":
         return None
@@ -397,6 +464,32 @@ def evaluation_grid(model: NVSModel, batch: SceneBatch, sample_steps: int) -> to
             device=images.device,
         )
         columns.append(from_diffusion_space(rearrange(x, "(b t) k h w -> b t k h w", b=b))[0])
+    return tile(columns)
+
+
+@torch.no_grad()
+def geometry_grid(model: NVSModel, batch: SceneBatch) -> torch.Tensor:
+    """One row per scene: every view | its estimated depth [| its true depth], the depths
+    as inverse depth scaled to 1 at each scene's nearest pixel (so that the two compare
+    whatever their scale); returns an image [3, H, W] in [0, 1]."""
+    columns = [batch.images]
+    if model.depth_head is not None:
+        columns.append(inverse_depth_image(model.estimate_depth(batch.images)[0]))
+    if batch.depth is not None:
+        columns.append(inverse_depth_image(batch.depth.masked_fill(~batch.depth_valid, torch.inf)))
+    return tile(columns)
+
+
+def inverse_depth_image(depth: torch.Tensor) -> torch.Tensor:
+    """depth [b, v, h, w] (inf: unknown) -> grey inverse depth [b, v, 3, h, w] in [0, 1]."""
+    inverse = 1 / depth.float().clamp(min=1e-6)
+    inverse = inverse / inverse.flatten(1).amax(dim=1).clamp(min=1e-6)[:, None, None, None]
+    return inverse[:, :, None].expand(-1, -1, 3, -1, -1)
+
+
+def tile(columns: list[torch.Tensor]) -> torch.Tensor:
+    """Image blocks [b, n_i, 3, h, w] side by side, one row per scene, 1 px white borders
+    -> [3, b (h + 2), sum n_i (w + 2)] in [0, 1] on the CPU."""
     grid = torch.cat(columns, dim=1).clamp(0, 1)  # (b, columns, 3, h, w)
     grid = torch.nn.functional.pad(grid, (1, 1, 1, 1), value=1.0)
     return rearrange(grid, "b n c h w -> c (b h) (n w)").float().cpu()
@@ -485,6 +578,7 @@ def train(config: dict) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:  # a fresh run: no losses of an earlier, unsaved attempt
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (run_dir / "probe.jsonl").unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(dump(config))
         info = {"git_revision": git_revision(), "argv": sys.argv, "resumed_from": str(resume)}
         info["num_processes"] = accelerator.num_processes
@@ -511,6 +605,7 @@ def train(config: dict) -> Path:
     loader = data.batches(state.step * accum, t["steps"] * accum)
     means = LossMeans(["loss", *term_names], accelerator.device)
     eval_every, eval_batch = evaluation_interval(config, accelerator), None
+    probe_every, probe = build_probe(config, accelerator)
     progress = tqdm(
         total=t["steps"],
         initial=state.step,
@@ -524,7 +619,11 @@ def train(config: dict) -> Path:
         num_sources = int(torch.randint(low, high + 1, (), generator=gen))
         posed = bool(torch.rand((), generator=gen) >= t["pose_dropout"])
         with accelerator.accumulate(forward):
-            views = objectives.select_views(batch.to(accelerator.device), num_sources, gen)
+            batch = batch.to(accelerator.device)
+            if stage == "geometry":
+                views = objectives.all_sources(batch)
+            else:
+                views = objectives.select_views(batch, num_sources, gen)
             loss, terms = step_loss(forward, views, posed, gen)
             accelerator.backward(loss)
             means.add({"loss": loss, **terms})
@@ -550,13 +649,30 @@ def train(config: dict) -> Path:
                 with (run_dir / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(record) + "\n")
 
+        if probe is not None and (state.step % probe_every == 0 or state.step == t["steps"]):
+            model.eval()
+            with ema.applied(model):
+                logs = probe(model)
+            model.train()
+            accelerator.log(logs, step=state.step)
+            record = {"step": state.step, "time": time.perf_counter() - start, **logs}
+            with (run_dir / "probe.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            progress.write(
+                f"step {state.step}: copy probe {logs['probe/copy_psnr']:.2f} dB, "
+                f"held-out novel views {logs['probe/novel_psnr']:.2f} dB"
+            )
+
         if main_process and eval_every > 0 and state.step % eval_every == 0:
             if eval_batch is None:
                 size = config["log"]["eval_scenes"]
                 eval_batch = data.fixed_batch(size).to(accelerator.device)
             model.eval()
             with ema.applied(model):
-                grid = evaluation_grid(model, eval_batch, config["log"]["sample_steps"])
+                if stage == "geometry":
+                    grid = geometry_grid(model, eval_batch)
+                else:
+                    grid = evaluation_grid(model, eval_batch, config["log"]["sample_steps"])
             model.train()
             path = run_dir / "samples" / f"{checkpoints.state_name(state.step)}.png"
             path.parent.mkdir(exist_ok=True)
@@ -573,7 +689,7 @@ def train(config: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gen_nvs.train",
-        description="Train gen-nvs (regression or diffusion stage) with Accelerate.",
+        description="Train gen-nvs (geometry, regression or diffusion stage) with Accelerate.",
     )
     parser.add_argument("--config", help="experiment YAML (applied over configs/defaults.yaml)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")

@@ -7,6 +7,12 @@ part Accelerate wraps for data parallelism) and the losses beside it.
   default, the point head's own space, so far points such as the sky do not swamp
   the rest) + camera * the camera head's
   pose-encoding error on pose-free aggregator tokens.
+- Geometry (3D pretraining of the encoder, as VGGT's): every view of the batch is a
+  source, the aggregator runs pose-free (no camera tokens) and the camera head and the
+  depth head read its tokens; loss = camera * the pose-encoding error + depth *
+  VGGT's confidence-weighted depth loss (`ConfidencePointLoss` on depth [..., 1] in the
+  normalised scene scale, on `log(1 + d)` with the default `point_space`). The decoder
+  does not run.
 - Diffusion: the frozen encoder encodes the sources, the targets (RGB + points in the
   normalised scene frame, or RGB only with 3 noise channels) are noised by the DDPM
   schedule and the diffusion decoder is trained with `DenoisingLoss` in its prediction
@@ -37,7 +43,6 @@ from gen_nvs.models.losses import ConfidencePointLoss, DenoisingLoss
 from gen_nvs.models.nvs import (
     NVSModel,
     apply_batch_normalization,
-    batch_camera_tokens,
     batch_normalization,
 )
 
@@ -82,6 +87,16 @@ class Views:
         valid = self.depth_valid[:, s:] & torch.isfinite(points).all(dim=-1)
         return torch.where(valid[..., None], points, torch.zeros_like(points)), valid
 
+    def source_depth(self) -> tuple[Tensor, Tensor] | None:
+        """Ground-truth depth [b, s, h, w] of the sources in the normalised scene scale and
+        its validity [b, s, h, w] (finite and > 0), or None without depth."""
+        if self.depth is None:
+            return None
+        s = self.num_sources
+        depth = self.depth[:, :s] / self.scale[:, None, None, None]
+        valid = self.depth_valid[:, :s] & torch.isfinite(depth) & (depth > 0)
+        return torch.where(valid, depth, torch.zeros_like(depth)), valid
+
 
 def select_views(batch: SceneBatch, num_sources: int, generator: torch.Generator) -> Views:
     """Keep the first source and `num_sources - 1` others drawn at random (the loaders
@@ -90,6 +105,18 @@ def select_views(batch: SceneBatch, num_sources: int, generator: torch.Generator
         raise ValueError(f"num_sources must be in 1..{batch.num_sources}, got {num_sources}")
     others = torch.randperm(batch.num_sources - 1, generator=generator)[: num_sources - 1] + 1
     keep = [0, *sorted(others.tolist()), *range(batch.num_sources, batch.images.shape[1])]
+    return _cut(batch, keep, num_sources)
+
+
+def all_sources(batch: SceneBatch) -> Views:
+    """Every view of the batch as a source (the geometry stage), the scene normalised
+    over all of them."""
+    v = batch.images.shape[1]
+    return _cut(batch, list(range(v)), v)
+
+
+def _cut(batch: SceneBatch, keep: list[int], num_sources: int) -> Views:
+    """The views `keep` of the batch (the first `num_sources` of them sources)."""
     index = torch.tensor(keep, device=batch.images.device)
     c2w = batch.c2w[:, index]
     reference_w2c, scale = batch_normalization(c2w, num_sources)
@@ -218,6 +245,83 @@ def camera_loss(poses: Tensor, views: Views) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------
+
+
+class GeometryForward(nn.Module):
+    """Pose-free aggregator tokens of the sources (as VGGT: no camera tokens, so the
+    geometry is learned from the pixels) -> the camera head's pose encodings
+    [i, b, s, 9] and, with `depth_head`, the depth head's (depth, conf) [b, s, h, w]."""
+
+    def __init__(self, model: NVSModel, *, depth_head: bool) -> None:
+        super().__init__()
+        if model.camera_head is None:
+            raise ValueError(
+                "the geometry stage trains the camera head, and this model has none "
+                "(model.init_from an export without one?)"
+            )
+        if depth_head and model.depth_head is None:
+            raise ValueError(
+                "loss.depth > 0 needs a model with a depth head: set model.depth_head={} "
+                "(DepthHead options)"
+            )
+        self.model = model
+        self.depth_head = depth_head
+
+    def forward(self, views: Views) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        images = views.images[:, : views.num_sources]
+        tokens = self.model.encoder.aggregate(images, None)  # (b, s, n, 2c)
+        poses = self.model.camera_head(tokens, return_all=True)  # (i, b, s, 9)
+        depth = self.model.estimate_depth(images, tokens) if self.depth_head else None
+        return poses, depth
+
+
+class GeometryLoss:
+    """camera * `camera_loss` + depth * VGGT's confidence-weighted depth loss
+    (`conf * |d - d_gt| - alpha * log(conf)` over valid pixels) -> (total, {name: value}).
+
+    Depth is compared in the normalised scene scale, on `log(1 + d)` with `space` "log"
+    (as the point loss: far depth such as the sky does not swamp the rest) or as is
+    ("linear"). A batch without depth adds the depth outputs times 0 (every trained
+    parameter in the graph, as DDP needs) and its logged terms leave out "depth".
+    """
+
+    def __init__(self, *, camera: float, depth: float, alpha: float, space: str = "log") -> None:
+        if space not in ("log", "linear"):
+            raise ValueError(f"loss.point_space must be 'log' or 'linear', got {space!r}")
+        if camera <= 0 or depth < 0:
+            raise ValueError(
+                f"the geometry stage trains the camera head: it needs loss.camera > 0 (and "
+                f"loss.depth >= 0), got loss.camera={camera}, loss.depth={depth}"
+            )
+        self.weights = {"camera": camera, "depth": depth}
+        self.names = [name for name, weight in self.weights.items() if weight > 0]
+        self.depth_loss = ConfidencePointLoss(alpha=alpha)
+        self.space = space
+
+    def __call__(
+        self, poses: Tensor, depth: tuple[Tensor, Tensor] | None, views: Views
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        terms, unused = {"camera": camera_loss(poses.float(), views)}, []
+        if self.weights["depth"] > 0:
+            if depth is None:
+                raise ValueError("loss.depth > 0 needs the depth head's output")
+            gt = views.source_depth()
+            if gt is None:
+                unused += list(depth)
+            else:
+                (pred, conf), (target, valid) = depth, gt
+                if self.space == "log":
+                    pred, target = torch.log1p(pred), torch.log1p(target)
+                terms["depth"] = self.depth_loss(pred[..., None], conf, target[..., None], valid)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        if unused:
+            total = total + zero_from(*unused)
+        return total, terms
+
+
+# --------------------------------------------------------------------------------------
 # Diffusion
 # --------------------------------------------------------------------------------------
 
@@ -240,10 +344,10 @@ class DiffusionForward(nn.Module):
         generator: torch.Generator,
     ) -> Tensor:
         s = views.num_sources
-        with torch.no_grad():
-            source = views.normalized[:, :s], views.fxfycxcy[:, :s]
-            tokens = batch_camera_tokens(*source, views.image_hw, s, posed, training=False)
-            source_tokens = self.model.encoder(views.images[:, :s], tokens).tokens  # (b,s,p,c)
+        with torch.no_grad():  # the frozen encoder, exactly as `NVSModel.encode` runs it
+            source_tokens = self.model.encode_sources(
+                views.images[:, :s], views.normalized[:, :s], views.fxfycxcy[:, :s], posed=posed
+            )  # (b, s, p, c)
         rays = cam.plucker_rays(views.normalized[:, s:], views.fxfycxcy[:, s:], *views.image_hw)
         return self.model.diffusion(source_tokens, x_t, timesteps, rays, generator=generator)
 
