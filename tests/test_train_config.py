@@ -117,3 +117,25 @@ def test_git_revision_is_read_from_dot_git(tmp_path):
     assert git_revision(tmp_path / "repo") == sha
     (git / "HEAD").write_text(sha + "\n")  # detached
     assert git_revision(tmp_path / "repo") == sha
+
+
+def test_recipe_chains_the_stages_and_scales_them(tmp_path):
+    """Each stage of the embedded recipe starts from the previous stage's export, reads
+    the recipe's data folder, and --scale K multiplies steps and batch by K."""
+    from gen_nvs.train.recipe import STAGES, stage_config
+
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    configs = {s: stage_config(s, runs, data, 1, "cpu") for s in STAGES}
+    assert configs["regression"]["model"]["init_from"] is None
+    assert configs["camera"]["model"]["init_from"] == str(runs / "embedded-regression/export")
+    assert configs["diffusion"]["model"]["init_from"] == str(runs / "embedded-camera/export")
+    assert [c["stage"] for c in configs.values()] == ["regression", "geometry", "diffusion"]
+    for config in configs.values():
+        assert config["data"]["datasets"]["procedural"]["root"] == str(data / "proc64-train")
+        assert config["run"]["output_dir"] == str(runs) and config["train"]["cpu"]
+    scaled = stage_config("regression", runs, data, 4, "auto")
+    base = configs["regression"]["train"]
+    assert scaled["train"]["steps"] == 4 * base["steps"]
+    assert scaled["train"]["batch_size"] == 4 * base["batch_size"]
+    assert scaled["train"]["lr"] == pytest.approx(2 * base["lr"])
+    assert not scaled["train"]["cpu"]

@@ -1,0 +1,116 @@
+"""The embedded default model's whole recipe in one command, on a CPU or a lent GPU.
+
+    python -m gen_nvs.train.recipe --runs runs --data data [--scale 4] [--install]
+
+It makes the procedural data when it is missing (`gen-nvs make-scenes`, the training set
+and the held-out set), then runs the stages of `STAGES` in order, each from its config
+in configs/ and each starting from the previous stage's export, and finally evaluates
+the last export on the held-out set (`gen-nvs eval`, novel views and the copy probe).
+`--scale K` multiplies every stage's steps and batch size by K (a GPU does in minutes
+what the CPU does in an hour: K = 4 to 16 there) and the learning rates by sqrt(K);
+`--install` copies the final export over the shipped default model
+(gen_nvs/assets/default/). A stage whose export exists is skipped unless `--fresh`, so
+an interrupted recipe continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gen_nvs.models.nvs import DEFAULT_MODEL_DIR
+from gen_nvs.train.config import CONFIG_DIR, load_config
+from gen_nvs.train.loop import train
+
+# (config file, the stage whose export it starts from: None = from scratch).
+STAGES: dict[str, tuple[str, str | None]] = {
+    "regression": ("embedded-regression.yaml", None),
+    "camera": ("embedded-camera.yaml", "regression"),
+    "diffusion": ("embedded-diffusion.yaml", "camera"),
+}
+# `gen-nvs make-scenes` arguments of the two data sets.
+TRAIN_SET = ("proc64-train", ["--scenes", "6000", "--views", "6", "--size", "64", "64"], 0)
+TEST_SET = ("proc64-test", ["--scenes", "100", "--views", "6", "--size", "64", "64"], 1_000_000)
+
+
+def make_data(data: Path) -> None:
+    """Write the training and held-out sets under `data` unless they are there."""
+    for name, args, seed in (TRAIN_SET, TEST_SET):
+        root = data / name
+        if (root / "full_list.txt").is_file():
+            continue
+        command = ["make-scenes", "--out", str(root), *args, "--seed", str(seed), "--overwrite"]
+        _gen_nvs(command)
+
+
+def stage_config(stage: str, runs: Path, data: Path, scale: int, device: str) -> dict:
+    """The stage's config with the recipe's run and data folders, scaled by `scale`."""
+    file, previous = STAGES[stage]
+    overrides = [f"run.output_dir={runs}", f"data.datasets.procedural.root={data / TRAIN_SET[0]}"]
+    if previous is not None:
+        overrides.append(f"model.init_from={runs / _run_name(previous) / 'export'}")
+    if device == "cpu":
+        overrides.append("train.cpu=true")
+    config = load_config(CONFIG_DIR / file, overrides)
+    if scale != 1:
+        t = config["train"]
+        t["steps"] *= scale
+        t["batch_size"] *= scale
+        t["lr"] *= math.sqrt(scale)
+        config["checkpoint"]["every"] *= scale
+        config["log"]["eval_every"] *= scale
+        config["log"]["probe_every"] *= scale
+    return config
+
+
+def _run_name(stage: str) -> str:
+    return load_config(CONFIG_DIR / STAGES[stage][0])["run"]["name"]
+
+
+def _gen_nvs(args: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "gen_nvs.cli", *args], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gen_nvs.train.recipe", description=__doc__)
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="run folders (runs)")
+    parser.add_argument("--data", type=Path, default=Path("data"), help="data folders (data)")
+    parser.add_argument("--scale", type=int, default=1, help="steps and batch x K (1)")
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto")
+    parser.add_argument("--fresh", action="store_true", help="rerun stages that have exports")
+    parser.add_argument("--install", action="store_true", help="ship the final export")
+    args = parser.parse_args(argv)
+    if args.scale < 1:
+        parser.error(f"--scale must be >= 1, got {args.scale}")
+    make_data(args.data)
+    for stage in args.stages:
+        config = stage_config(stage, args.runs, args.data, args.scale, args.device)
+        export = args.runs / config["run"]["name"] / "export"
+        if (export / "config.json").is_file() and not args.fresh:
+            print(f"recipe: {stage}: {export} exists, skipped (--fresh reruns it)")
+            continue
+        if args.fresh:
+            shutil.rmtree(export.parent, ignore_errors=True)
+        print(f"recipe: {stage}: {config['train']['steps']} steps", flush=True)
+        train(config)
+    final = args.runs / _run_name(args.stages[-1]) / "export"
+    test = args.data / TEST_SET[0]
+    for index, out in (("procedural64-test.json", "eval"), ("procedural64-copy.json", "copy")):
+        _gen_nvs(
+            ["eval", "--checkpoint", str(final), "--data", str(test), "--out",
+             str(args.runs / out), "--index", str(CONFIG_DIR / "eval" / index), "--samples", "4"]
+        )  # fmt: skip
+    if args.install:
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(final / name, DEFAULT_MODEL_DIR / name)
+        print(f"recipe: installed {final} as the default model ({DEFAULT_MODEL_DIR})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
