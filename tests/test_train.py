@@ -438,6 +438,14 @@ def test_regression_runs_log_the_copy_probe_and_held_out_psnr(tmp_path):
             assert 0 < record[f"probe/{name}_psnr"] < 60
     assert all("loss" in json.loads(line) for line in (run_dir / "metrics.jsonl").open())
 
+    from gen_nvs.train.curves import curve_table
+
+    table = curve_table(run_dir).splitlines()
+    assert table[0].startswith("| step | minutes | copy PSNR | novel PSNR |")
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| 2", "| 3"]
+    copy_psnr = float(table[2].split(" | ")[2])
+    assert copy_psnr == pytest.approx(records[0]["probe/copy_psnr"], abs=0.01)
+
 
 def test_probe_psnr_is_perfect_for_a_model_that_returns_the_truth():
     from gen_nvs.train.probe import Probe, psnr
