@@ -57,6 +57,12 @@ MASK_MODES = ("auto", "off", "confidence")
 # "confidence" without a threshold: unseen where the confidence falls below this share of
 # the median confidence of the sources' own renders (what the model gives a seen surface).
 CONFIDENCE_FRACTION = 0.5
+# Relative depth tolerance of the "auto" mask's reprojection test. The test compares the
+# model's *predicted* depths (targets against sources), which disagree by far more than
+# measured depths do (`gen_nvs.eval` keeps 0.02 for the dataset's true depth); chosen by
+# the IoU of the model's mask with the true unseen region on held-out procedural scenes
+# (the default model's card, "Unseen region").
+PREDICTED_REL_TOL = 0.2
 # The memory sampling may use off the GPU when no budget is given.
 DEFAULT_CPU_MEMORY_BUDGET = 8 * 2**30
 # Rough activation copies per token of a transformer block (residual, norm, q/k/v, out).
@@ -345,7 +351,7 @@ def unseen_region(
     source_fxfycxcy: Tensor | None = None,
     conf_threshold: float | None = None,
     sources: DecoderOutput | None = None,
-    rel_tol: float = 0.02,
+    rel_tol: float = PREDICTED_REL_TOL,
 ) -> Tensor | None:
     """bool [b, t, h, w]: the target pixels no source saw, on the regression render's
     device; None with mode "off", or "auto" for a model without a point head.

@@ -56,7 +56,12 @@ from gen_nvs.inputs import TargetCameras
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, NVSModel
 from gen_nvs.rendering import render_targets, to_device
-from gen_nvs.sampling import check_sampling_options, sample_views, unseen_region
+from gen_nvs.sampling import (
+    PREDICTED_REL_TOL,
+    check_sampling_options,
+    sample_views,
+    unseen_region,
+)
 
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
@@ -168,8 +173,10 @@ def unseen_masks(
     """Which target pixels no source saw -> (bool [t, h, w] or None, how it was found).
 
     "depth": the sample's depth (invalid pixels count as unseen in the target and as
-    seeing nothing in the sources). "predicted_points": the model's point maps of the
-    targets tested against the sources' (`gen_nvs.sampling.unseen_region`, mode "auto").
+    seeing nothing in the sources), tested with `rel_tol`. "predicted_points": the
+    model's point maps of the targets tested against the sources'
+    (`gen_nvs.sampling.unseen_region`, mode "auto", with its own tolerance for predicted
+    depth, `PREDICTED_REL_TOL`).
     (None, None) without depth and without a point head.
 
     encoded: `model.encode` of the sample's sources. regression: `model.render` of the
@@ -185,9 +192,7 @@ def unseen_masks(
             for k in range(s, sample.num_views)
         ]
         return torch.stack(masks), "depth"
-    unseen = predicted_unseen_masks(
-        model, encoded, sample, rel_tol, regression=regression, sources=sources
-    )
+    unseen = predicted_unseen_masks(model, encoded, sample, regression=regression, sources=sources)
     return (None, None) if unseen is None else (unseen, "predicted_points")
 
 
@@ -195,7 +200,7 @@ def predicted_unseen_masks(
     model: NVSModel,
     encoded: EncodedScene,
     sample: SceneSample,
-    rel_tol: float = 0.02,
+    rel_tol: float = PREDICTED_REL_TOL,
     *,
     regression: DecoderOutput | None = None,
     sources: DecoderOutput | None = None,
@@ -451,7 +456,7 @@ def evaluate_scene(
     estimate = None
     if region_source == "depth":
         estimate = predicted_unseen_masks(
-            model, encoded, sample, rel_tol, regression=rendered, sources=source_render
+            model, encoded, sample, regression=rendered, sources=source_render
         )
     empty = [[]] * sample.num_targets if unseen is None else empty_regions(unseen)
     reg_tree = quality(regression, targets.images, unseen, lpips_net)
