@@ -62,7 +62,7 @@ CONFIDENCE_FRACTION = 0.5
 # measured depths do (`gen_nvs.eval` keeps 0.02 for the dataset's true depth); chosen by
 # the IoU of the model's mask with the true unseen region on held-out procedural scenes
 # (the default model's card, "Unseen region").
-PREDICTED_REL_TOL = 0.2
+PREDICTED_REL_TOL = 0.5
 # The memory sampling may use off the GPU when no budget is given.
 DEFAULT_CPU_MEMORY_BUDGET = 8 * 2**30
 # Rough activation copies per token of a transformer block (residual, norm, q/k/v, out).
