@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--steps", type=int, default=20, help="solver steps (default 20)")
     group.add_argument(
-        "--guidance", type=float, default=2.0, help="classifier-free guidance scale (default 2)"
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
     )
     group.add_argument(
         "--guidance-rescale", type=float, default=0.0, help="guidance rescale phi (default 0)"

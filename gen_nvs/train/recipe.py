@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gen_nvs.models.nvs import DEFAULT_MODEL_DIR
+from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model
 from gen_nvs.train.config import CONFIG_DIR, load_config
 from gen_nvs.train.loop import train
 
@@ -100,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         train(config)
     final = args.runs / _run_name(args.stages[-1]) / "export"
     test = args.data / TEST_SET[0]
-    for index, out in (("procedural64-test.json", "eval"), ("procedural64-copy.json", "copy")):
+    samples = "4" if load_model(final).can_sample else "0"
+    for index, out, count in (
+        ("procedural64-test.json", "eval", samples),
+        ("procedural64-copy.json", "eval-copy", "0"),
+    ):
         _gen_nvs(
             ["eval", "--checkpoint", str(final), "--data", str(test), "--out",
-             str(args.runs / out), "--index", str(CONFIG_DIR / "eval" / index), "--samples", "4"]
+             str(args.runs / out), "--index", str(CONFIG_DIR / "eval" / index), "--samples", count]
         )  # fmt: skip
     if args.install:
         for name in ("config.json", "model.safetensors"):
