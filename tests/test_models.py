@@ -402,7 +402,7 @@ def test_source_skip_carries_each_source_patch_to_the_tokens():
     encoder = model.encoder
     features = cam_features = None
     with torch.no_grad():
-        resized, ray_features, _ = encoder._prepare(images[:, :2], None, rays, "none")
+        resized, _, ray_features, _ = encoder._prepare(images[:, :2], None, rays, "none")
         features = encoder._skip(resized, None)
         cam_features = encoder._skip(resized, ray_features)
         changed = resized.clone()

@@ -49,13 +49,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gen_nvs.models.heads import PointHead, RGBHead
-from gen_nvs.models.layers import fourier_channels, fourier_features
+from gen_nvs.models.layers import RAY_CHANNELS, fourier_channels, fourier_features
 
 logger = logging.getLogger(__name__)
 
 Variant = Literal["full_attention", "cross_attention", "bidirectional_cross_attention", "causal"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
-RAY_CHANNELS = 6
 KeyValue = tuple[Tensor, Tensor]
 T = TypeVar("T")
 

@@ -22,13 +22,18 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gen_nvs.models.layers import Block, RotaryEmbedding2D, fourier_channels, fourier_features
+from gen_nvs.models.layers import (
+    RAY_CHANNELS,
+    Block,
+    RotaryEmbedding2D,
+    fourier_channels,
+    fourier_features,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ResizeMode = Literal["keep_aspect", "square", "none"]
-RAY_CHANNELS = 6  # Pluecker rays: direction, moment
 
 
 class PatchProjection(nn.Module):
@@ -425,9 +430,8 @@ class VGGTEncoder(nn.Module):
         encoder built with `source_rays=True`) or None (unknown cameras).
         Returns [(b) s n 2c], n = 1 + registers + patches; the camera token is first.
         """
-        images, rays, unbatched = self._prepare(images, camera_tokens, source_rays, resize)
-        if unbatched:
-            camera_tokens = None if camera_tokens is None else camera_tokens[None]
+        prepared = self._prepare(images, camera_tokens, source_rays, resize)
+        images, camera_tokens, rays, unbatched = prepared
         tokens = self._aggregate(images, camera_tokens, rays)  # (b, s, n, 2c)
         return tokens[0] if unbatched else tokens
 
@@ -437,16 +441,18 @@ class VGGTEncoder(nn.Module):
         camera_tokens: Tensor | None,
         source_rays: Tensor | None,
         resize: ResizeMode,
-    ) -> tuple[Tensor, Tensor | None, bool]:
-        """Checked inputs -> (images [b s 3 h' w'] resized, rays [(b s) ch h' w'] (Fourier
-        features at the resized size; None unless given and used), unbatched)."""
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, bool]:
+        """Checked inputs -> (images [b s 3 h' w'] resized, camera tokens [b s 11] or None,
+        rays [(b s) ch h' w'] (Fourier features at the resized size; None unless given
+        and used), whether the inputs came without the batch dimension)."""
         self._check_inputs(images, camera_tokens)
         unbatched = images.ndim == 4
         if unbatched:
             images = images[None]
+            camera_tokens = None if camera_tokens is None else camera_tokens[None]
             source_rays = None if source_rays is None else source_rays[None]
         images = self.resize(images, resize)  # (b, s, 3, h', w')
-        return images, self._resized_rays(source_rays, images.shape), unbatched
+        return images, camera_tokens, self._resized_rays(source_rays, images.shape), unbatched
 
     def _aggregate(self, images: Tensor, camera_tokens: Tensor | None, rays: Tensor | None):
         """Resized images [b s 3 h w] -> aggregator tokens [b s n 2c]."""
@@ -498,9 +504,8 @@ class VGGTEncoder(nn.Module):
         zeroed when the source cameras are unknown); source_rays as in `aggregate`.
         Returns tokens [(b) s p k] and the patch grid (gh, gw), p = gh * gw.
         """
-        resized, rays, unbatched = self._prepare(images, camera_tokens, source_rays, resize)
-        if unbatched:
-            camera_tokens = camera_tokens[None]
+        prepared = self._prepare(images, camera_tokens, source_rays, resize)
+        resized, camera_tokens, rays, unbatched = prepared
         tokens = self._aggregate(resized, camera_tokens, rays)  # (b, s, n, 2c)
         patches = tokens[..., self.aggregator.num_special_tokens :, :]  # (b, s, p, 2c)
         features = self.geo_feature_connector(patches)  # (b, s, p, k)

@@ -32,6 +32,9 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+RAY_CHANNELS = 6  # Pluecker rays: direction, moment
+
+
 def fourier_features(x: Tensor, num_frequencies: int, dim: int = 1) -> Tensor:
     """x with its sines and cosines at frequencies pi * 2^0 .. pi * 2^(F-1), along `dim`.
 

@@ -420,6 +420,14 @@ def build_probe(config: dict, accelerator: Accelerator) -> tuple[int, Probe | No
     return every, probe
 
 
+def append_record(path: Path, step: int, start: float, logs: dict) -> None:
+    """One line of a run's JSON-lines log: the step, the seconds since `start` (a
+    `time.perf_counter` value) and the logged values."""
+    record = {"step": step, "time": time.perf_counter() - start, **logs}
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def tracker(config: dict) -> str | None:
     if config["log"]["tracker"] != "tensorboard":
         return None
@@ -645,9 +653,7 @@ def train(config: dict) -> Path:
             accelerator.log(logs, step=state.step)
             progress.set_postfix(loss=f"{logs['loss']:.4f}", skipped=state.skipped)
             if main_process:
-                record = {"step": state.step, "time": time.perf_counter() - start, **logs}
-                with (run_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_record(run_dir / "metrics.jsonl", state.step, start, logs)
 
         if probe is not None and (state.step % probe_every == 0 or state.step == t["steps"]):
             model.eval()
@@ -655,9 +661,7 @@ def train(config: dict) -> Path:
                 logs = probe(model)
             model.train()
             accelerator.log(logs, step=state.step)
-            record = {"step": state.step, "time": time.perf_counter() - start, **logs}
-            with (run_dir / "probe.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(run_dir / "probe.jsonl", state.step, start, logs)
             progress.write(
                 f"step {state.step}: copy probe {logs['probe/copy_psnr']:.2f} dB, "
                 f"held-out novel views {logs['probe/novel_psnr']:.2f} dB"

@@ -180,8 +180,7 @@ class RegressionLoss:
         point_space: str = "log",
         perceptual_fn=None,
     ) -> None:
-        if point_space not in ("log", "linear"):
-            raise ValueError(f"loss.point_space must be 'log' or 'linear', got {point_space!r}")
+        check_point_space(point_space)
         if perceptual > 0 and perceptual_fn is None:
             raise ValueError("loss.perceptual > 0 needs a perceptual loss function")
         self.weights = {"l2": l2, "perceptual": perceptual, "points": points, "camera": camera}
@@ -219,6 +218,13 @@ class RegressionLoss:
         if unused:
             total = total + zero_from(*unused)
         return total, terms
+
+
+def check_point_space(space: str) -> None:
+    """`loss.point_space`: "log" (compare `compress_points` of both sides, the point
+    head's own space) or "linear"."""
+    if space not in ("log", "linear"):
+        raise ValueError(f"loss.point_space must be 'log' or 'linear', got {space!r}")
 
 
 def zero_from(*tensors: Tensor) -> Tensor:
@@ -288,8 +294,7 @@ class GeometryLoss:
     """
 
     def __init__(self, *, camera: float, depth: float, alpha: float, space: str = "log") -> None:
-        if space not in ("log", "linear"):
-            raise ValueError(f"loss.point_space must be 'log' or 'linear', got {space!r}")
+        check_point_space(space)
         if camera <= 0 or depth < 0:
             raise ValueError(
                 f"the geometry stage trains the camera head: it needs loss.camera > 0 (and "
@@ -313,7 +318,7 @@ class GeometryLoss:
             else:
                 (pred, conf), (target, valid) = depth, gt
                 if self.space == "log":
-                    pred, target = torch.log1p(pred), torch.log1p(target)
+                    pred, target = compress_points(pred), compress_points(target)
                 terms["depth"] = self.depth_loss(pred[..., None], conf, target[..., None], valid)
         total = sum(self.weights[name] * value for name, value in terms.items())
         if unused:

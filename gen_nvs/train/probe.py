@@ -25,7 +25,11 @@ from gen_nvs.models.nvs import NVSModel
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-image PSNR in dB of [..., 3, h, w] images in [0, 1] -> [...]."""
+    """Per-image PSNR in dB of [..., 3, h, w] images in [0, 1] -> [...], capped at 100 dB.
+
+    The same figure as `gen_nvs.eval.metrics.psnr` with `PSNR_MAX_DB`; not imported from
+    there because `gen_nvs.eval` loads LPIPS and diffusers, 6 s at every training start.
+    """
     mse = (pred.clamp(0, 1) - target).square().flatten(-3).mean(-1)
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
