@@ -248,7 +248,8 @@ def sample_views(
     known = to_diffusion_space(regression.rgb, points)  # (b, t, k, h, w)
     null = None
     if guidance_scale != 1:
-        null = diffusion.null_context(b, scene.diffusion_cache.num_source_tokens)
+        context = scene.diffusion_cache.context
+        null = diffusion.null_context(b, context.tokens.shape[1], context.rays)
     rays = plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
     model_fn = make_model_fn(diffusion, scene.diffusion_cache, null, rays)
     options = dict(

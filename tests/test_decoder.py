@@ -17,6 +17,7 @@ from gen_nvs.models.decoder import (
     HighwayDecoder,
     convert_official_renderer_state_dict,
     load_official_renderer,
+    patch_rays,
 )
 from gen_nvs.models.heads import PointHead
 from gen_nvs.models.losses import ConfidencePointLoss
@@ -351,3 +352,78 @@ def test_bad_sources_config_and_chunks():
         HighwayDecoder(variant="decoder_only")
     with pytest.raises(ValueError, match="preset"):
         HighwayDecoder.from_preset("huge")
+
+
+# --------------------------------------------------------------------------------------
+# The ray_bias option (small models trained from scratch)
+# --------------------------------------------------------------------------------------
+
+
+def camera_rays(c2w: torch.Tensor, hw: tuple[int, int] = (32, 48)) -> torch.Tensor:
+    from gen_nvs.geometry.cameras import plucker_rays
+
+    k = torch.tensor([[[40.0, 40.0, hw[1] / 2, hw[0] / 2]]]).expand(*c2w.shape[:2], 4)
+    return plucker_rays(c2w, k, *hw)  # [b, v, 6, h, w]
+
+
+def two_cameras() -> torch.Tensor:
+    c2w = torch.eye(4).repeat(1, 2, 1, 1)
+    c2w[0, 1, :3, :3] = quaternion_to_matrix(torch.tensor([0.99, 0.0, 0.1, 0.0]))
+    c2w[0, 1, :3, 3] = torch.tensor([0.5, 0.1, -0.2])
+    return c2w
+
+
+def test_patch_rays_are_the_patch_centre_rays():
+    c2w = two_cameras()
+    rays = camera_rays(c2w)  # 32 x 48 px, patches of 8
+    from gen_nvs.geometry.cameras import plucker_rays
+
+    # One pixel per patch, at the patch centre.
+    k = torch.tensor([[[5.0, 5.0, 3.0, 2.0]]]).expand(1, 2, 4)  # the 40 px focal / 8
+    centres = rearrange(plucker_rays(c2w, k, 4, 6), "b v k h w -> b v (h w) k")
+    pooled = patch_rays(rays, (4, 6))
+    assert pooled.shape == (1, 2, 24, 6)
+    assert torch.allclose(pooled[..., 3:].norm(dim=-1), torch.ones(1, 2, 24))
+    assert (pooled - centres).abs().max() < 2e-3  # the mean of a patch's rays ~ its centre
+
+
+def test_ray_bias_points_a_source_view_rendered_at_its_own_camera_to_its_own_patches():
+    decoder = tiny_decoder("causal", ray_bias=True)
+    c2w = two_cameras()
+    source = patch_rays(camera_rays(c2w), (8, 12))  # [1, 2, 96, 6]: patch 4 of 32 x 48
+    target = patch_rays(camera_rays(c2w[:, 1:]), (8, 12))[:, 0]  # source view 1's camera
+    biases = decoder.ray_bias(target, rearrange(source, "b s p k -> b (s p) k"))
+    assert len(biases) == 3 and biases[0].shape == (1, 2, 4 + 96, 192)
+    sharp = biases[0][0, 0, 4:]  # the sharpest head, patch rows (no registers)
+    assert torch.equal(sharp.argmax(dim=-1), torch.arange(96) + 96)  # its own patch, view 1
+    assert sharp.max(dim=-1).values.abs().max() < 1e-6  # no penalty for the same ray
+    assert biases[0][0, :, :4].abs().max() == 0  # registers are not biased
+    # Heads run from sharp to broad: the neighbour patch costs the sharp head more.
+    neighbour = biases[0][0, :, 4 + 5, 96 + 6]
+    assert neighbour[0] < neighbour[1] < 0
+
+
+@pytest.mark.parametrize("variant", ["causal", "cross_attention"])
+def test_ray_bias_cached_equals_uncached_and_is_saved_in_the_config(variant):
+    decoder = tiny_decoder(variant, ray_bias=True)
+    assert decoder.config["ray_bias"] is True
+    assert HighwayDecoder(**decoder.config).ray_bias is not None
+    tokens, rays = random_inputs()
+    source_rays = torch.randn(2, 2, 6, 6)
+    with torch.no_grad():
+        direct = decoder(tokens, rays, source_rays)
+        cached = SceneCache.build(decoder, tokens, source_rays).render(rays, chunk_size=2)
+        other = decoder(tokens, rays, source_rays.flip(2))  # the bias does matter
+    assert (cached.rgb - direct.rgb).abs().max() < CACHE_TOL
+    assert (other.rgb - direct.rgb).abs().max() > 1e-4
+
+
+def test_ray_bias_errors():
+    with pytest.raises(ValueError, match="ray_bias needs the causal or cross_attention variant"):
+        tiny_decoder("full_attention", ray_bias=True)
+    decoder = tiny_decoder("causal", ray_bias=True)
+    tokens, rays = random_inputs()
+    with pytest.raises(ValueError, match=r"needs the source tokens' rays \[2, 2, 6, 6\], got None"):
+        decoder(tokens, rays)
+    with pytest.raises(ValueError, match=r"rays \[2, 2, 6, 6\], got \[2, 2, 5, 6\]"):
+        decoder(tokens, rays, torch.zeros(2, 2, 5, 6))

@@ -223,7 +223,9 @@ def test_encode_builds_the_diffusion_cache_lazily_and_once(monkeypatch):
     calls = []
     prepare = model.diffusion.decoder.prepare_sources
     monkeypatch.setattr(
-        model.diffusion.decoder, "prepare_sources", lambda t: calls.append(1) or prepare(t)
+        model.diffusion.decoder,
+        "prepare_sources",
+        lambda tokens, rays=None: calls.append(1) or prepare(tokens, rays),
     )
     scene = model.encode(images)
     assert calls == []  # regression-only use never prepares the diffusion sources
@@ -314,6 +316,7 @@ SMALL_MODEL_OPTIONS = {
     "source_rays": ({"source_rays": True}, {}),
     "fourier_rays": ({"source_rays": True, "ray_frequencies": 3}, {"ray_frequencies": 3}),
     "source_skip": ({"source_skip": True, "ray_frequencies": 2}, {"ray_frequencies": 2}),
+    "ray_bias": ({"source_skip": True}, {"ray_bias": True}),
 }
 
 
@@ -377,7 +380,7 @@ def test_training_stages_encode_exactly_as_inference(name, posed):
     assert torch.allclose(seen["regression"], expected, atol=0 if posed else 1e-5)
 
 
-@pytest.mark.parametrize("name", ["fourier_rays", "source_skip"])
+@pytest.mark.parametrize("name", ["fourier_rays", "source_skip", "ray_bias"])
 def test_small_model_options_survive_the_export_and_keep_the_cache_exact(name, tmp_path):
     model = option_model(name)
     save_model(model, tmp_path / "export")
@@ -389,6 +392,37 @@ def test_small_model_options_survive_the_export_and_keep_the_cache_exact(name, t
         scene = loaded.encode(images[:, :2], c2w[:, :2], k[:, :2])
         cached = loaded.render(scene, c2w[:, 2:], k[:, 2:], (32, 48)).rgb
     assert torch.allclose(direct, cached, atol=1e-5)
+
+
+@pytest.mark.parametrize("posed", [True, False])
+def test_ray_bias_model_samples_with_guidance_posed_and_pose_free(posed):
+    """The ray bias reaches every path that prepares sources: the scene cache, the lazily
+    built diffusion cache and the null (unconditional) context of guidance."""
+    from gen_nvs.sampling import sample_views
+
+    model = option_model("ray_bias", diffusion=True)
+    images, c2w, k = small_scene()
+    with torch.no_grad():
+        if posed:
+            scene = model.encode(images[:, :2], c2w[:, :2], k[:, :2])
+            targets = dict(target_c2w=c2w[:, 2:], target_fxfycxcy=k[:, 2:])
+        else:
+            scene = model.encode(images[:, :2])
+            targets = dict(target_c2w=scene.source_c2w, target_fxfycxcy=k[:, :2])
+        assert scene.cache.context.rays.shape == (1, scene.cache.num_source_tokens, 6)
+        assert torch.equal(scene.diffusion_cache.context.rays, scene.cache.context.rays)
+        out = sample_views(
+            model, scene, **targets, image_hw=(32, 48), normalized=not posed, steps=2,
+            guidance_scale=2.0, mask_mode="off",
+        )  # fmt: skip
+    assert torch.isfinite(out.rgb).all() and out.rgb.shape[-3:] == (3, 32, 48)
+
+
+def test_ray_bias_model_without_cameras_or_camera_head_is_a_clear_error():
+    model = option_model("ray_bias")
+    model.camera_head = None
+    with pytest.raises(ValueError, match=r"decoder \(ray_bias\) needs source cameras"):
+        model.encode(small_scene()[0][:, :2])
 
 
 def test_source_skip_carries_each_source_patch_to_the_tokens():
@@ -436,8 +470,10 @@ def test_small_model_options_are_off_in_every_official_preset():
         assert not config["encoder"].get("source_skip")
         assert not config["encoder"].get("ray_frequencies")
         assert not config["decoder"].get("ray_frequencies")
+        assert not config["decoder"].get("ray_bias")
         if model is not None:
             assert "ray_frequencies" not in model.decoder.config
+            assert "ray_bias" not in model.decoder.config and model.decoder.ray_bias is None
 
 
 # --------------------------------------------------------------------------------------

@@ -38,9 +38,12 @@ class SceneCache:
         self.context = context
 
     @classmethod
-    def build(cls, decoder: HighwayDecoder, source_tokens: Tensor) -> SceneCache:
-        """Encoder tokens [b, s, p, c] of the source views -> cache for b scenes."""
-        return cls(decoder, decoder.prepare_sources(source_tokens))
+    def build(
+        cls, decoder: HighwayDecoder, source_tokens: Tensor, source_rays: Tensor | None = None
+    ) -> SceneCache:
+        """Encoder tokens [b, s, p, c] of the source views (and their rays [b, s, p, 6] for
+        a decoder with the `ray_bias` option) -> cache for b scenes."""
+        return cls(decoder, decoder.prepare_sources(source_tokens, source_rays))
 
     @property
     def num_scenes(self) -> int:

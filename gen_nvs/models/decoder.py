@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeVar, get_args
@@ -157,12 +158,17 @@ class Attention(nn.Module):
         """[b, n, c] normed tokens -> keys and values, each [b, nh, n, d]."""
         return self._split(self.k_proj(x), self.k_norm), self._split(self.v_proj(x), None)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q [(b g), nh, n, d] against k, v [b, nh, m, d] -> [(b g), n, c]."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """q [(b g), nh, n, d] against k, v [b, nh, m, d] -> [(b g), n, c].
+
+        `bias` [(b g), nh, n, m] is added to the attention logits (the `ray_bias` option).
+        """
         groups = q.shape[0] // k.shape[0]
         k, v = k.to(q.dtype), v.to(q.dtype)  # a cache built without autocast
         q = rearrange(q, "(b g) nh n d -> b nh (g n) d", g=groups)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if bias is not None:
+            bias = rearrange(bias.to(q.dtype), "(b g) nh n m -> b nh (g n) m", g=groups)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = rearrange(out, "b nh (g n) d -> (b g) n (nh d)", g=groups)
         return self.proj(out)
 
@@ -221,21 +227,27 @@ class SelfAttentionBlock(nn.Module):
         x: Tensor,
         prefix_kv: KeyValue | None = None,
         mods: BlockModulation | None = None,
+        bias: Tensor | None = None,
     ) -> Tensor:
         """x [(b g), n, c] -> [(b g), n, c].
 
         With `prefix_kv` (keys/values [b, nh, m, d] of tokens that precede x and do not
         see it, shared by the g sequences of a scene) x attends to `[prefix, x]`.
-        `mods`: adaLN modulation of the attention and MLP sub-layers.
+        `mods`: adaLN modulation of the attention and MLP sub-layers. `bias`
+        [(b g), nh, n, m]: logit bias of x's queries against the prefix (`ray_bias`).
         """
-        return self._step(x, prefix_kv, mods)[0]
+        return self._step(x, prefix_kv, mods, bias)[0]
 
     def forward_with_kv(self, x: Tensor) -> tuple[Tensor, KeyValue]:
         """x [b, n, c] -> (x after the block, this block's keys/values of x [b, nh, n, d])."""
         return self._step(x, None, None)
 
     def _step(
-        self, x: Tensor, prefix_kv: KeyValue | None, mods: BlockModulation | None
+        self,
+        x: Tensor,
+        prefix_kv: KeyValue | None,
+        mods: BlockModulation | None,
+        bias: Tensor | None = None,
     ) -> tuple[Tensor, KeyValue]:
         attn_mod, mlp_mod = (None, None) if mods is None else mods
         h = _modulated(self.norm1(x), attn_mod)
@@ -246,7 +258,9 @@ class SelfAttentionBlock(nn.Module):
             k_pre, v_pre = (repeat(t, "b nh m d -> (b g) nh m d", g=groups) for t in prefix_kv)
             k = torch.cat([k_pre.to(k.dtype), k], dim=2)  # [(b g), nh, m + n, d]
             v = torch.cat([v_pre.to(v.dtype), v], dim=2)
-        x = x + _gated(self.attn.attend(q, k, v), attn_mod)
+            if bias is not None:  # none among x's own tokens
+                bias = F.pad(bias, (0, x.shape[1]))  # [(b g), nh, n, m + n]
+        x = x + _gated(self.attn.attend(q, k, v, bias), attn_mod)
         return x + _gated(self.mlp(_modulated(self.norm2(x), mlp_mod)), mlp_mod), own_kv
 
 
@@ -270,17 +284,22 @@ class CrossAttentionBlock(nn.Module):
         return self.cross_attn.keys_values(self.norm2_kv(sources))
 
     def forward(
-        self, x: Tensor, source_kv: KeyValue, mods: BlockModulation | None = None
+        self,
+        x: Tensor,
+        source_kv: KeyValue,
+        mods: BlockModulation | None = None,
+        bias: Tensor | None = None,
     ) -> Tensor:
         """x [(b g), n, c] with keys/values [b, nh, m, d] shared by g targets -> [(b g), n, c].
 
         `mods`: adaLN modulation of the three target sub-layers (the sources' norm2_kv
-        is never modulated, so `source_kv` does not depend on it).
+        is never modulated, so `source_kv` does not depend on it). `bias`
+        [(b g), nh, n, m]: logit bias of the cross-attention (`ray_bias`).
         """
         self_mod, cross_mod, mlp_mod = (None, None, None) if mods is None else mods
         x = x + _gated(self.self_attn(_modulated(self.norm1(x), self_mod)), self_mod)
         q = self.cross_attn.queries(_modulated(self.norm2(x), cross_mod))
-        x = x + _gated(self.cross_attn.attend(q, *source_kv), cross_mod)
+        x = x + _gated(self.cross_attn.attend(q, *source_kv, bias), cross_mod)
         return x + _gated(self.mlp(_modulated(self.norm_ffn(x), mlp_mod)), mlp_mod)
 
 
@@ -357,6 +376,46 @@ class PatchEmbed(nn.Module):
         return rearrange(self.proj(rays), "b c gh gw -> b (gh gw) c")
 
 
+def patch_rays(rays: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Pluecker ray maps [..., 6, h, w] (channels [o x d, d]) -> one ray per cell of a grid
+    (gh, gw) [..., gh * gw, 6]: the cell's mean ray, scaled to a unit direction (the
+    moment with it, so rays from one camera centre o keep moment = o x direction)."""
+    lead = rays.shape[:-3]
+    pooled = F.adaptive_avg_pool2d(rays.reshape(-1, *rays.shape[-3:]), grid)
+    pooled = pooled / pooled[:, 3:].norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return rearrange(pooled, "n k gh gw -> n (gh gw) k").reshape(*lead, -1, RAY_CHANNELS)
+
+
+class RayBias(nn.Module):
+    """Attention-logit bias from ray geometry: the `ray_bias` option, for small models
+    trained from scratch (no published model has it).
+
+    A target patch querying a source token gets `-beta * |r_t - r_s|^2` added to its
+    logit, r the patches' mean Pluecker rays (`patch_rays`), beta one per block and head,
+    learned in log space. Its initial values are log-spaced from BETA_RANGE[0] (sharp:
+    the source patch with the same ray, what re-rendering a source view needs, or a
+    nearly parallel one) to BETA_RANGE[1] (broad: a neighbourhood) across the heads.
+    Register tokens and a target's own tokens get no bias.
+    """
+
+    BETA_RANGE = (256.0, 4.0)  # patch-to-neighbour |dr|^2 is about 0.015 at 64 px, patch 8
+
+    def __init__(self, *, depth: int, num_heads: int, num_registers: int) -> None:
+        super().__init__()
+        sharp, broad = (math.log(beta) for beta in self.BETA_RANGE)
+        self.log_beta = nn.Parameter(torch.linspace(sharp, broad, num_heads).repeat(depth, 1))
+        self.num_registers = num_registers
+
+    def forward(self, target_rays: Tensor, source_rays: Tensor) -> list[Tensor]:
+        """target_rays [(b g), n, 6] and source_rays [b, m, 6] (`patch_rays`) -> one bias
+        [(b g), nh, r + n, m] per block (register rows zero)."""
+        groups = target_rays.shape[0] // source_rays.shape[0]
+        sources = repeat(source_rays, "b m k -> (b g) 1 m k", g=groups)
+        distance = (target_rays[:, :, None] - sources).square().sum(-1)  # [(b g), n, m]
+        distance = F.pad(distance, (0, 0, self.num_registers, 0))[:, None]
+        return [-beta.exp()[None, :, None, None] * distance for beta in self.log_beta]
+
+
 # --------------------------------------------------------------------------------------
 # The renderer
 # --------------------------------------------------------------------------------------
@@ -369,10 +428,13 @@ class SourceContext:
     tokens: [b, n, c] encoder tokens of all source views, views flattened into n.
     kv: per block, the sources' keys and values [b, nh, n, d] (`cross_attention`,
         `causal`); empty for the variants whose sources depend on the target.
+    rays: [b, n, 6] each source token's ray (`patch_rays`), for the `ray_bias` option;
+        None without it.
     """
 
     tokens: Tensor
     kv: tuple[KeyValue, ...]
+    rays: Tensor | None = None
 
 
 @dataclass
@@ -402,12 +464,17 @@ class HighwayDecoder(nn.Module):
         norm_eps: float = 1e-5,
         qk_norm_eps: float = 1e-5,
         ray_frequencies: int = 0,
+        ray_bias: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_config(variant, width, depth, num_heads, patch_size, mlp_ratio, num_registers)
         if ray_frequencies < 0:
             raise ValueError(f"decoder ray_frequencies must be >= 0, got {ray_frequencies}")
+        if ray_bias and variant not in ("causal", "cross_attention"):
+            raise ValueError(
+                f"decoder ray_bias needs the causal or cross_attention variant, got {variant!r}"
+            )
         self._config = {
             "variant": variant,
             "width": width,
@@ -421,8 +488,11 @@ class HighwayDecoder(nn.Module):
             "qk_norm_eps": qk_norm_eps,
             "gradient_checkpointing": gradient_checkpointing,
         }
-        if ray_frequencies:  # configs (and exports) of the published layout stay as they were
+        # Configs (and exports) of the published layout stay as they were.
+        if ray_frequencies:
             self._config["ray_frequencies"] = ray_frequencies
+        if ray_bias:
+            self._config["ray_bias"] = True
         self.variant = variant
         self.width = width
         self.patch_size = patch_size
@@ -441,6 +511,11 @@ class HighwayDecoder(nn.Module):
         self.tgt_norm = _layer_norm(width, norm_eps)
         self.per_view_register_tokens = nn.Parameter(torch.zeros(1, num_registers, width))
         self.renderer_core = RendererCore(variant=variant, depth=depth, size=size)
+        self.ray_bias = (
+            RayBias(depth=depth, num_heads=num_heads, num_registers=num_registers)
+            if ray_bias
+            else None
+        )
         self.final_layer = RGBHead(dim=width, patch_size=patch_size, norm_eps=norm_eps)
         self.point_head = (
             PointHead(dim=width, patch_size=patch_size, norm_eps=norm_eps) if point_head else None
@@ -476,21 +551,38 @@ class HighwayDecoder(nn.Module):
     # Public API
     # ----------------------------------------------------------------------------------
 
-    def forward(self, source_tokens: Tensor, target_rays: Tensor) -> DecoderOutput:
+    def forward(
+        self, source_tokens: Tensor, target_rays: Tensor, source_rays: Tensor | None = None
+    ) -> DecoderOutput:
         """Render every target of every scene.
 
         source_tokens: [b, s, p, c] encoder tokens of the s source views.
         target_rays: [b, t, 6, h, w] Pluecker ray maps of the targets, in the scene frame.
+        source_rays: [b, s, p, 6] each source token's ray (`patch_rays`); needed only with
+            the `ray_bias` option.
         Returns a DecoderOutput with rgb [b, t, 3, h, w] (and points/conf with a point head).
         """
-        return self.render(self.prepare_sources(source_tokens), target_rays)
+        return self.render(self.prepare_sources(source_tokens, source_rays), target_rays)
 
-    def prepare_sources(self, source_tokens: Tensor) -> SourceContext:
-        """[b, s, p, c] encoder tokens -> the SourceContext every target is rendered against."""
+    def prepare_sources(
+        self, source_tokens: Tensor, source_rays: Tensor | None = None
+    ) -> SourceContext:
+        """[b, s, p, c] encoder tokens (and, for the `ray_bias` option, their rays
+        [b, s, p, 6]) -> the SourceContext every target is rendered against."""
         if source_tokens.ndim != 4 or source_tokens.shape[-1] != self.width:
             raise ValueError(
                 f"source tokens must be [b, s, p, {self.width}], got {list(source_tokens.shape)}"
             )
+        rays = None
+        if self.ray_bias is not None:
+            expected = [*source_tokens.shape[:3], RAY_CHANNELS]
+            if source_rays is None or list(source_rays.shape) != expected:
+                got = None if source_rays is None else list(source_rays.shape)
+                raise ValueError(
+                    f"this decoder has the ray_bias option: it needs the source tokens' rays "
+                    f"{expected}, got {got}"
+                )
+            rays = rearrange(source_rays, "b s p k -> b (s p) k")
         tokens = rearrange(source_tokens, "b s p c -> b (s p) c")
         if self.variant == "cross_attention":
             kv = tuple(block.source_kv(tokens) for block in self.blocks)
@@ -498,7 +590,7 @@ class HighwayDecoder(nn.Module):
             kv = self._causal_source_stream(tokens)
         else:
             kv = ()
-        return SourceContext(tokens=tokens, kv=kv)
+        return SourceContext(tokens=tokens, kv=kv, rays=rays)
 
     def render(self, context: SourceContext, target_rays: Tensor) -> DecoderOutput:
         """Render targets [b, t, 6, h, w] against a prepared SourceContext (batch b)."""
@@ -544,8 +636,9 @@ class HighwayDecoder(nn.Module):
         elif self.variant == "bidirectional_cross_attention":
             x = self._bidirectional(context.tokens, x, mods)
         else:  # cross_attention and causal: blocks against the cached source keys/values
-            for block, kv, mod in zip(self.blocks, context.kv, mods, strict=True):
-                x = self._run(functools.partial(block, mods=mod), x, kv)
+            biases = self._ray_biases(context, rays)
+            for block, kv, mod, bias in zip(self.blocks, context.kv, mods, biases, strict=True):
+                x = self._run(functools.partial(block, mods=mod, bias=bias), x, kv)
         return x[:, self.num_registers :]
 
     def check_rays(self, rays: Tensor, num_scenes: int) -> None:
@@ -574,6 +667,15 @@ class HighwayDecoder(nn.Module):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+    def _ray_biases(self, context: SourceContext, rays: Tensor) -> list[Tensor | None]:
+        """Each block's logit bias for targets [(b t), 6, h, w] (`RayBias`), or None each."""
+        if self.ray_bias is None:
+            return [None] * len(self.blocks)
+        if context.rays is None:
+            raise ValueError("this decoder has the ray_bias option: the SourceContext has no rays")
+        grid = (rays.shape[-2] // self.patch_size, rays.shape[-1] // self.patch_size)
+        return self.ray_bias(patch_rays(rays, grid), context.rays)
 
     def _embed_targets(self, rays: Tensor, added_patches: Tensor | None = None) -> Tensor:
         """[(b t), 6, h, w] -> [(b t), r + gh * gw, c]: registers, then normed ray patches.

@@ -239,17 +239,22 @@ class DiffusionDecoder(nn.Module):
     # Conditioning
     # ----------------------------------------------------------------------------------
 
-    def null_context(self, batch: int, num_tokens: int) -> SourceContext:
+    def null_context(
+        self, batch: int, num_tokens: int, rays: Tensor | None = None
+    ) -> SourceContext:
         """The unconditional sources of `batch` scenes: the null token in place of each of
         `num_tokens` source tokens, as in training, so use the conditional context's count
         (`full_attention` and `causal` targets attend to the sources alongside their own
-        tokens, where the count matters). Prepare it once per sampling run."""
+        tokens, where the count matters). `rays` [batch, num_tokens, 6]: the conditional
+        context's source rays, for a decoder with the `ray_bias` option (training drops
+        the tokens, never the rays). Prepare it once per sampling run."""
         if batch < 1 or num_tokens < 1:
             raise ValueError(
                 f"null context needs batch and num_tokens >= 1, got {batch} and {num_tokens}"
             )
         tokens = self.null_tokens.expand(batch, num_tokens, -1)
-        return self.decoder.prepare_sources(rearrange(tokens, "b m c -> b 1 m c"))
+        rays = None if rays is None else rays[:, None]
+        return self.decoder.prepare_sources(rearrange(tokens, "b m c -> b 1 m c"), rays)
 
     def drop_sources(self, source_tokens: Tensor, drop: Tensor) -> Tensor:
         """Encoder tokens [b, s, p, c] with the scenes where `drop` [b] (bool) is set
@@ -272,6 +277,7 @@ class DiffusionDecoder(nn.Module):
         x_t: Tensor,
         timesteps: Tensor,
         target_rays: Tensor,
+        source_rays: Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -281,7 +287,7 @@ class DiffusionDecoder(nn.Module):
         if self.training and self.cond_dropout > 0:
             drop = torch.rand(source_tokens.shape[0], generator=generator) < self.cond_dropout
             source_tokens = self.drop_sources(source_tokens, drop.to(source_tokens.device))
-        context = self.decoder.prepare_sources(source_tokens)
+        context = self.decoder.prepare_sources(source_tokens, source_rays)
         return self.denoise(context, x_t, timesteps, target_rays)
 
     def denoise(
@@ -401,7 +407,7 @@ class DiffusionDecoder(nn.Module):
             return sources
         b, m = sources.tokens.shape[:2]
         if null_context is None:
-            return self.null_context(b, m)
+            return self.null_context(b, m, sources.rays)
         if tuple(null_context.tokens.shape[:2]) != (b, m):
             raise ValueError(
                 f"null context must hold {b} scenes x {m} source tokens like the sources, got "

@@ -26,7 +26,7 @@ from gen_nvs.geometry import cameras as cam
 from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.camera_head import CAMERA_HEAD_PRESETS, CameraHead
-from gen_nvs.models.decoder import DECODER_PRESETS, DecoderOutput, HighwayDecoder
+from gen_nvs.models.decoder import DECODER_PRESETS, DecoderOutput, HighwayDecoder, patch_rays
 from gen_nvs.models.depth_head import DepthHead
 from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder
@@ -87,8 +87,11 @@ class EncodedScene:
         """The sources prepared for the diffusion decoder (built on first access, in the
         caller's grad mode), or None without a diffusion decoder."""
         if self.diffusion is not None and self._diffusion_cache is None:
-            tokens = self.cache.context.tokens[:, None]  # [b, 1, m, c]: the flattened sources
-            self._diffusion_cache = SceneCache.build(self.diffusion.decoder, tokens)
+            context = self.cache.context  # the flattened sources: [b, 1, m, ...]
+            rays = None if context.rays is None else context.rays[:, None]
+            self._diffusion_cache = SceneCache.build(
+                self.diffusion.decoder, context.tokens[:, None], rays
+            )
         return self._diffusion_cache
 
     def normalize(self, c2w: Tensor) -> Tensor:
@@ -273,13 +276,15 @@ class NVSModel(nn.Module):
             reference_w2c, scale = batch_normalization(c2w, s)
             source_c2w = apply_batch_normalization(c2w, reference_w2c, scale)
             source_tokens = self.encode_sources(images, source_c2w, fxfycxcy)  # (b, s, p, c)
+            source_fxfycxcy = fxfycxcy
         else:
             eye = torch.eye(4, dtype=images.dtype, device=images.device)
             reference_w2c, scale = eye.repeat(b, 1, 1), images.new_ones(b)
-            source_c2w = self._estimate_normalized_cameras(images)
+            source_c2w, source_fxfycxcy = self._estimate_normalized_cameras(images)
             source_tokens = self.encode_sources(images)
+        source_rays = self.source_token_rays(source_c2w, source_fxfycxcy, hw)
         return EncodedScene(
-            cache=SceneCache.build(self.decoder, source_tokens),
+            cache=SceneCache.build(self.decoder, source_tokens, source_rays),
             reference_w2c=reference_w2c,
             scale=scale,
             source_c2w=source_c2w,
@@ -322,13 +327,33 @@ class NVSModel(nn.Module):
             return None
         return cam.plucker_rays(c2w, fxfycxcy, *hw)
 
-    def _estimate_normalized_cameras(self, images: Tensor) -> Tensor | None:
-        """The camera head's source cameras in the normalised scene frame, if it has one."""
-        if self.camera_head is None:
+    def source_token_rays(
+        self, c2w: Tensor | None, fxfycxcy: Tensor | None, hw: tuple[int, int]
+    ) -> Tensor | None:
+        """Each source token's ray [b, s, p, 6] (`patch_rays` over the encoder's patch
+        grid) of normalised source cameras, for a decoder with the `ray_bias` option;
+        None for other decoders. Raises ValueError when such a decoder has no cameras."""
+        if self.decoder.ray_bias is None:
             return None
-        c2w, _ = self.estimate_cameras(images)
+        if c2w is None or fxfycxcy is None:
+            raise ValueError(
+                "this model's decoder (ray_bias) needs source cameras: give them, or use a "
+                "model with a camera head for pose-free input"
+            )
+        resized = self.encoder.resized_size(*hw, "keep_aspect")  # what the encoder runs on
+        grid = (resized[0] // self.encoder.patch_size, resized[1] // self.encoder.patch_size)
+        return patch_rays(cam.plucker_rays(c2w, fxfycxcy, *hw), grid)
+
+    def _estimate_normalized_cameras(
+        self, images: Tensor
+    ) -> tuple[Tensor, Tensor] | tuple[None, None]:
+        """The camera head's source cameras in the normalised scene frame and their
+        intrinsics, (None, None) without a camera head."""
+        if self.camera_head is None:
+            return None, None
+        c2w, fxfycxcy = self.estimate_cameras(images)
         reference_w2c, scale = batch_normalization(c2w, c2w.shape[1])
-        return apply_batch_normalization(c2w, reference_w2c, scale)
+        return apply_batch_normalization(c2w, reference_w2c, scale), fxfycxcy
 
     def render(
         self,
@@ -389,7 +414,8 @@ class NVSModel(nn.Module):
             images[:, :s], normalized[:, :s], fxfycxcy[:, :s], posed=posed, training=self.training
         )
         rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
-        return self.decoder(source_tokens, rays)
+        source_rays = self.source_token_rays(normalized[:, :s], fxfycxcy[:, :s], hw)
+        return self.decoder(source_tokens, rays, source_rays)
 
 
 def batch_normalization(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:

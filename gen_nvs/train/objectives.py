@@ -354,7 +354,12 @@ class DiffusionForward(nn.Module):
                 views.images[:, :s], views.normalized[:, :s], views.fxfycxcy[:, :s], posed=posed
             )  # (b, s, p, c)
         rays = cam.plucker_rays(views.normalized[:, s:], views.fxfycxcy[:, s:], *views.image_hw)
-        return self.model.diffusion(source_tokens, x_t, timesteps, rays, generator=generator)
+        source_rays = self.model.source_token_rays(
+            views.normalized[:, :s], views.fxfycxcy[:, :s], views.image_hw
+        )
+        return self.model.diffusion(
+            source_tokens, x_t, timesteps, rays, source_rays, generator=generator
+        )
 
 
 @dataclass
