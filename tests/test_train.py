@@ -70,10 +70,10 @@ def export_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def saved_objects(state: Path) -> tuple[dict, dict]:
-    """A training state's EMA and TrainState (registered for checkpointing in this order)."""
-    return tuple(
-        torch.load(state / f"custom_checkpoint_{i}.pkl", weights_only=True) for i in (0, 1)
-    )
+    """A training state's EMA (counters and weights) and TrainState."""
+    record = json.loads((state / checkpoints.TRAINING_STATE).read_text())
+    ema = {**record["ema"], "shadow": load_file(str(state / "ema.safetensors"))}
+    return ema, record["train_state"]
 
 
 def launch_two_processes(*overrides: str) -> None:
@@ -181,6 +181,68 @@ def test_resume_from_another_model_size_fails_before_training(regression_run, tm
     with pytest.raises(ValueError, match=r"another model \(decoder.depth: saved 3, now 2\)"):
         train(config)
     assert not (tmp_path / "other").exists()
+
+
+class _WritesAFile:
+    """Unpickling this creates `path`: the stand-in for code a crafted pickle runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def _resume_cli(tmp_path: Path, state: Path, capsys) -> tuple[int, str]:
+    from gen_nvs.train.loop import main
+
+    overrides = [*TINY, f"run.output_dir={tmp_path}", "run.name=resumed", "train.steps=6"]
+    code = main([*overrides, f"checkpoint.resume={state}"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "file", ["optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"]
+)
+def test_resume_never_runs_a_crafted_pickle(regression_run, tmp_path, capsys, file):
+    """A shared state folder whose pickled file was replaced runs nothing: one line on
+    stderr, exit code 2, no run folder. custom_checkpoint_*.pkl is an earlier version's
+    layout (EMA, counters, LR schedule), read only when training_state.json is absent."""
+    import shutil
+
+    state = tmp_path / "shared" / "step_0000004"
+    shutil.copytree(checkpoints.list_states(regression_run / "checkpoints")[-1], state)
+    if file.startswith("custom_checkpoint"):
+        (state / checkpoints.TRAINING_STATE).unlink()
+        for name in checkpoints.LEGACY_CUSTOM:
+            torch.save({}, state / name)
+    marker = tmp_path / "code-ran"
+    torch.save({"state": _WritesAFile(marker)}, state / file)
+    code, err = _resume_cli(tmp_path, state, capsys)
+    assert not marker.exists()
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"cannot resume from {state / file}: refused to unpickle it" in err
+    assert not (tmp_path / "resumed").exists()
+
+
+def test_resume_reads_an_earlier_versions_pickled_state_safely(regression_run, tmp_path):
+    """States written before training_state.json (EMA, TrainState and LR schedule pickled
+    by Accelerate) still resume, through weights_only unpickling."""
+    import shutil
+
+    source = checkpoints.list_states(regression_run / "checkpoints")[0]  # step 2
+    state = tmp_path / "old" / source.name
+    shutil.copytree(source, state)
+    ema, counters = saved_objects(state)
+    record = json.loads((state / checkpoints.TRAINING_STATE).read_text())
+    for name, value in zip(checkpoints.LEGACY_CUSTOM, (ema, counters, record["lr_schedule"])):
+        torch.save(value, state / name)
+    (state / checkpoints.TRAINING_STATE).unlink()
+    (state / "ema.safetensors").unlink()
+    config = tiny_config(tmp_path, "continued", "train.steps=4", f"checkpoint.resume={state}")
+    run = train(config)
+    for name, tensor in export_weights(regression_run / "export").items():
+        assert torch.equal(tensor, export_weights(run / "export")[name]), name
 
 
 def test_existing_states_need_resume(regression_run):

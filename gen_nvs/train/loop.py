@@ -578,9 +578,11 @@ def train(config: dict) -> Path:
     forward, optimizer = accelerator.prepare(forward, optimizer)
     model = accelerator.unwrap_model(forward).model
     ema = EMA(model, t["ema_decay"])  # of the prepared (with FSDP: local, sharded) parameters
-    accelerator.register_for_checkpointing(ema, state, lr_schedule)
+    # The EMA's own file per process under FSDP (its shards), one file otherwise.
+    shard = rank if accelerator.distributed_type == DistributedType.FSDP else None
+    training_state = dict(ema=ema, state=state, lr_schedule=lr_schedule, shard=shard)
     if resume is not None:
-        accelerator.load_state(str(resume))
+        checkpoints.load_state(accelerator, resume, **training_state)
 
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -602,9 +604,14 @@ def train(config: dict) -> Path:
             checkpoints.write_model_config(directory, stage, model.config)
             write_export(directory / "export", weights, model, config, state)
 
+        def write_training_state(directory: Path) -> None:
+            checkpoints.write_training_state(
+                directory, **training_state, main_process=main_process
+            )
+
         checkpoints.save_state(
             accelerator, state_dir, state.step, keep=config["checkpoint"]["keep"],
-            write_extras=write_extras,
+            write_training_state=write_training_state, write_extras=write_extras,
         )  # fmt: skip
         if main_process:
             write_export(run_dir / "export", weights, model, config, state)
