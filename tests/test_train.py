@@ -235,7 +235,8 @@ def test_resume_reads_an_earlier_versions_pickled_state_safely(regression_run, t
     shutil.copytree(source, state)
     ema, counters = saved_objects(state)
     record = json.loads((state / checkpoints.TRAINING_STATE).read_text())
-    for name, value in zip(checkpoints.LEGACY_CUSTOM, (ema, counters, record["lr_schedule"])):
+    pickled = (ema, counters, record["lr_schedule"])
+    for name, value in zip(checkpoints.LEGACY_CUSTOM, pickled, strict=True):
         torch.save(value, state / name)
     (state / checkpoints.TRAINING_STATE).unlink()
     (state / "ema.safetensors").unlink()

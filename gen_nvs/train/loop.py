@@ -605,9 +605,7 @@ def train(config: dict) -> Path:
             write_export(directory / "export", weights, model, config, state)
 
         def write_training_state(directory: Path) -> None:
-            checkpoints.write_training_state(
-                directory, **training_state, main_process=main_process
-            )
+            checkpoints.write_training_state(directory, **training_state, main_process=main_process)
 
         checkpoints.save_state(
             accelerator, state_dir, state.step, keep=config["checkpoint"]["keep"],
