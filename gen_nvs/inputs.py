@@ -24,9 +24,12 @@ Dimension legend:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +61,8 @@ MAX_VIEWS = 10
 # (portrait with landscape, a thumbnail among photos), not one capture.
 MAX_ASPECT_SPREAD = 1.25  # largest aspect ratio / smallest
 MAX_SIZE_SPREAD = 4.0  # longest side / shortest longest side
+MIN_IMAGE_SIDE = 16  # pixels on the shorter side of a source image
+MAX_UPSAMPLING = 4.0  # beyond this a source image is upsampled with a warning
 # Pose-free input has no intrinsics; targets (and sources, where needed) assume this.
 DEFAULT_FOV_DEG = 60.0
 # Focus distance (normalised scene units) when no depth tells a better one.
@@ -158,6 +163,14 @@ def load_source_views(
     _check_sizes(files, sizes)
     images = torch.stack([center_crop_resize(image, image_hw) for image in raw])  # (s, 3, h, w)
     names = [path.name for path in files]
+    smallest = _argmin([min(size[0] / image_hw[0], size[1] / image_hw[1]) for size in sizes])
+    factor = min(image_hw[0] / sizes[smallest][0], image_hw[1] / sizes[smallest][1])
+    if factor > MAX_UPSAMPLING:
+        print(
+            f"gen-nvs: warning: source image {names[smallest]} is {_wxh(sizes[smallest])}, "
+            f"upsampled {factor:.1f}x to {image_hw[1]}x{image_hw[0]}: expect blurred views",
+            file=sys.stderr,
+        )
     if cameras is None:
         return SourceViews(images=images, c2w=None, fxfycxcy=None, names=names)
     c2w, fxfycxcy = _source_cameras(Path(cameras), names, sizes, image_hw)
@@ -170,7 +183,14 @@ def _check_image_hw(image_hw: Sequence[int]) -> None:
 
 
 def _check_sizes(files: list[Path], sizes: list[tuple[int, int]]) -> None:
-    """ValueError naming two images whose aspect ratios or sizes differ too much."""
+    """ValueError naming an image too small to use, or two images whose aspect ratios or
+    sizes differ too much."""
+    small = _argmin([min(size) for size in sizes])
+    if min(sizes[small]) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"source image {files[small].name} is {_wxh(sizes[small])} pixels; at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} are needed"
+        )
     aspects = [w / h for h, w in sizes]
     widest, narrowest = _argmax(aspects), _argmin(aspects)
     if aspects[widest] / aspects[narrowest] > MAX_ASPECT_SPREAD:
@@ -669,3 +689,22 @@ def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
         raise ValueError(f"output directory {path} is not empty; pass --overwrite to write into it")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """`prepare_output_dir`, undone when the body fails: what the command created goes
+    (the folder itself if it made it), what was there before stays."""
+    path = Path(path)
+    created = not path.exists()
+    before = set() if created else set(path.iterdir())
+    out = prepare_output_dir(path, overwrite)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for item in set(out.iterdir()) - before:
+                shutil.rmtree(item) if item.is_dir() else item.unlink(missing_ok=True)
+        raise

@@ -32,7 +32,7 @@ from gen_nvs.inputs import (
     add_target_arguments,
     check_render_size,
     load_source_views,
-    prepare_output_dir,
+    output_dir,
     resolve_device,
     scene_targets,
     target_spec_from_args,
@@ -71,20 +71,20 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model_or_default(args.checkpoint, device)
     check_render_size(image_hw, model.patch_size)
-    out = prepare_output_dir(args.out, args.overwrite)
+    with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
+        with torch.no_grad():
+            scene = model.encode(*sources.batch(device))
+        spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
+        with tqdm(total=targets.num_views, desc="rendering", unit="view") as bar:
 
-    with torch.no_grad():
-        scene = model.encode(*sources.batch(device))
-    spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
-    with tqdm(total=targets.num_views, desc="rendering", unit="view") as bar:
+            def progress(fraction: float, desc: str) -> None:
+                bar.update(round(fraction * targets.num_views) - bar.n)
 
-        def progress(fraction: float, desc: str) -> None:
-            bar.update(round(fraction * targets.num_views) - bar.n)
-
-        views = render_targets(model, scene, targets, image_hw, device, progress)
-    files = _write_outputs(out, scene, targets, views, args.fps)
-    write_summary(out / "render.json", args, sources, scene, spec.focus, targets.num_views, files)
-    print(f"wrote {targets.num_views} view(s) to {out} (see {out / 'render.json'})")
+            views = render_targets(model, scene, targets, image_hw, device, progress)
+        files = _write_outputs(out, scene, targets, views, args.fps)
+        summary = out / "render.json"
+        write_summary(summary, args, sources, scene, spec.focus, targets.num_views, files)
+    print(f"wrote {targets.num_views} view(s) to {out} (see {summary})")
     return 0
 
 

@@ -34,6 +34,7 @@ from gen_nvs.inputs import (
     add_target_arguments,
     check_render_size,
     load_source_views,
+    output_dir,
     prepare_output_dir,
     resolve_device,
     scene_targets,
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     check_sampling_options(**options)
     if args.mask_file is not None and args.mask != "auto":
         raise ValueError(f"give --mask-file or --mask, got both (--mask {args.mask})")
-    out = prepare_output_dir(args.out, args.overwrite)
+    if Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not args.overwrite:
+        prepare_output_dir(args.out, args.overwrite)  # the error, before any loading
     device = resolve_device(args.device)
     image_hw = tuple(args.size)
     sources = load_source_views(args.images, args.cameras, image_hw)
@@ -135,30 +137,32 @@ def run(args: argparse.Namespace) -> int:
     check_render_size(image_hw, model.patch_size)
 
     images, c2w, fxfycxcy = sources.batch(device)
-    with torch.no_grad():
-        scene = model.encode(images, c2w, fxfycxcy)
-    spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
-    target_c2w, target_fxfycxcy = targets.batch(device)
-    if mask is not None:
-        mask = mask.expand(1, targets.num_views, *image_hw).to(device)
+    with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
+        with torch.no_grad():
+            scene = model.encode(images, c2w, fxfycxcy)
+        spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
+        target_c2w, target_fxfycxcy = targets.batch(device)
+        if mask is not None:
+            mask = mask.expand(1, targets.num_views, *image_hw).to(device)
 
-    with tqdm(desc="sampling", unit="step") as bar:
+        with tqdm(desc="sampling", unit="step") as bar:
 
-        def progress(info: samplers.StepInfo) -> None:
-            bar.total = info.num_steps
-            bar.update(1)
+            def progress(info: samplers.StepInfo) -> None:
+                bar.total = info.num_steps
+                bar.update(1)
 
-        views = sample_views(
-            model, scene, target_c2w, target_fxfycxcy, image_hw,
-            normalized=targets.normalized, seed=args.seed, eta=args.eta, mask=mask,
-            callback=progress, source_fxfycxcy=fxfycxcy, conf_threshold=args.conf_threshold,
-            **options,
-        )  # fmt: skip
-    files = _write_outputs(out, scene, views, target_fxfycxcy[0])
-    write_summary(out / "sample.json", args, sources, scene, spec.focus, targets.num_views, files)
+            views = sample_views(
+                model, scene, target_c2w, target_fxfycxcy, image_hw,
+                normalized=targets.normalized, seed=args.seed, eta=args.eta, mask=mask,
+                callback=progress, source_fxfycxcy=fxfycxcy,
+                conf_threshold=args.conf_threshold, **options,
+            )  # fmt: skip
+        files = _write_outputs(out, scene, views, target_fxfycxcy[0])
+        summary = out / "sample.json"
+        write_summary(summary, args, sources, scene, spec.focus, targets.num_views, files)
     print(
         f"wrote {args.samples} sample(s) of {targets.num_views} target view(s) to {out} "
-        f"(see {out / 'sample.json'})"
+        f"(see {summary})"
     )
     return 0
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -85,12 +86,12 @@ def check_layout(
     ]
     if not (missing or extra or mismatched):
         return
-    lines = [f"{what}: state dict does not match the expected layout"]
+    parts = []  # one line: the CLI prints errors as one line
     for title, items in (("missing", missing), ("unexpected", extra), ("shape", mismatched)):
         if items:
-            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-            lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
-    raise ValueError("\n".join(lines))
+            shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
+            parts.append(f"{title} ({len(items)}): " + "; ".join(shown))
+    raise ValueError(f"{what}: state dict does not match the expected layout: {' | '.join(parts)}")
 
 
 def read_key_manifest(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -131,6 +132,13 @@ def load_export(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         config_file = resolve_path(f"{base}/{EXPORT_CONFIG}{revision}")
     else:
         location = resolve_path(path)
+        if not location.is_dir() and location.name not in (EXPORT_WEIGHTS, EXPORT_CONFIG):
+            raise ValueError(
+                f"{location}: a gen-nvs export is a folder holding {EXPORT_WEIGHTS} and "
+                f"{EXPORT_CONFIG} (give the folder or its {EXPORT_WEIGHTS}), not "
+                f"{location.name!r}; an official LagerNVS or VGGT checkpoint is converted "
+                "first (gen_nvs.models.convert)"
+            )
         directory = location if location.is_dir() else location.parent
         weights, config_file = directory / EXPORT_WEIGHTS, directory / EXPORT_CONFIG
         for needed in (weights, config_file):
@@ -143,4 +151,26 @@ def load_export(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_file}: invalid JSON ({err})") from err
-    return config, load_file(str(weights))
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    return config, read_safetensors(weights)
+
+
+def read_safetensors(file: str | Path) -> dict[str, Tensor]:
+    """`safetensors.torch.load_file` with a one-line ValueError for a damaged file (a
+    truncated download, or another format under the name) and for non-finite weights."""
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{file}: not a readable safetensors file ({err}); truncated, or another format "
+            "(a pickle?) saved under this name"
+        ) from None
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{file}: weight {key} has {bad} non-finite value(s) (NaN or inf); the file "
+                "is damaged or came from a diverged run"
+            )
+    return tensors

@@ -480,7 +480,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NV
     config, state_dict = ckpt.load_export(path)
     if "model" not in config:
         raise ValueError(f"{path}: config.json has no 'model' entry; not a gen-nvs model export")
-    model = NVSModel.from_config(config["model"])
+    try:
+        model = NVSModel.from_config(config["model"])
+    except TypeError as err:  # an option this version does not have
+        raise ValueError(
+            f"{path}: config.json's model does not fit this version of gen-nvs ({err})"
+        ) from None
     ckpt.check_layout(
         {k: tuple(v.shape) for k, v in state_dict.items()},
         {k: tuple(v.shape) for k, v in model.state_dict().items()},

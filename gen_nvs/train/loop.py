@@ -352,18 +352,47 @@ def check_config(config: dict) -> None:
         raise ValueError(f"stage must be one of {STAGES}, got {config['stage']!r}")
     view_counts(config["data"])
     train = config["train"]
-    for key in ("steps", "batch_size", "gradient_accumulation"):
-        if train[key] < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {train[key]}")
-    if not 0 <= train["pose_dropout"] <= 1:
-        raise ValueError(f"train.pose_dropout must be in [0, 1], got {train['pose_dropout']}")
-    if config["checkpoint"]["keep"] < 1 or config["checkpoint"]["every"] < 1:
-        raise ValueError("checkpoint.every and checkpoint.keep must be >= 1")
+    for key, (kind, low, high) in TRAIN_NUMBERS.items():
+        if key in train:
+            _check_number(f"train.{key}", train[key], kind, low, high)
+    if train["lr"] == 0:
+        raise ValueError("train.lr must be > 0, got 0")
+    for key in ("every", "keep"):
+        _check_number(f"checkpoint.{key}", config["checkpoint"][key], int, 1, None)
     if config["checkpoint"]["export_dtype"] not in EXPORT_DTYPES:
         raise ValueError(
             f"checkpoint.export_dtype must be one of {list(EXPORT_DTYPES)}, "
             f"got {config['checkpoint']['export_dtype']!r}"
         )
+
+
+# train.<key>: (type, lowest, highest), None = unbounded; checked before training starts.
+TRAIN_NUMBERS: dict[str, tuple[type, float, float | None]] = {
+    "steps": (int, 1, None),
+    "batch_size": (int, 1, None),
+    "gradient_accumulation": (int, 1, None),
+    "warmup_steps": (int, 0, None),
+    "lr": (float, 0, None),  # and > 0, below
+    "min_lr_ratio": (float, 0, 1),
+    "weight_decay": (float, 0, None),
+    "ema_decay": (float, 0, 1),
+    "grad_clip": (float, 0, None),
+    "pose_dropout": (float, 0, 1),
+}
+
+
+def _check_number(name: str, value, kind: type, low: float, high: float | None) -> None:
+    """ValueError naming `name` unless value is a `kind` number in [low, high]."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        is_number = is_number and float(value).is_integer()
+    if not is_number or not math.isfinite(value):
+        raise ValueError(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
 def check_image_size(model: NVSModel, image_hw: list[int]) -> None:
