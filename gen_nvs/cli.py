@@ -11,6 +11,10 @@ import argparse
 import importlib
 import sys
 
+from gen_nvs.threads import configure_threads, set_passive_wait
+
+set_passive_wait()  # before anything imports torch: idle threads sleep (gen_nvs.threads)
+
 # name -> (module, one-line help). The app's command lives in the `app` package, which
 # builds on this library rather than the other way round.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.set_defaults(_module=module)
+        if name != "bench":  # each benchmark has its own --threads (default: torch's)
+            cmd.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy with "
+                "other processes; see gen_nvs.threads)",
+            )
         # Arguments are attached lazily in main(), once the command is known.
     return parser
 
@@ -64,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:
+        if args.command != "bench":
+            configure_threads(args.threads)
         return int(module.run(args) or 0)
     except (CommandError, ValueError, FileNotFoundError) as err:
         print(f"gen-nvs {args.command}: error: {err}", file=sys.stderr)

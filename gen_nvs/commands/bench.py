@@ -19,6 +19,7 @@ import torch
 
 from gen_nvs.bench.render import add_render_arguments, run_render_bench
 from gen_nvs.bench.sample import add_sample_arguments, run_sample_bench
+from gen_nvs.bench.threads import add_threads_arguments, run_threads_bench
 from gen_nvs.cli import CommandError
 
 
@@ -163,6 +164,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "reruns the whole model at every step",
         add_arguments=add_sample_arguments,
         run=run_sample_bench,
+    ),
+    "threads": Benchmark(
+        help="sampling speed by threads and OpenMP wait policy, idle vs a busy machine",
+        add_arguments=add_threads_arguments,
+        run=run_threads_bench,
     ),
 }
 
