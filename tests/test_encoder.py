@@ -248,3 +248,20 @@ def test_gradient_checkpointing_matches(tiny_encoder: VGGTEncoder) -> None:
         grads.append(tiny_encoder.aggregator.frame_blocks[0].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0].abs().sum() > 0
+
+
+def test_rope_tables_are_reused_per_positions_tensor_and_never_stale():
+    from gen_nvs.models.layers import RotaryEmbedding2D
+
+    rope = RotaryEmbedding2D()
+    x = torch.randn(1, 2, 6, 8)
+    positions = torch.tensor([[[0, 0], [1, 1], [1, 2], [2, 1], [2, 2], [3, 0]]])
+    first = rope(x, positions)
+    tables = rope._cos_sin(positions, 8, x.dtype)
+    assert torch.equal(rope(x, positions), first)
+    assert all(a is b for a, b in zip(rope._cos_sin(positions, 8, x.dtype), tables, strict=True))
+    moved = positions.flip(1)  # another tensor: new tables, the right rotation
+    expected = RotaryEmbedding2D()(x, moved.clone())
+    assert torch.equal(rope(x, moved), expected) and not torch.equal(expected, first)
+    positions[0, 0, 0] = 5  # edited in place: its version changes, so do the tables
+    assert torch.equal(rope(x, positions), RotaryEmbedding2D()(x, positions.clone()))

@@ -144,11 +144,14 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
 
     def _split(self, x: Tensor, norm: nn.RMSNorm | None) -> Tensor:
-        x = rearrange(x, "b n (nh d) -> b nh n d", nh=self.num_heads)
-        if norm is None:
-            return x
-        # Normalise in float32 (fused kernel, no bf16 rounding), keep the compute dtype.
-        return norm(x.float()).to(x.dtype)
+        """[b, n, (nh d)] -> [b, nh, n, d] as a view: heads are split in the contiguous
+        [b, n, nh, d] layout, normalised there (one pass, no copy of the layout change)
+        and only then transposed."""
+        x = x.unflatten(-1, (self.num_heads, -1))  # [b, n, nh, d], a view
+        if norm is not None:
+            # Normalise in float32 (fused kernel, no bf16 rounding), keep the compute dtype.
+            x = norm(x.float()).to(x.dtype)
+        return x.transpose(1, 2)
 
     def queries(self, x: Tensor) -> Tensor:
         """[b, n, c] normed tokens -> [b, nh, n, d] queries."""

@@ -163,6 +163,7 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, embed_dim) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, num_register_tokens, embed_dim) * 1e-6)
         rope = RotaryEmbedding2D(frequency=rope_frequency)
+        self._position_tensors: dict[tuple, Tensor] = {}  # see `_positions`
 
         def make_block() -> Block:
             return Block(
@@ -188,7 +189,14 @@ class Aggregator(nn.Module):
         return rearrange(torch.cat((first, rest), dim=1), "b s t c -> (b s) t c")
 
     def _positions(self, grid_h: int, grid_w: int, device: torch.device) -> Tensor:
-        """RoPE positions of one view's tokens -> [1 n 2] as (row, column)."""
+        """RoPE positions of one view's tokens -> [1 n 2] as (row, column); one tensor per
+        grid and device, so that the RoPE tables computed for it are reused."""
+        key = (grid_h, grid_w, str(device))
+        if key not in self._position_tensors:
+            self._position_tensors[key] = self._make_positions(grid_h, grid_w, device)
+        return self._position_tensors[key]
+
+    def _make_positions(self, grid_h: int, grid_w: int, device: torch.device) -> Tensor:
         rows, cols = torch.meshgrid(
             torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij"
         )

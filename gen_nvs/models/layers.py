@@ -10,6 +10,8 @@ Dimension legend:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -81,21 +83,13 @@ class RotaryEmbedding2D(nn.Module):
     layout) with angles `position * frequency ** (-2i / m)`.
     """
 
+    # Tables kept per positions tensor (the encoder reuses one per patch grid).
+    MAX_TABLES = 16
+
     def __init__(self, *, frequency: float = 100.0) -> None:
         super().__init__()
         self.frequency = float(frequency)
-
-    def _rotate_1d(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x [b h n m], positions [b n] -> [b h n m]."""
-        half = x.shape[-1]
-        exponents = torch.arange(0, half, 2, device=x.device, dtype=torch.float32) / half
-        inv_freq = self.frequency**-exponents  # (m/2,)
-        angles = positions.to(torch.float32)[..., None] * inv_freq  # (b, n, m/2)
-        angles = rearrange(torch.cat((angles, angles), dim=-1), "b n m -> b 1 n m")
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        first, second = x.chunk(2, dim=-1)
-        rotated = torch.cat((-second, first), dim=-1)
-        return x * cos + rotated * sin
+        self._tables: dict[tuple, tuple[weakref.ref, tuple[Tensor, ...]]] = {}
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x [b h n d] (d divisible by 4), positions [b n 2] as (row, column) -> [b h n d].
@@ -104,11 +98,38 @@ class RotaryEmbedding2D(nn.Module):
         """
         if x.shape[-1] % 4 != 0:
             raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {x.shape[-1]}")
+        cos_rows, sin_rows, cos_cols, sin_cols = self._cos_sin(positions, x.shape[-1], x.dtype)
         rows, cols = x.chunk(2, dim=-1)
         return torch.cat(
-            (self._rotate_1d(rows, positions[..., 0]), self._rotate_1d(cols, positions[..., 1])),
-            dim=-1,
+            (_rotate(rows, cos_rows, sin_rows), _rotate(cols, cos_cols, sin_cols)), dim=-1
         )
+
+    def _cos_sin(self, positions: Tensor, dim: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """cos and sin [b 1 n d/2] of the rows, then of the columns, of positions [b n 2],
+        computed once per positions tensor (held by a weak reference, so that a new tensor
+        at a reused address is never taken for it); at most MAX_TABLES are kept."""
+        key = (id(positions), positions._version, dim, dtype)
+        cached = self._tables.get(key)
+        if cached is not None and cached[0]() is positions:
+            return cached[1]
+        half = dim // 2  # channels per axis
+        exponents = torch.arange(0, half, 2, device=positions.device, dtype=torch.float32) / half
+        inv_freq = self.frequency**-exponents  # (half/2,)
+        tables = []
+        for axis in (0, 1):
+            angles = positions[..., axis].to(torch.float32)[..., None] * inv_freq  # (b, n, h/2)
+            angles = rearrange(torch.cat((angles, angles), dim=-1), "b n m -> b 1 n m")
+            tables += [angles.cos().to(dtype), angles.sin().to(dtype)]
+        if len(self._tables) >= self.MAX_TABLES:
+            self._tables.clear()
+        self._tables[key] = (weakref.ref(positions), tuple(tables))
+        return tuple(tables)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE: x [b h n m] with its tables [b 1 n m] -> [b h n m]."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
 class Attention(nn.Module):
