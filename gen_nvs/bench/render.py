@@ -13,6 +13,11 @@ images, source cameras on an arc, targets on an orbit around the scene):
   that also reruns the encoder per view (derived, not timed).
 - `max_abs_diff`: largest difference between the cached and uncached renders, so that
   both timings are known to compute the same images.
+- with `--reference` (the variants with published checkpoints): `ms_per_view_reference`,
+  the published block arithmetic written out plainly (`gen_nvs.bench.reference`) on the
+  same weights, one target per call like `ms_per_view_uncached`;
+  `speed_vs_reference = ms_per_view_reference / ms_per_view_uncached` (>= 1: ours is at
+  least as fast) and `max_abs_diff_reference` between the two renders.
 
 Times are medians over repeats, taken with `time.perf_counter` under
 `torch.inference_mode` (and `torch.cuda.synchronize` on GPU). Within a repeat the cache
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor
 
 from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
+from gen_nvs.bench.reference import REFERENCE_VARIANTS, reference_render
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.decoder import DECODER_PRESETS, VARIANTS, HighwayDecoder
 from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder, build_encoder
@@ -127,6 +133,12 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help="untimed runs before timing (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time the published block arithmetic on the same weights (full_attention "
+        "and cross_attention) and print the speed ratio",
+    )
+    parser.add_argument(
         "--fast",
         action="store_true",
         help="smoke test: tiny models, 32x32, sources 1 2, 2 targets, 1 repeat, no warmup",
@@ -154,6 +166,7 @@ def run_render_bench(args: argparse.Namespace) -> dict[str, Any]:
         repeats=option("repeats"),
         warmup=option("warmup"),
         seed=args.seed,
+        reference=args.reference,
     )
 
 
@@ -175,6 +188,7 @@ def bench_render(
     repeats: int,
     warmup: int,
     seed: int = 0,
+    reference: bool = False,
 ) -> dict[str, Any]:
     """Time encoding, cache building, cached and uncached rendering (see the module doc).
 
@@ -203,6 +217,11 @@ def bench_render(
                 entry = _bench_variant(
                     decoders[variant], source_tokens, scene.rays, autocast, device, repeats, warmup
                 )
+                if reference and variant in REFERENCE_VARIANTS:
+                    entry |= _bench_reference(
+                        decoders[variant], source_tokens, scene.rays, autocast, device, repeats,
+                        warmup,
+                    )  # fmt: skip
                 results.append(
                     dict(variant=variant, num_sources=num_sources, ms_encode=round(ms_encode, 4))
                     | entry
@@ -218,6 +237,7 @@ def bench_render(
         repeats=repeats,
         warmup=warmup,
         seed=seed,
+        reference=reference,
     )
     return dict(benchmark="render", settings=settings, notes=NOTES, results=results)
 
@@ -263,6 +283,40 @@ def _bench_variant(
         speedup=round(ms_per_view_uncached / ms_per_view_cached, 4),
         cache_bytes=cache.memory_bytes(),
         max_abs_diff=(cached.result.float() - uncached.result.float()).abs().max().item(),
+    )
+
+
+def _bench_reference(
+    decoder: HighwayDecoder,
+    source_tokens: Tensor,
+    rays: Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> dict[str, float]:
+    """Ours (uncached, a target per call) against the published arithmetic, timed in
+    turns within each repeat."""
+    num_targets = rays.shape[1]
+
+    def render(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            with autocast():
+                views = [fn(source_tokens, rays[:, i : i + 1]) for i in range(num_targets)]
+            return torch.cat(views, dim=1)
+
+        return run
+
+    ours = render(lambda tokens, r: decoder(tokens, r).rgb)
+    published = render(lambda tokens, r: reference_render(decoder, tokens, r))
+    ours, published = time_calls([ours, published], device, repeats, warmup)
+    ms_ours = 1000.0 * ours.seconds / num_targets
+    ms_reference = 1000.0 * published.seconds / num_targets
+    return dict(
+        ms_per_view_reference=round(ms_reference, 4),
+        ms_per_view_uncached_vs_reference=round(ms_ours, 4),
+        speed_vs_reference=round(ms_reference / ms_ours, 3),
+        max_abs_diff_reference=(ours.result.float() - published.result.float()).abs().max().item(),
     )
 
 

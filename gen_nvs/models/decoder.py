@@ -150,7 +150,8 @@ class Attention(nn.Module):
         x = x.unflatten(-1, (self.num_heads, -1))  # [b, n, nh, d], a view
         if norm is not None:
             # Normalise in float32 (fused kernel, no bf16 rounding), keep the compute dtype.
-            x = norm(x.float()).to(x.dtype)
+            normed = F.rms_norm(x.float(), norm.normalized_shape, norm.weight, norm.eps)
+            x = normed if x.dtype == torch.float32 else normed.to(x.dtype)
         return x.transpose(1, 2)
 
     def queries(self, x: Tensor) -> Tensor:
@@ -167,10 +168,16 @@ class Attention(nn.Module):
         `bias` [(b g), nh, n, m] is added to the attention logits (the `ray_bias` option).
         """
         groups = q.shape[0] // k.shape[0]
-        k, v = k.to(q.dtype), v.to(q.dtype)  # a cache built without autocast
+        if k.dtype != q.dtype:  # a cache built without autocast
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        if groups == 1:  # the common case, without the (cheap but per-call) regrouping
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            return self.proj(out.transpose(1, 2).flatten(2))
         q = rearrange(q, "(b g) nh n d -> b nh (g n) d", g=groups)
         if bias is not None:
-            bias = rearrange(bias.to(q.dtype), "(b g) nh n m -> b nh (g n) m", g=groups)
+            bias = rearrange(bias, "(b g) nh n m -> b nh (g n) m", g=groups)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = rearrange(out, "b nh (g n) d -> (b g) n (nh d)", g=groups)
         return self.proj(out)

@@ -108,7 +108,9 @@ class RotaryEmbedding2D(nn.Module):
         """cos and sin [b 1 n d/2] of the rows, then of the columns, of positions [b n 2],
         computed once per positions tensor (held by a weak reference, so that a new tensor
         at a reused address is never taken for it); at most MAX_TABLES are kept."""
-        key = (id(positions), positions._version, dim, dtype)
+        # Inference tensors keep no version counter (nor are the encoder's edited).
+        version = -1 if positions.is_inference() else positions._version
+        key = (id(positions), version, dim, dtype)
         cached = self._tables.get(key)
         if cached is not None and cached[0]() is positions:
             return cached[1]
