@@ -160,3 +160,12 @@ def test_reference_arithmetic_matches_a_golden_fixture(variant):
             decoder, tensors["io.encoder_tokens"][None], tensors["io.plucker_rays"][None, s:]
         )
     assert (rgb[0] - tensors["io.rendered_targets"]).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU refusal")
+def test_gpu_check_refuses_without_cuda_in_one_line(capsys):
+    from gen_nvs.cli import main
+
+    assert main(["bench", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bench gpu needs a CUDA device" in err

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gen_nvs.bench.gpu import add_gpu_arguments, run_gpu_bench
 from gen_nvs.bench.render import add_render_arguments, run_render_bench
 from gen_nvs.bench.sample import add_sample_arguments, run_sample_bench
 from gen_nvs.bench.threads import add_threads_arguments, run_threads_bench
@@ -164,6 +165,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "reruns the whole model at every step",
         add_arguments=add_sample_arguments,
         run=run_sample_bench,
+    ),
+    "gpu": Benchmark(
+        help="the GPU check: CUDA tests, render FPS and sampling at 512x512, peak memory, "
+        "training throughput (one JSON; about 8 minutes on one H200)",
+        add_arguments=add_gpu_arguments,
+        run=run_gpu_bench,
     ),
     "threads": Benchmark(
         help="sampling speed by threads and OpenMP wait policy, idle vs a busy machine",
