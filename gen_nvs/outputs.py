@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,6 +138,110 @@ def write_gif(frames: Sequence[Image.Image], path: str | Path, fps: float = 8.0)
         optimize=False,
     )
     return path
+
+
+VIDEO_FORMATS = ("mp4", "gif")
+DEFAULT_CRF = 18  # H.264 constant rate factor: 0 lossless, 18 visually lossless, 51 worst
+
+
+def write_mp4(
+    frames: Sequence[Image.Image], path: str | Path, fps: float = 8.0, crf: int = DEFAULT_CRF
+) -> Path:
+    """Write frames as an H.264 MP4 (yuv420p, what browsers and players expect) through
+    PyAV, which brings its own FFmpeg. yuv420p needs even sizes: an odd width or height
+    gets its last column or row repeated. `crf`: quality, 0 (lossless) to 51."""
+    import av  # imported here: only video writing needs it
+
+    if not frames:
+        raise ValueError("a video needs at least one frame")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"video quality (crf) must be in 0..51, got {crf}")
+    images = [np.asarray(frame.convert("RGB")) for frame in frames]
+    h, w = images[0].shape[:2]
+    if any(image.shape[:2] != (h, w) for image in images):
+        raise ValueError("video frames must all have the same size")
+    pad = ((0, h % 2), (0, w % 2), (0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = w + w % 2, h + h % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(np.pad(image, pad, mode="edge"), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())  # flush
+    return path
+
+
+def write_video(
+    frames: Sequence[Image.Image],
+    out: Path,
+    formats: Sequence[str],
+    fps: float,
+    crf: int = DEFAULT_CRF,
+    stem: str = "video",
+) -> list[str]:
+    """Write `stem.mp4` and/or `stem.gif` in `out`; -> the file names written."""
+    unknown = set(formats) - set(VIDEO_FORMATS)
+    if unknown:
+        raise ValueError(f"video formats must be among {VIDEO_FORMATS}, got {sorted(unknown)}")
+    written = []
+    for fmt in formats:
+        file = out / f"{stem}.{fmt}"
+        if fmt == "mp4":
+            write_mp4(frames, file, fps, crf)
+        else:
+            write_gif(frames, file, fps)
+        written.append(file.name)
+    return written
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """--fps, --video and --video-quality, shared by `render` and `sample`."""
+    group = parser.add_argument_group("video (written when there is more than one target)")
+    group.add_argument("--fps", type=float, default=8.0, help="frame rate (default 8)")
+    group.add_argument(
+        "--video", nargs="+", choices=[*VIDEO_FORMATS, "none"], default=["mp4"],
+        help="video formats: mp4 (H.264), gif, both, or none (default mp4)",
+    )  # fmt: skip
+    group.add_argument(
+        "--video-quality", type=int, default=DEFAULT_CRF, metavar="CRF",
+        help=f"H.264 CRF, 0 (lossless) to 51 (worst) (default {DEFAULT_CRF})",
+    )  # fmt: skip
+
+
+def video_formats(args: argparse.Namespace) -> list[str]:
+    """The checked video options of `add_video_arguments` -> the formats to write."""
+    if not args.fps > 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+    if not 0 <= args.video_quality <= 51:
+        raise ValueError(f"--video-quality must be in 0..51, got {args.video_quality}")
+    if "none" in args.video:
+        if len(args.video) > 1:
+            raise ValueError(f"--video none cannot be combined with {args.video}")
+        return []
+    return list(dict.fromkeys(args.video))
+
+
+def side_by_side(*rows: Sequence[Image.Image]) -> list[Image.Image]:
+    """Frames of several videos of one length placed left to right (e.g. regression |
+    sample | depth)."""
+    if not rows or len({len(row) for row in rows}) != 1:
+        raise ValueError("side-by-side videos need the same number of frames each")
+    frames = []
+    for parts in zip(*rows, strict=True):
+        height = max(p.height for p in parts)
+        canvas = Image.new("RGB", (sum(p.width for p in parts), height))
+        x = 0
+        for part in parts:
+            canvas.paste(part.convert("RGB"), (x, 0))
+            x += part.width
+        frames.append(canvas)
+    return frames
 
 
 # --------------------------------------------------------------------------------------

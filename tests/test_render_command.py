@@ -41,6 +41,17 @@ def _render(checkpoint, *args: str) -> int:
     return main(["render", "--checkpoint", str(checkpoint), *SIZE, *args])
 
 
+def read_mp4(path) -> tuple[np.ndarray, float]:
+    """Decoded frames [n, h, w, 3] (uint8 RGB) and the frame rate of an MP4."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        return np.stack(frames), float(stream.average_rate)
+
+
 def _rgb(path) -> np.ndarray:
     return np.asarray(Image.open(path)).astype(int)
 
@@ -49,7 +60,8 @@ def test_trajectory_outputs(checkpoint, scene, tmp_path):
     images, cameras = scene
     out = tmp_path / "out"
     args = ["--images", str(images), "--cameras", str(cameras), "--out", str(out)]
-    assert _render(checkpoint, *args, "--trajectory", "spiral", "--frames", "4", "--fps", "5") == 0
+    video = ["--fps", "5", "--video", "mp4", "gif"]
+    assert _render(checkpoint, *args, "--trajectory", "spiral", "--frames", "4", *video) == 0
     summary = json.loads((out / "render.json").read_text())
     assert summary["num_targets"] == 4 and summary["posed"]
     assert summary["sources"] == ["00000.png", "00001.png", "00002.png"]
@@ -61,6 +73,11 @@ def test_trajectory_outputs(checkpoint, scene, tmp_path):
         assert Image.open(folder / "depth_color.png").size == (32, 32)
     with Image.open(out / "video.gif") as gif:
         assert gif.n_frames == 4 and gif.info["duration"] == 200
+    assert summary["video"] == ["video.mp4", "video.gif"]
+    frames, rate = read_mp4(out / "video.mp4")
+    assert frames.shape == (4, 32, 32, 3) and rate == 5
+    views = np.stack([_rgb(out / f"target_{j:03d}" / "regression_rgb.png") for j in range(4)])
+    assert np.abs(frames.astype(int) - views).mean() < 8  # H.264 at CRF 18 keeps the views
     xyz, rgb, _ = read_ply(out / "points.ply")
     assert xyz.shape[0] > 0 and rgb.shape == xyz.shape
     assert len(json.loads((out / "cameras.json").read_text())["frames"]) == 4

@@ -79,6 +79,11 @@ def test_writes_samples_depth_masks_point_clouds_and_cameras(setup, tmp_path):
     summary = json.loads((out / "sample.json").read_text())
     assert summary["posed"] and summary["num_targets"] == 2
     assert summary["point_clouds"] == ["sample_00.ply", "sample_01.ply"]
+    assert summary["videos"] == ["sample_00.mp4", "sample_01.mp4"]
+    from tests.test_render_command import read_mp4
+
+    frames, rate = read_mp4(out / "sample_01.mp4")
+    assert frames.shape == (2, 32, 32, 3) and rate == 8
     for j in range(2):
         folder = out / f"target_{j:03d}"
         names = ["regression_rgb", "regression_depth", "mask"]
@@ -172,3 +177,16 @@ def test_bad_input_is_one_line_and_exit_code_2(setup, bad_inputs, tmp_path, caps
     assert sample(setup, tmp_path / "out", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gen-nvs sample: error: ") and message in err[-1]
+
+
+def test_side_by_side_video_of_regression_sample_and_depth(setup, tmp_path):
+    from tests.test_render_command import read_mp4
+
+    out = tmp_path / "out"
+    args = ["--trajectory", "orbit", "--frames", "3", "--side-by-side", "--video", "mp4", "gif"]
+    assert sample(setup, out, *args) == 0
+    frames, _ = read_mp4(out / "side_by_side.mp4")
+    assert frames.shape == (3, 32, 3 * 32, 3)  # regression | sample 0 | depth
+    regression = read(out / "target_001" / "regression_rgb.png").astype(int)
+    assert np.abs(frames[1, :, :32].astype(int) - regression).mean() < 8
+    assert (out / "side_by_side.gif").is_file() and (out / "sample_01.gif").is_file()

@@ -11,7 +11,7 @@ sample` (whose regression half this is):
     target_000/regression_depth.png  16-bit depth: units = value / depth_scale
     target_000/depth_color.png       the depth coloured for viewing (near red, far blue)
     points.ply                       the target views' points fused into one point cloud
-    video.gif                        the views as an animation (more than one target)
+    video.mp4 (and/or video.gif)     the views as a video (more than one target; --video)
 
 Points, depth and cameras are in the input world frame when source cameras are given,
 else in the first source camera's frame at the normalised scale.
@@ -41,14 +41,16 @@ from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, load_model_or_default
 from gen_nvs.outputs import (
     DEPTH_FORMAT,
+    add_video_arguments,
     colorize_depth,
     fit_depth_scale,
     to_pil,
+    video_formats,
     write_cameras,
-    write_gif,
     write_point_cloud,
     write_regression,
     write_summary,
+    write_video,
 )
 from gen_nvs.rendering import render_targets
 from gen_nvs.sampling import scene_to_world
@@ -57,14 +59,11 @@ from gen_nvs.sampling import scene_to_world
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     add_target_arguments(parser)
-    parser.add_argument(
-        "--fps", type=float, default=8.0, help="frame rate of video.gif (default 8)"
-    )
+    add_video_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.fps > 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
+    videos = video_formats(args)
     spec = target_spec_from_args(args)
     image_hw = tuple(args.size)
     sources = load_source_views(args.images, args.cameras, image_hw)
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(round(fraction * targets.num_views) - bar.n)
 
             views = render_targets(model, scene, targets, image_hw, device, progress)
-        files = _write_outputs(out, scene, targets, views, args.fps)
+        files = _write_outputs(out, scene, targets, views, videos, args)
         summary = out / "render.json"
         write_summary(summary, args, sources, scene, spec.focus, targets.num_views, files)
     print(f"wrote {targets.num_views} view(s) to {out} (see {summary})")
@@ -89,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(
-    out: Path, scene: EncodedScene, targets: TargetCameras, views: DecoderOutput, fps: float
+    out: Path,
+    scene: EncodedScene,
+    targets: TargetCameras,
+    views: DecoderOutput,
+    videos: list[str],
+    args: argparse.Namespace,
 ) -> dict:
     """Write the PNGs, PLY, video and cameras; -> what render.json lists. Without a point
     head there is no depth and no point cloud."""
@@ -110,8 +114,9 @@ def _write_outputs(
         files["point_cloud"] = write_point_cloud(
             out / "points.ply", points, views.rgb[0], depth
         ).name
-    if targets.num_views > 1:
+    if targets.num_views > 1 and videos:
         frames = [to_pil(frame) for frame in views.rgb[0]]
-        files["video"] = write_gif(frames, out / "video.gif", fps).name
+        written = write_video(frames, out, videos, args.fps, args.video_quality)
+        files["video"] = written[0] if len(written) == 1 else written
     write_cameras(out / "cameras.json", scene, c2w, targets.fxfycxcy)
     return files

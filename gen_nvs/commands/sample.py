@@ -12,6 +12,9 @@ saw (`--mask`). Written under --out:
     target_000/mask.png              white where the view was generated
     target_000/sample_00_rgb.png, sample_00_depth.png, ...
     sample_00.ply, ...            each sample's target views fused into one point cloud
+    sample_00.mp4, ...            each sample's target views as a video (more than one
+                                  target; --video mp4/gif/none, --fps, --video-quality)
+    side_by_side.mp4              with --side-by-side: regression | sample 0 | its depth
 
 Points, depth and cameras are in the input world frame when source cameras are given,
 else in the first source camera's frame at the normalised scale.
@@ -43,7 +46,12 @@ from gen_nvs.inputs import (
 from gen_nvs.models.nvs import EncodedScene, load_model_or_default, require_diffusion
 from gen_nvs.outputs import (
     DEPTH_FORMAT,
+    add_video_arguments,
+    colorize_depth,
     fit_depth_scale,
+    side_by_side,
+    to_pil,
+    video_formats,
     write_cameras,
     write_depth,
     write_gray,
@@ -51,6 +59,7 @@ from gen_nvs.outputs import (
     write_regression,
     write_rgb,
     write_summary,
+    write_video,
 )
 from gen_nvs.sampling import (
     MASK_MODES,
@@ -64,6 +73,11 @@ from gen_nvs.sampling import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     add_target_arguments(parser)
+    add_video_arguments(parser)
+    parser.add_argument(
+        "--side-by-side", action="store_true",
+        help="also write side_by_side.<format>: regression | sample 0 | depth of sample 0",
+    )  # fmt: skip
     group = parser.add_argument_group("sampling")
     group.add_argument(
         "--sampler",
@@ -123,6 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     options = _sampling_options(args)
     check_sampling_options(**options)
+    videos = video_formats(args)
     if args.mask_file is not None and args.mask != "auto":
         raise ValueError(f"give --mask-file or --mask, got both (--mask {args.mask})")
     if Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not args.overwrite:
@@ -158,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
                 conf_threshold=args.conf_threshold, **options,
             )  # fmt: skip
         files = _write_outputs(out, scene, views, target_fxfycxcy[0])
+        if targets.num_views > 1 and videos:
+            files["videos"] = _write_videos(out, views, videos, args)
         summary = out / "sample.json"
         write_summary(summary, args, sources, scene, spec.focus, targets.num_views, files)
     print(
@@ -165,6 +182,32 @@ def run(args: argparse.Namespace) -> int:
         f"(see {summary})"
     )
     return 0
+
+
+def _write_videos(
+    out: Path, views: SampledViews, formats: list[str], args: argparse.Namespace
+) -> list[str]:
+    """Each sample's trajectory as a video, and with --side-by-side regression | sample 0 |
+    depth (sample 0's, else the regression's); -> the file names."""
+    written, fps, crf = [], args.fps, args.video_quality
+    for k in range(views.rgb.shape[0]):
+        frames = [to_pil(frame) for frame in views.rgb[k, 0]]
+        written += write_video(frames, out, formats, fps, crf, f"sample_{k:02d}")
+    if args.side_by_side:
+        regression = [to_pil(frame) for frame in views.regression.rgb[0]]
+        sample = [to_pil(frame) for frame in views.rgb[0, 0]]
+        if views.depth is not None:
+            depth = views.depth[0, 0]
+        elif views.regression.points is not None:
+            depth = rgbd.points_to_depth(views.regression.points, views.target_c2w)[0]
+        else:
+            depth = None
+        rows = [regression, sample]
+        if depth is not None:
+            rows.append([colorize_depth(d) for d in depth])
+        frames = side_by_side(*rows)
+        written += write_video(frames, out, formats, fps, crf, "side_by_side")
+    return written
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
