@@ -41,6 +41,7 @@ from torch import Tensor
 from gen_nvs.data.re10k import read_metadata
 from gen_nvs.data.scene import center_crop_resize, load_image
 from gen_nvs.geometry.cameras import (
+    center_crop_box,
     crop_resize_intrinsics,
     fov_to_focal,
     invert_rigid,
@@ -62,6 +63,8 @@ MAX_VIEWS = 10
 MAX_ASPECT_SPREAD = 1.25  # largest aspect ratio / smallest
 MAX_SIZE_SPREAD = 4.0  # longest side / shortest longest side
 MIN_IMAGE_SIDE = 16  # pixels on the shorter side of a source image
+DEFAULT_RESOLUTION = 64  # render/sample without --size: about 64 x 64 pixels
+CROP_NOTE_FRACTION = 0.02  # cropping more of a side than this is said on stderr
 MAX_UPSAMPLING = 4.0  # beyond this a source image is upsampled with a warning
 # Pose-free input has no intrinsics; targets (and sources, where needed) assume this.
 DEFAULT_FOV_DEG = 60.0
@@ -136,6 +139,53 @@ def list_image_files(paths: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def render_size(image_hw: tuple[int, int], resolution: int, patch_size: int) -> tuple[int, int]:
+    """The render size that keeps an input's aspect ratio at about `resolution`^2 pixels,
+    both sides multiples of `patch_size` (at least one patch)."""
+    if resolution < patch_size:
+        raise ValueError(f"--resolution must be >= the patch size {patch_size}, got {resolution}")
+    aspect = image_hw[1] / image_hw[0]
+    h, w = resolution / math.sqrt(aspect) / patch_size, resolution * math.sqrt(aspect) / patch_size
+    # Of the patch grids around (h, w), the one closest in aspect, then in area.
+    grids = [
+        (max(1, gh), max(1, gw))
+        for gh in (math.floor(h), math.ceil(h))
+        for gw in (math.floor(w), math.ceil(w))
+    ]
+    gh, gw = min(
+        grids,
+        key=lambda g: (round(abs(math.log(g[1] / g[0] / aspect)), 6), abs(g[0] * g[1] - h * w)),
+    )
+    return gh * patch_size, gw * patch_size
+
+
+def first_image_size(paths: Sequence[str | Path]) -> tuple[int, int]:
+    """(h, w) of the first source image, read from its header."""
+    files = list_image_files(paths)
+    try:
+        with Image.open(files[0]) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {files[0]}: {err}") from None
+
+
+def crop_note(names: Sequence[str], sizes: Sequence[tuple[int, int]], out_hw) -> str | None:
+    """A line on what centre-cropping to the aspect of `out_hw` removes, when it removes
+    more than CROP_NOTE_FRACTION of an image's width or height; else None."""
+    worst, name, side = 0.0, "", ""
+    for file, size in zip(names, sizes, strict=True):
+        _, _, crop_h, crop_w = center_crop_box(size, out_hw)
+        for lost, which in ((1 - crop_w / size[1], "width"), (1 - crop_h / size[0], "height")):
+            if lost > worst:
+                worst, name, side = lost, file, which
+    if worst <= CROP_NOTE_FRACTION:
+        return None
+    return (
+        f"source images are centre-cropped to the render size {out_hw[1]}x{out_hw[0]}: "
+        f"{name} loses {100 * worst:.0f}% of its {side} (leave out --size to keep the aspect)"
+    )
+
+
 def load_source_views(
     paths: Sequence[str | Path],
     cameras: str | Path | None = None,
@@ -163,6 +213,9 @@ def load_source_views(
     _check_sizes(files, sizes)
     images = torch.stack([center_crop_resize(image, image_hw) for image in raw])  # (s, 3, h, w)
     names = [path.name for path in files]
+    note = crop_note(names, sizes, image_hw)
+    if note is not None:
+        print(f"gen-nvs: note: {note}", file=sys.stderr)
     smallest = _argmin([min(size[0] / image_hw[0], size[1] / image_hw[1]) for size in sizes])
     factor = min(image_hw[0] / sizes[smallest][0], image_hw[1] / sizes[smallest][1])
     if factor > MAX_UPSAMPLING:
@@ -542,7 +595,16 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help="source cameras, RealEstate10K metadata format (frames matched to the images by "
         "file name); default: pose-free, the model estimates them",
     )
-    add_model_arguments(group)
+    add_model_arguments(group, default_size=None, size_default="default: the first image's aspect")
+    group.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        metavar="N",
+        help="without --size: render about N x N pixels at the first image's aspect ratio, "
+        f"sides multiples of the patch size (default {DEFAULT_RESOLUTION}, the embedded "
+        "model's training size)",
+    )
     group.add_argument("--out", required=True, metavar="DIR", help="output directory")
     group.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out directory"
@@ -550,14 +612,16 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(
-    group: argparse._ActionsContainer, default_size: tuple[int, int] | None = (64, 64)
+    group: argparse._ActionsContainer,
+    default_size: tuple[int, int] | None = (64, 64),
+    size_default: str = "default: as stored",
 ) -> None:
     """--checkpoint, --size and --device (to a parser or an argument group): which model
     runs, at what size, where (see `check_render_size` and `resolve_device`).
 
-    default_size: --size when not given; None: the inputs' size as stored.
+    default_size: --size when not given; None: the caller decides (`size_default` says how).
     """
-    default = "default: as stored"
+    default = size_default
     if default_size is not None:
         default = f"default {default_size[0]} {default_size[1]}"
     group.add_argument(
@@ -656,6 +720,16 @@ def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
         cameras=args.target_cameras,
         focus=args.focus,
     )
+
+
+def source_render_size(args: argparse.Namespace, patch_size: int) -> tuple[int, int]:
+    """`--size`, or without it the first source image's aspect ratio at `--resolution`
+    (`render_size`)."""
+    if args.size is not None:
+        image_hw = (int(args.size[0]), int(args.size[1]))
+        check_render_size(image_hw, patch_size)
+        return image_hw
+    return render_size(first_image_size(args.images), args.resolution, patch_size)
 
 
 def check_render_size(image_hw: tuple[int, int], patch_size: int) -> None:

@@ -202,7 +202,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_options_build_the_target_spec():
     args = parse()
-    assert args.size == [64, 64] and args.checkpoint is None and args.device == "auto"
+    assert args.size is None and args.resolution == 64
+    assert args.checkpoint is None and args.device == "auto"
     assert target_spec_from_args(args) == TargetSpec(frames=8)
     assert target_spec_from_args(parse("--trajectory", "spiral", "--frames", "3")).frames == 3
     view = target_spec_from_args(parse("--elevation", "10", "--from-source", "1"))
@@ -238,3 +239,36 @@ def test_auto_device_is_cuda_only_when_available(monkeypatch, cuda):
     if not cuda:
         with pytest.raises(ValueError, match="device 'cuda:1' was asked for but CUDA is not"):
             resolve_device("cuda:1")
+
+
+def test_render_size_keeps_the_aspect_ratio_patch_aligned():
+    from gen_nvs.inputs import render_size
+
+    assert render_size((500, 741), 64, 8) == (48, 72)  # the motorcycle pair: 1.48 -> 1.5
+    assert render_size((480, 640), 64, 8) == (56, 72)  # 4:3 at ~64^2
+    assert render_size((64, 64), 64, 8) == (64, 64)
+    assert render_size((1080, 1920), 64, 8) == (48, 88)  # 16:9 -> 1.83
+    assert render_size((1000, 100), 64, 8) == (208, 24)  # a tall strip stays tall
+    assert render_size((100, 5000), 64, 8) == (8, 448)  # never under one patch
+    with pytest.raises(ValueError, match="--resolution must be >= the patch size 8"):
+        render_size((64, 64), 4, 8)
+
+
+def test_cropping_is_said_once_it_matters(tmp_path, capsys):
+    from gen_nvs.inputs import crop_note
+
+    assert crop_note(["a.png"], [(500, 741)], (48, 72)) is None  # 1.48 vs 1.5: 1 % of height
+    note = crop_note(["a.png", "b.png"], [(64, 64), (500, 741)], (64, 64))
+    assert note is not None and "b.png loses 33% of its width" in note
+    Image.new("RGB", (741, 500)).save(tmp_path / "wide.png")
+    load_source_views([tmp_path / "wide.png"], None, (64, 64))
+    assert "wide.png loses 33% of its width" in capsys.readouterr().err
+
+
+def test_render_keeps_a_landscape_photo_landscape(tmp_path):
+    from gen_nvs.cli import main
+
+    Image.new("RGB", (741, 500), (90, 120, 200)).save(tmp_path / "wide.png")
+    out = tmp_path / "out"
+    assert main(["render", "--images", str(tmp_path / "wide.png"), "--out", str(out)]) == 0
+    assert Image.open(out / "target_000" / "regression_rgb.png").size == (72, 48)

@@ -30,11 +30,11 @@ from gen_nvs.inputs import (
     TargetCameras,
     add_input_arguments,
     add_target_arguments,
-    check_render_size,
     load_source_views,
     output_dir,
     resolve_device,
     scene_targets,
+    source_render_size,
     target_spec_from_args,
 )
 from gen_nvs.models.decoder import DecoderOutput
@@ -65,11 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     videos = video_formats(args)
     spec = target_spec_from_args(args)
-    image_hw = tuple(args.size)
-    sources = load_source_views(args.images, args.cameras, image_hw)
     device = resolve_device(args.device)
     model = load_model_or_default(args.checkpoint, device)
-    check_render_size(image_hw, model.patch_size)
+    image_hw = source_render_size(args, model.patch_size)
+    sources = load_source_views(args.images, args.cameras, image_hw)
     with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
         with torch.no_grad():
             scene = model.encode(*sources.batch(device))

@@ -35,12 +35,12 @@ from gen_nvs.geometry import rgbd
 from gen_nvs.inputs import (
     add_input_arguments,
     add_target_arguments,
-    check_render_size,
     load_source_views,
     output_dir,
     prepare_output_dir,
     resolve_device,
     scene_targets,
+    source_render_size,
     target_spec_from_args,
 )
 from gen_nvs.models.nvs import EncodedScene, load_model_or_default, require_diffusion
@@ -143,13 +143,12 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not args.overwrite:
         prepare_output_dir(args.out, args.overwrite)  # the error, before any loading
     device = resolve_device(args.device)
-    image_hw = tuple(args.size)
-    sources = load_source_views(args.images, args.cameras, image_hw)
     spec = target_spec_from_args(args)
-    mask = None if args.mask_file is None else _read_mask(Path(args.mask_file), image_hw)
     model = load_model_or_default(args.checkpoint, device)
     require_diffusion(model, f"checkpoint {args.checkpoint or '(the embedded default)'}")
-    check_render_size(image_hw, model.patch_size)
+    image_hw = source_render_size(args, model.patch_size)
+    sources = load_source_views(args.images, args.cameras, image_hw)
+    mask = None if args.mask_file is None else _read_mask(Path(args.mask_file), image_hw)
 
     images, c2w, fxfycxcy = sources.batch(device)
     with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
