@@ -49,7 +49,12 @@ from gen_nvs.geometry.cameras import (
     validate_cameras,
 )
 from gen_nvs.geometry.rgbd import points_to_depth
-from gen_nvs.geometry.trajectories import TRAJECTORY_PRESETS, make_trajectory
+from gen_nvs.geometry.trajectories import (
+    DISTANCE_MEANING,
+    TRAJECTORY_PRESETS,
+    interpolate,
+    make_trajectory,
+)
 
 if TYPE_CHECKING:
     from gen_nvs.models.decoder import DecoderOutput
@@ -326,7 +331,10 @@ class TargetSpec:
         `distance` (default: `focus`, the source's own) from the point `focus` in front of
         source `from_source`, looking at that point; (0, 0, None) is the source itself.
         Chosen by giving `azimuth_deg`.
-    "trajectory": `frames` cameras of the preset `trajectory` (default "orbit").
+    "trajectory": `frames` cameras of the preset `trajectory` (default "orbit");
+        `trajectory_distance` its extent (`DISTANCE_MEANING`; None: the preset's default).
+    "keyframes": `frames` cameras on a smooth path through the cameras of the metadata
+        JSON `keyframes` (in the input world frame, like "cameras").
     focus: the distance (normalised scene units) from the reference camera to the point
         orbits look at; None: `DEFAULT_FOCUS` (see `scene_focus` for a measured one).
     """
@@ -334,6 +342,8 @@ class TargetSpec:
     trajectory: str | None = None
     frames: int = 8
     cameras: str | Path | None = None
+    keyframes: str | Path | None = None
+    trajectory_distance: float | None = None
     azimuth_deg: float | None = None
     elevation_deg: float = 0.0
     distance: float | None = None
@@ -346,6 +356,7 @@ class TargetSpec:
             for name, value in (
                 ("a trajectory", self.trajectory),
                 ("a cameras file", self.cameras),
+                ("a keyframes file", self.keyframes),
                 ("an azimuth", self.azimuth_deg),
             )
             if value is not None
@@ -373,6 +384,8 @@ class TargetSpec:
     def kind(self) -> str:
         if self.cameras is not None:
             return "cameras"
+        if self.keyframes is not None:
+            return "keyframes"
         return "view" if self.azimuth_deg is not None else "trajectory"
 
 
@@ -424,6 +437,8 @@ def target_cameras(
     _check_image_hw(image_hw)
     if spec.kind == "cameras":
         return _file_targets(Path(spec.cameras), image_hw)
+    if spec.kind == "keyframes":
+        return _keyframe_targets(Path(spec.keyframes), image_hw, spec.frames)
     focus = DEFAULT_FOCUS if spec.focus is None else spec.focus
     reference = spec.from_source if spec.kind == "view" else 0
     c2w = _reference_cameras(source_c2w, reference, spec)
@@ -438,13 +453,29 @@ def target_cameras(
         poses = orbit_view(c2w[reference], spec.azimuth_deg, spec.elevation_deg, distance, focus)[
             None
         ]
-    else:
-        poses = make_trajectory(spec.trajectory or "orbit", c2w, spec.frames, focus=focus)
-    return TargetCameras(
-        c2w=poses.float(),
-        fxfycxcy=intrinsics.expand(poses.shape[0], 4).clone(),
-        normalized=True,
+        return TargetCameras(c2w=poses.float(), fxfycxcy=intrinsics[None].clone(), normalized=True)
+    path = make_trajectory(
+        spec.trajectory or "orbit", c2w, spec.frames, focus=focus, distance=spec.trajectory_distance
     )
+    return TargetCameras(
+        c2w=path.c2w.float(), fxfycxcy=path.intrinsics(intrinsics).float(), normalized=True
+    )
+
+
+def _keyframe_targets(path: Path, image_hw: tuple[int, int], frames: int) -> TargetCameras:
+    """`frames` cameras on a smooth path through a metadata JSON's cameras (`interpolate`:
+    Catmull-Rom centres, slerped rotations), intrinsics interpolated linearly."""
+    keys = _file_targets(path, image_hw)
+    poses = interpolate(keys.c2w.double(), frames)
+    k = keys.c2w.shape[0]
+    if k == 1:
+        intrinsics = keys.fxfycxcy.expand(frames, 4).clone()
+    else:
+        s = torch.linspace(0.0, k - 1, frames, dtype=torch.float64)
+        low = s.floor().long().clamp(max=k - 2)
+        t = (s - low)[:, None].float()
+        intrinsics = (1 - t) * keys.fxfycxcy[low] + t * keys.fxfycxcy[low + 1]
+    return TargetCameras(c2w=poses.float(), fxfycxcy=intrinsics, normalized=False)
 
 
 def _reference_cameras(source_c2w: Tensor | None, reference: int, spec: TargetSpec) -> Tensor:
@@ -524,7 +555,7 @@ def scene_targets(
 
     source_fxfycxcy: [s, 4] in pixels of `image_hw` images; None: a `DEFAULT_FOV_DEG` camera.
     """
-    if spec.focus is None and spec.kind != "cameras":
+    if spec.focus is None and spec.kind not in ("cameras", "keyframes"):
         spec = dataclasses.replace(spec, focus=scene_focus(model, scene, image_hw, source_fxfycxcy))
     source_c2w = None if scene.source_c2w is None else scene.source_c2w[0]
     return spec, target_cameras(spec, image_hw, source_c2w, source_fxfycxcy)
@@ -660,6 +691,18 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         "--frames", type=int, default=8, help="views along the trajectory (default 8)"
     )
     group.add_argument(
+        "--trajectory-distance",
+        type=float,
+        metavar="D",
+        help=f"how far the trajectory goes ({DISTANCE_MEANING}); default: the preset's",
+    )
+    group.add_argument(
+        "--keyframes",
+        metavar="JSON",
+        help="a smooth path of --frames cameras through the cameras of this metadata JSON "
+        "(RealEstate10K format, in the --cameras frame)",
+    )
+    group.add_argument(
         "--target-cameras",
         metavar="JSON",
         help="explicit target cameras, RealEstate10K metadata format, in the --cameras frame",
@@ -701,9 +744,12 @@ def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
         for name, value in (
             ("--trajectory", args.trajectory),
             ("--target-cameras", args.target_cameras),
+            ("--keyframes", args.keyframes),
         )
         if value is not None
     ]
+    if args.trajectory_distance is not None and args.trajectory is None:
+        raise ValueError("--trajectory-distance needs --trajectory")
     if len(others) + bool(view) > 1:
         raise ValueError(f"give one kind of target cameras, got {' and '.join(others + view)}")
     if view:
@@ -718,6 +764,8 @@ def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
         trajectory=args.trajectory,
         frames=args.frames,
         cameras=args.target_cameras,
+        keyframes=args.keyframes,
+        trajectory_distance=args.trajectory_distance,
         focus=args.focus,
     )
 

@@ -172,10 +172,14 @@ def test_validate_cameras_errors(mutate, message):
 @pytest.mark.parametrize("name", [*T.TRAJECTORY_PRESETS, "interpolate"])
 def test_trajectory_presets_are_valid_cameras(name):
     src = random_c2w(3, torch.Generator().manual_seed(6)).float()
-    poses = T.make_trajectory(name, src, num_frames=12, focus=2.0)
-    assert poses.shape == (12, 4, 4)
-    C.validate_cameras(poses, torch.tensor([[50.0, 50.0, 32.0, 32.0]]).repeat(12, 1), (64, 64))
-    assert (poses[1:, :3, :] - poses[:-1, :3, :]).abs().max() > 0  # the camera moves
+    path = T.make_trajectory(name, src, num_frames=12, focus=2.0)
+    poses, k = path.c2w, path.intrinsics(torch.tensor([50.0, 50.0, 32.0, 32.0]))
+    assert poses.shape == (12, 4, 4) and k.shape == (12, 4)
+    C.validate_cameras(poses, k, (64, 64))
+    moves = (poses[1:, :3, :] - poses[:-1, :3, :]).abs().max() > 0
+    zooms = (k[1:, :2] - k[:-1, :2]).abs().max() > 0
+    assert moves or zooms  # something changes from frame to frame
+    assert torch.equal(k[:, 2:], torch.tensor([[32.0, 32.0]]).expand(12, 2))
 
 
 def test_orbit_starts_at_reference_and_keeps_focus_in_centre():
@@ -225,3 +229,46 @@ def test_apply_normalization_matches_normalize_scene():
     normalized, _ = C.normalize_scene(c2w, 3)
     ref, scale = C.scene_normalization(c2w[:3], 3)
     assert torch.allclose(C.apply_normalization(c2w[3:], ref, scale), normalized[3:], atol=1e-12)
+
+
+def _focus(ref, focus):
+    return ref[:3, 3] + focus * ref[:3, 2]
+
+
+def test_new_presets_geometrically():
+    ref = random_c2w(1, torch.Generator().manual_seed(9))[0]
+    k = torch.tensor([50.0, 50.0, 32.0, 32.0], dtype=torch.float64)
+    x, y, z = ref[:3, 0], ref[:3, 1], ref[:3, 2]
+    # Lemniscate: a figure eight in the image plane, through the start, facing the focus.
+    path = T.make_trajectory("lemniscate", ref[None], 16, focus=2.0, distance=0.2)
+    offsets = path.c2w[:, :3, 3] - ref[:3, 3]
+    assert torch.allclose(path.c2w[0], ref, atol=1e-9)
+    assert (offsets @ z).abs().max() < 1e-9  # stays in the image plane
+    u, v = offsets @ x, offsets @ y
+    assert u.max() > 0.1 and u.min() < -0.1 and (v.abs().max() > 0.02)
+    assert (u[1:4] > 0).all() and (u[9:12] < 0).all()  # one lobe each side
+    uv, _ = C.project_points(_focus(ref, 2.0).expand(16, 1, 3), path.c2w, k.expand(16, 4))
+    assert torch.allclose(uv, torch.full_like(uv, 32.0), atol=1e-6)
+    # Moves: straight along a camera axis, no turning, the set distance.
+    for name, axis, sign in (("forward", z, 1), ("left", x, -1), ("up", y, -1)):
+        path = T.make_trajectory(f"move-{name}", ref[None], 5, focus=2.0, distance=0.6)
+        travel = path.c2w[-1, :3, 3] - ref[:3, 3]
+        assert torch.allclose(travel, sign * 0.6 * axis, atol=1e-9)
+        assert torch.allclose(path.c2w[:, :3, :3], ref[:3, :3].expand(5, 3, 3))
+    # Zooms: the camera stays, the focal length changes steadily (geometric steps).
+    path = T.make_trajectory("zoom-in", ref[None], 5, focus=2.0, distance=2.0)
+    assert torch.allclose(path.c2w, ref.expand(5, 4, 4))
+    assert torch.allclose(path.focal_scale[[0, -1]], torch.tensor([1.0, 2.0], dtype=torch.float64))
+    ratios = path.focal_scale[1:] / path.focal_scale[:-1]
+    assert torch.allclose(ratios, ratios[0].expand(4))
+    assert T.make_trajectory("zoom-out", ref[None], 3, focus=2.0).focal_scale[-1] < 1
+    # Dolly zoom: the focus plane keeps its image size while the camera backs away.
+    path = T.make_trajectory("dolly-zoom", ref[None], 6, focus=2.0, distance=1.0)
+    corner = _focus(ref, 2.0) + 0.3 * x - 0.2 * y  # a point on the focus plane
+    frames = path.intrinsics(k)
+    uv, depth = C.project_points(corner.expand(6, 1, 3), path.c2w, frames)
+    assert torch.allclose(uv, uv[:1].expand_as(uv), atol=1e-6)
+    assert torch.allclose(depth[-1], torch.tensor([3.0], dtype=torch.float64))
+    far = _focus(ref, 6.0) + 0.3 * x  # behind the focus plane: grows in the image
+    uv_far, _ = C.project_points(far.expand(6, 1, 3), path.c2w, frames)
+    assert (uv_far[-1, 0, 0] - 32) > (uv_far[0, 0, 0] - 32) * 1.2

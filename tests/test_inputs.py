@@ -170,6 +170,36 @@ def test_camera_file_targets_are_in_the_world_frame(scene, tmp_path):
     assert torch.allclose(loose.fxfycxcy[1], torch.tensor(frames[1]["fxfycxcy"]).float())
 
 
+def test_keyframes_give_a_smooth_path_through_the_file_cameras(scene):
+    views, _, meta = scene  # 3 keyframes
+    targets = target_cameras(TargetSpec(keyframes=meta, frames=5), HW)
+    keys = target_cameras(TargetSpec(cameras=meta), HW)
+    assert not targets.normalized and targets.c2w.shape == (5, 4, 4)
+    for frame, key in ((0, 0), (2, 1), (4, 2)):  # keys land on frames 0, 2, 4
+        assert torch.allclose(targets.c2w[frame], keys.c2w[key], atol=1e-5)
+        assert torch.allclose(targets.fxfycxcy[frame], keys.fxfycxcy[key], atol=1e-4)
+    middle = (keys.fxfycxcy[0] + keys.fxfycxcy[1]) / 2
+    assert torch.allclose(targets.fxfycxcy[1], middle, atol=1e-4)
+    spec = target_spec_from_args(parse("--keyframes", str(meta), "--frames", "5"))
+    assert spec.kind == "keyframes" and spec.frames == 5
+
+
+def test_trajectory_distance_and_zoom_reach_the_targets():
+    sources = torch.eye(4)[None]
+    k = torch.tensor([[40.0, 40.0, 16.0, 16.0]])
+    spec = target_spec_from_args(
+        parse("--trajectory", "zoom-in", "--trajectory-distance", "2", "--frames", "3")
+    )
+    targets = target_cameras(spec, HW, sources, k)
+    assert torch.allclose(targets.fxfycxcy[:, 0], torch.tensor([40.0, 40 * 2**0.5, 80.0]))
+    moved = target_cameras(
+        TargetSpec(trajectory="move-right", trajectory_distance=0.5), HW, sources
+    )
+    assert torch.allclose(moved.c2w[-1, :3, 3], torch.tensor([0.5, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="--trajectory-distance needs --trajectory"):
+        target_spec_from_args(parse("--trajectory-distance", "2"))
+
+
 def test_target_errors():
     with pytest.raises(ValueError, match="one kind of target cameras, got a trajectory and an az"):
         TargetSpec(trajectory="orbit", azimuth_deg=10.0)

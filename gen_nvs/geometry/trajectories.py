@@ -6,14 +6,19 @@ the reference camera is what orbits and spirals look at. They return OpenCV c2w
 poses [n, 4, 4] in the reference camera's world frame; intrinsics are reused from
 the reference view.
 
-Presets (as in generative NVS tools): orbit, spiral, dolly-in, dolly-out, pan, and
-`interpolate` through given cameras.
+Presets (as in generative NVS tools): orbit, orbit-360, spiral, lemniscate, dolly-in,
+dolly-out, pan, zoom-in and zoom-out (the focal length changes, the camera stays),
+dolly-zoom (the camera backs away while the focal length grows so that the focus plane
+keeps its size), move-forward/backward/left/right/up/down, and `interpolate` through
+given cameras (the sources, or keyframes from a file). A trajectory is poses plus a
+focal-length scale per frame (`Trajectory`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -171,15 +176,116 @@ def interpolate(keyframes: Tensor, num_frames: int) -> Tensor:
     return poses
 
 
-# name -> builder(reference [4,4], num_frames, focus) -> c2w [n,4,4]
-TRAJECTORY_PRESETS: dict[str, Callable[[Tensor, int, float], Tensor]] = {
-    "orbit": lambda ref, n, focus: orbit(ref, n, focus=focus, degrees=60.0, elevation_deg=0.0),
-    "orbit-360": lambda ref, n, focus: orbit(ref, n, focus=focus, degrees=360.0),
-    "spiral": lambda ref, n, focus: spiral(ref, n, focus=focus, radius=0.1 * focus),
-    "dolly-in": lambda ref, n, focus: dolly_in(ref, n, distance=0.4 * focus),
-    "dolly-out": lambda ref, n, focus: dolly_out(ref, n, distance=0.4 * focus),
-    "pan": lambda ref, n, focus: pan(ref, n, degrees=30.0),
+def lemniscate(
+    reference: Tensor, num_frames: int, focus: float = 1.0, radius: float = 0.1
+) -> Tensor:
+    """A figure eight (lemniscate of Bernoulli, half-width `radius`) in the reference
+    camera's image plane, always looking at the focus point; starts and ends at the
+    reference camera."""
+    _check(reference, num_frames)
+    center = _focus_point(reference, focus)
+    x, y = reference[:3, 0], reference[:3, 1]
+    t = torch.linspace(0.0, 2 * math.pi, num_frames + 1, dtype=reference.dtype)[:num_frames]
+    denominator = 1 + torch.sin(t) ** 2
+    # Starts at the crossing point (the reference camera): t shifted by a quarter turn.
+    u = radius * torch.sin(t) / denominator  # the x excursion, 0 at t = 0
+    v = radius * torch.sin(t) * torch.cos(t) / denominator
+    eyes = reference[:3, 3] + u[:, None] * x + v[:, None] * y
+    return look_at(eyes, center.expand_as(eyes), up=(-y).expand_as(eyes))
+
+
+# Camera-frame directions (OpenCV: x right, y down, z forward) of the move presets.
+MOVES: dict[str, tuple[float, float, float]] = {
+    "forward": (0.0, 0.0, 1.0),
+    "backward": (0.0, 0.0, -1.0),
+    "left": (-1.0, 0.0, 0.0),
+    "right": (1.0, 0.0, 0.0),
+    "up": (0.0, -1.0, 0.0),
+    "down": (0.0, 1.0, 0.0),
 }
+
+
+def move(reference: Tensor, num_frames: int, direction: str, distance: float) -> Tensor:
+    """Translate `distance` along a camera axis (`MOVES`) without turning."""
+    _check(reference, num_frames)
+    if direction not in MOVES:
+        raise ValueError(f"move direction must be one of {list(MOVES)}, got {direction!r}")
+    axis = reference[:3, :3] @ reference.new_tensor(MOVES[direction])
+    steps = torch.linspace(0.0, distance, num_frames, dtype=reference.dtype)
+    poses = reference.expand(num_frames, 4, 4).clone()
+    poses[:, :3, 3] = reference[:3, 3] + steps[:, None] * axis
+    return poses
+
+
+def zoom(num_frames: int, factor: float) -> Tensor:
+    """Focal-length scales [n] from 1 to `factor` (> 1 zooms in), geometric in between
+    (a steady zoom)."""
+    if factor <= 0:
+        raise ValueError(f"zoom factor must be positive, got {factor}")
+    return torch.logspace(0.0, math.log10(factor), num_frames, dtype=torch.float64)
+
+
+def dolly_zoom(
+    reference: Tensor, num_frames: int, focus: float, distance: float
+) -> tuple[Tensor, Tensor]:
+    """The vertigo effect: the camera backs away by `distance` along its axis while the
+    focal length grows with the distance to the focus plane, whose image keeps its size.
+    -> (poses [n, 4, 4], focal scales [n])."""
+    poses = dolly(reference, num_frames, -abs(distance))
+    behind = torch.linspace(0.0, abs(distance), num_frames, dtype=torch.float64)
+    return poses, (focus + behind) / focus
+
+
+@dataclass
+class Trajectory:
+    """c2w [n, 4, 4] poses and focal_scale [n]: each frame's focal length over the
+    reference camera's (1 where the preset does not zoom)."""
+
+    c2w: Tensor
+    focal_scale: Tensor
+
+    def intrinsics(self, fxfycxcy: Tensor) -> Tensor:
+        """The reference camera's fxfycxcy [4] -> each frame's [n, 4]."""
+        scale = self.focal_scale.to(fxfycxcy)
+        out = fxfycxcy.expand(self.c2w.shape[0], 4).clone()
+        out[:, :2] = out[:, :2] * scale[:, None]
+        return out
+
+
+def _move_preset(direction: str) -> Callable[[Tensor, int, float, float | None], Tensor]:
+    return lambda ref, n, f, d: move(ref, n, direction, _or(d, 0.3 * f))
+
+
+# name -> builder(reference [4,4], num_frames, focus, distance) -> poses [n,4,4], or
+# (poses, focal scales [n]). `distance`: how far the preset travels (None: its default,
+# a fraction of the focus distance); for the orbits the angle in degrees.
+TRAJECTORY_PRESETS: dict[str, Callable[[Tensor, int, float, float | None], Tensor | tuple]] = {
+    "orbit": lambda ref, n, f, d: orbit(ref, n, focus=f, degrees=60.0 if d is None else d),
+    "orbit-360": lambda ref, n, f, d: orbit(ref, n, focus=f, degrees=360.0),
+    "spiral": lambda ref, n, f, d: spiral(ref, n, focus=f, radius=_or(d, 0.1 * f)),
+    "lemniscate": lambda ref, n, f, d: lemniscate(ref, n, focus=f, radius=_or(d, 0.15 * f)),
+    "dolly-in": lambda ref, n, f, d: dolly_in(ref, n, distance=_or(d, 0.4 * f)),
+    "dolly-out": lambda ref, n, f, d: dolly_out(ref, n, distance=_or(d, 0.4 * f)),
+    "pan": lambda ref, n, f, d: pan(ref, n, degrees=30.0 if d is None else d),
+    "zoom-in": lambda ref, n, f, d: (_still(ref, n), zoom(n, _or(d, 1.5))),
+    "zoom-out": lambda ref, n, f, d: (_still(ref, n), zoom(n, 1 / _or(d, 1.5))),
+    "dolly-zoom": lambda ref, n, f, d: dolly_zoom(ref, n, focus=f, distance=_or(d, 0.5 * f)),
+    **{f"move-{direction}": _move_preset(direction) for direction in MOVES},
+}
+# What `distance` means per preset, for help texts.
+DISTANCE_MEANING = (
+    "orbit, pan: degrees; spiral, lemniscate: radius; zoom-in/out: focal factor; dolly, "
+    "dolly-zoom, move: travel (scene units)"
+)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _still(reference: Tensor, num_frames: int) -> Tensor:
+    _check(reference, num_frames)
+    return reference.expand(num_frames, 4, 4).clone()
 
 
 def make_trajectory(
@@ -187,7 +293,8 @@ def make_trajectory(
     source_c2w: Tensor,
     num_frames: int,
     focus: float = 1.0,
-) -> Tensor:
+    distance: float | None = None,
+) -> Trajectory:
     """A named preset around the first source camera, or `interpolate` through all sources.
 
     Args:
@@ -195,12 +302,19 @@ def make_trajectory(
         source_c2w: [s, 4, 4] source cameras (normalised scene frame).
         num_frames: number of poses to return.
         focus: distance from the first camera to the point orbits look at.
+        distance: the preset's extent (`DISTANCE_MEANING`); None: its default.
     Returns:
-        [num_frames, 4, 4] c2w poses.
+        the Trajectory (poses [num_frames, 4, 4] and focal scales).
     """
     if name == "interpolate":
-        return interpolate(source_c2w, num_frames)
+        poses = interpolate(source_c2w, num_frames)
+        return Trajectory(poses, torch.ones(num_frames, dtype=torch.float64))
     if name not in TRAJECTORY_PRESETS:
         valid = ", ".join([*TRAJECTORY_PRESETS, "interpolate"])
         raise ValueError(f"unknown trajectory {name!r}; valid: {valid}")
-    return TRAJECTORY_PRESETS[name](source_c2w[0], num_frames, focus)
+    if distance is not None and not math.isfinite(distance):
+        raise ValueError(f"trajectory distance must be finite, got {distance}")
+    built = TRAJECTORY_PRESETS[name](source_c2w[0], num_frames, focus, distance)
+    if isinstance(built, tuple):
+        return Trajectory(*built)
+    return Trajectory(built, torch.ones(num_frames, dtype=torch.float64))
