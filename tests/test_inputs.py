@@ -171,7 +171,7 @@ def test_camera_file_targets_are_in_the_world_frame(scene, tmp_path):
 
 
 def test_keyframes_give_a_smooth_path_through_the_file_cameras(scene):
-    views, _, meta = scene  # 3 keyframes
+    _, _, meta = scene  # 3 keyframes
     targets = target_cameras(TargetSpec(keyframes=meta, frames=5), HW)
     keys = target_cameras(TargetSpec(cameras=meta), HW)
     assert not targets.normalized and targets.c2w.shape == (5, 4, 4)
