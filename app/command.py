@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     # A terminated server (as by a test or a service manager) still removes its files.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with tempfile.TemporaryDirectory(prefix="gen-nvs-app-") as workdir:
-        engine = Engine(model, workdir, device=device, image_hw=tuple(args.size))
         where = args.checkpoint or "the embedded default model"
+        engine = Engine(model, workdir, device=device, image_hw=tuple(args.size), model_name=where)
         sampling = "regression and sampling" if engine.can_sample else "regression only"
         print(f"gen-nvs app: {where} on {device} ({sampling}), http://{args.host}:{args.port}")
         launch(engine, host=args.host, port=args.port)

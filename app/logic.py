@@ -43,7 +43,18 @@ from gen_nvs.inputs import (
 )
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
-from gen_nvs.outputs import colorize_depth, to_pil, write_gif
+from gen_nvs.outputs import (
+    colorize_depth,
+    fit_depth_scale,
+    to_pil,
+    write_cameras,
+    write_depth,
+    write_gif,
+    write_gray,
+    write_mp4,
+    write_regression,
+    write_rgb,
+)
 from gen_nvs.rendering import Progress, no_progress, render_targets, to_cpu
 from gen_nvs.sampling import check_sampling_options, sample_views, scene_to_world, unseen_region
 
@@ -51,9 +62,30 @@ MODES = ("Regression", "Sampling")
 TARGET_KINDS = ("Single view", "Trajectory video")
 # Page wording -> `sample_views` mask mode.
 COMPLETION = {"complete occluded regions only": "auto", "generate freely": "off"}
+# Presets that set sensible controls at once, as generative NVS demos offer; a preset
+# names only what it sets (the rest stays as the visitor left it).
+PRESETS: dict[str, dict[str, object]] = {
+    "Quick look: one view (regression)": dict(kind="Single view", mode="Regression"),
+    "Orbit video (regression)": dict(
+        kind="Trajectory video", mode="Regression", trajectory="orbit", frames=16
+    ),
+    "Complete the unseen parts (sampling)": dict(
+        kind="Single view", mode="Sampling", steps=20, samples=4, guidance=1.0,
+        completion="complete occluded regions only",
+    ),
+    "Imagine freely (sampling)": dict(
+        kind="Single view", mode="Sampling", steps=30, samples=4, guidance=2.0,
+        completion="generate freely",
+    ),
+    "Sampled fly-through (video)": dict(
+        kind="Trajectory video", mode="Sampling", trajectory="dolly-in", frames=8, steps=20,
+        samples=1,
+    ),
+}  # fmt: skip
 EXAMPLE_SEEDS = (0, 1, 4)  # procedural scenes that read well at 64x64
 EXAMPLE_VIEWS = 3
 MAX_CLOUD_POINTS = 60_000
+SOURCE_COLOR, TARGET_COLOR = (40, 90, 230), (245, 140, 20)  # frusta in the 3D viewer
 # The 3D viewer is y-up; scene points use OpenCV axes (y down, z forward).
 _VIEWER_AXES = torch.tensor([1.0, -1.0, -1.0])
 
@@ -178,8 +210,9 @@ class Outputs:
 
     gallery: (image, caption) pairs: the view, or the samples then the regression render.
     cloud_view: PLY for the 3D viewer (normalised frame, y up); cloud_ply: PLY to download,
-    in the frame of the given cameras (the first camera's when pose-free). video: animated
-    GIF of a trajectory.
+    in the frame of the given cameras (the first camera's when pose-free). video: MP4
+    (H.264) of a trajectory. export: a zip of everything the run made (views, samples,
+    depth, unseen masks, PLY, cameras JSON, MP4 and GIF).
     """
 
     gallery: list[tuple[Image.Image, str]] | None = None
@@ -188,6 +221,7 @@ class Outputs:
     cloud_view: Path | None = None
     cloud_ply: Path | None = None
     video: Path | None = None
+    export: Path | None = None
     plot: Image.Image | None = None
     status: str = ""
 
@@ -207,6 +241,7 @@ class Engine:
         *,
         device: torch.device | str = "cpu",
         image_hw: tuple[int, int] = (64, 64),
+        model_name: str = "the embedded default model",
     ) -> None:
         patch = model.patch_size
         if image_hw[0] % patch or image_hw[1] % patch:
@@ -216,10 +251,21 @@ class Engine:
         self.image_hw = tuple(image_hw)
         self.workdir = Path(workdir)
         self.examples = make_examples(self.workdir / "examples", self.image_hw)
+        self.model_name = model_name
 
     @property
     def can_sample(self) -> bool:
         return self.model.can_sample
+
+    def model_note(self) -> str:
+        """One line on the model in use: which, its size, resolution and abilities."""
+        h, w = self.image_hw
+        millions = sum(p.numel() for p in self.model.parameters()) / 1e6
+        can = "regression and sampling" if self.can_sample else "regression only"
+        return (
+            f"**Model:** {self.model_name} ({millions:.1f} M parameters, {can}); renders "
+            f"{w}x{h} on {self.device.type}."
+        )
 
     def session_dir(self, session: Session) -> Path:
         path = self.workdir / "sessions" / session.id
@@ -367,12 +413,14 @@ class Engine:
         out = Outputs(plot=self.plot(session, controls))
         stem = self.session_dir(session) / f"{session.runs:04d}"
         if views.points is not None:
-            out.cloud_ply, out.cloud_view = self._cloud(loaded, stem, views)
+            out.cloud_ply, out.cloud_view = self._cloud(loaded, stem, views, targets)
         if controls.kind == TARGET_KINDS[0]:
             out.gallery, out.depth, out.unseen = _view_pictures(views, mode, sampling.seed)
         else:
             frames = [visuals.enlarge(to_pil(frame)) for frame in views.rgb[0]]
-            out.video = write_gif(frames, stem.with_suffix(".gif"), controls.fps)
+            out.video = write_mp4(frames, stem.with_suffix(".mp4"), controls.fps)
+            write_gif(frames, stem.with_suffix(".gif"), controls.fps)
+        out.export = self._export(loaded, stem, views, targets, out)
         what = _what(mode, targets.num_views, sampling)
         out.status = f"Run {session.runs}: {what} in {seconds:.1f} s."
         return out
@@ -440,10 +488,54 @@ class Engine:
         )
         return None if unseen is None else unseen[0]
 
-    def _cloud(self, loaded: LoadedScene, stem: Path, views: _Views) -> tuple[Path, Path]:
+    def _export(
+        self, loaded: LoadedScene, stem: Path, views: _Views, targets: TargetCameras, out: Outputs
+    ) -> Path:
+        """`stem`-all.zip: every view (regression render, samples), its depth (16-bit PNG
+        and coloured) and unseen mask, the point cloud, the target cameras (RealEstate10K
+        JSON, the --target-cameras format) and the run's videos."""
+        folder = stem.parent / f"{stem.name}-export"
+        c2w = targets.c2w
+        if not targets.normalized and loaded.scene.posed:
+            c2w = loaded.scene.normalize(c2w[None].to(loaded.scene.scale))[0].cpu()
+        depth = views.depth[0] if views.depth is not None else None
+        scale = loaded.scene.scale[0].item()
+        if depth is not None:
+            depth = depth * scale
+        depth_scale = None if depth is None else fit_depth_scale(depth.flatten())
+        folder.mkdir(parents=True, exist_ok=True)
+        folders = write_regression(folder, views.regression.rgb[0], None, None)
+        for j, target in enumerate(folders):
+            if depth is not None:
+                write_depth(target / "depth.png", depth[j], depth_scale)
+                colorize_depth(depth[j]).save(target / "depth_color.png")
+            if views.mask is not None:
+                write_gray(target / "unseen.png", views.mask[j].float())
+            if views.rgb is not views.regression.rgb:  # sampled: the samples too
+                for k in range(views.rgb.shape[0]):
+                    write_rgb(target / f"sample_{k:02d}_rgb.png", views.rgb[k, j])
+        write_cameras(folder / "cameras.json", loaded.scene, c2w, targets.fxfycxcy)
+        extras = [out.cloud_ply, out.video, out.video and out.video.with_suffix(".gif")]
+        for extra in extras:
+            if extra is not None and extra.is_file():
+                shutil.copy2(extra, folder / extra.name.removeprefix(f"{stem.name}-"))
+        (folder / "README.txt").write_text(
+            f"gen-nvs app export: {targets.num_views} view(s) of {self.model_name}.\n"
+            f"depth.png: 16-bit, depth = value / {depth_scale} (scene units of the given "
+            "cameras); unseen.png: white where no source saw; cameras.json: the targets, "
+            "RealEstate10K format (gen-nvs render --target-cameras reads it).\n"
+        )
+        archive = shutil.make_archive(str(stem.parent / f"{stem.name}-all"), "zip", folder)
+        shutil.rmtree(folder)
+        return Path(archive)
+
+    def _cloud(
+        self, loaded: LoadedScene, stem: Path, views: _Views, targets: TargetCameras
+    ) -> tuple[Path, Path]:
         """Fuse the sources' and the (first sample's) views' points into two PLYs: one in
         the input world frame to download (the first camera's frame when pose-free), one
-        in the normalised frame with y up for the 3D viewer."""
+        in the normalised frame with y up for the 3D viewer, which also shows the cameras
+        as frusta (sources blue, targets orange)."""
         points = views.points[0]  # (t, h, w, 3)
         colors = views.rgb[0].permute(0, 2, 3, 1)  # (t, h, w, 3)
         conf = views.conf
@@ -461,7 +553,18 @@ class Engine:
         )
         world = scene_to_world(loaded.scene, xyz[None].to(loaded.scene.scale.device))[0].cpu()
         ply = rgbd.write_ply(stem.parent / f"{stem.name}-points.ply", world, rgb)
-        view = rgbd.write_ply(stem.parent / f"{stem.name}-viewer.ply", xyz * _VIEWER_AXES, rgb)
+        shown_xyz, shown_rgb = [xyz], [rgb]
+        h, w = self.image_hw
+        size = 0.15 * loaded.focus
+        for c2w, color in ((loaded.source_c2w, SOURCE_COLOR), (targets.c2w, TARGET_COLOR)):
+            if c2w is not None and targets.normalized:
+                frusta = visuals.frustum_points(c2w.cpu(), size, w / h, color)
+                shown_xyz.append(frusta[0])
+                shown_rgb.append(frusta[1].to(rgb.dtype) / 255)  # floats in [0, 1] like rgb
+        viewer_xyz = torch.cat(shown_xyz) * _VIEWER_AXES
+        view = rgbd.write_ply(
+            stem.parent / f"{stem.name}-viewer.ply", viewer_xyz, torch.cat(shown_rgb)
+        )
         return ply, view
 
 

@@ -21,6 +21,7 @@ import samplers
 from app.logic import (
     COMPLETION,
     MODES,
+    PRESETS,
     TARGET_KINDS,
     CameraControls,
     Engine,
@@ -83,7 +84,6 @@ def _source_panel(engine: Engine) -> SimpleNamespace:
         images=gr.File(
             file_count="multiple",
             label=f"Source images (1-{MAX_VIEWS})",
-            height=140,
             elem_id="images",
         ),
         cameras=gr.File(
@@ -112,6 +112,10 @@ def _source_panel(engine: Engine) -> SimpleNamespace:
 
 def _target_panel() -> SimpleNamespace:
     gr.Markdown("### 2. Target camera")
+    preset = gr.Dropdown(
+        ["Custom", *PRESETS], value="Custom", label="Preset (sets the controls below)",
+        elem_id="preset",
+    )  # fmt: skip
     kind = gr.Radio(list(TARGET_KINDS), value=TARGET_KINDS[0], label="Target", elem_id="kind")
     with gr.Group(visible=True) as view_group:
         from_source = gr.Dropdown(choices=[("1", 0)], value=0, label="Start from source view")
@@ -129,6 +133,9 @@ def _target_panel() -> SimpleNamespace:
         elem_id="plot",
     )
     return SimpleNamespace(
+        preset=preset,
+        trajectory=trajectory,
+        frames=frames,
         kind=kind,
         view_group=view_group,
         video_group=video_group,
@@ -179,23 +186,26 @@ def _output_panel() -> SimpleNamespace:
         )
         depth = gr.Image(label="Depth (red: near)", format="png", height=330, elem_id="depth")
     with gr.Row():
-        unseen = gr.Image(
-            label="Unseen region (magenta)",
-            format="png",
-            height=300,
-            elem_id="unseen",
+        unseen = gr.Image(label="Unseen (magenta)", format="png", height=300, elem_id="unseen")
+        video = gr.Video(
+            label="Trajectory video", height=300, autoplay=True, loop=True, elem_id="video"
         )
-        video = gr.Image(label="Trajectory video", height=300, elem_id="video")
     cloud = gr.Model3D(
         label="Fused point cloud (sources and views)",
         clear_color=(0.97, 0.97, 0.97, 1.0),
         height=320,
         elem_id="cloud",
     )
-    ply = gr.File(label="Point cloud (PLY, in the frame of the given cameras)", elem_id="ply")
+    with gr.Row():
+        ply = gr.File(label="Point cloud (PLY, in the frame of the given cameras)", elem_id="ply")
+        export = gr.File(
+            label="Everything (zip: views, samples, depth, masks, PLY, cameras, videos)",
+            elem_id="export",
+        )
     return SimpleNamespace(
-        gallery=gallery, depth=depth, unseen=unseen, video=video, cloud=cloud, ply=ply
-    )
+        gallery=gallery, depth=depth, unseen=unseen, video=video, cloud=cloud, ply=ply,
+        export=export, run_outputs=[gallery, depth, unseen, video, cloud, ply, export],
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -281,8 +291,7 @@ class Handlers:
         self, sess, files, cams, free, mode, k, s, az, el, d, tr, n, f,
         scheduler, steps, guidance, samples, seed, completion, progress=PROGRESS,
     ):  # fmt: skip
-        """-> (gallery, depth, unseen, video, cloud, ply, plot, status); gr.skip() keeps
-        what the page shows where this run made nothing new."""
+        """-> (gallery, depth, unseen, video, cloud, ply, export, plot, status)."""
         self.engine.check_mode(mode)
         self.engine.load(sess, files, cams, free, progress)
         sampling = SamplingControls(
@@ -298,11 +307,27 @@ class Handlers:
             out = self.engine.run(sess, controls, mode, sampling, progress)
         except samplers.SamplingCancelled as err:
             gr.Warning(f"Sampling cancelled ({err}); the earlier results are kept.")
-            return *([gr.skip()] * 7), "Sampling cancelled."
-        gallery = out.gallery and gr.update(value=out.gallery, selected_index=0)
-        files_out = [out.video, out.cloud_view, out.cloud_ply]
-        values = [gallery, out.depth, out.unseen, *[p and str(p) for p in files_out]]
-        return *[gr.skip() if v is None else v for v in values], out.plot, out.status
+            return *([gr.skip()] * 8), "Sampling cancelled."
+        # A single view's panels and a trajectory's video belong to the run that made
+        # them: each run clears the other kind's, so nothing on the page is stale.
+        single = out.video is None
+        gallery = gr.update(value=out.gallery, selected_index=0) if single else None
+        view_panels = [gallery, out.depth, out.unseen] if single else [None, None, None]
+        video = None if single else str(out.video)
+        cloud = [p and str(p) for p in (out.cloud_view, out.cloud_ply)]
+        cloud = [gr.skip() if p is None else p for p in cloud]
+        export = str(out.export) if out.export is not None else None
+        return *view_panels, video, *cloud, export, out.plot, out.status
+
+    def preset(self, name: str) -> tuple:
+        """A preset's values for (kind, mode, trajectory, frames, steps, guidance, samples,
+        completion); gr.skip() where the preset leaves a control alone."""
+        values = PRESETS.get(name, {})
+        names = ("kind", "mode", "trajectory", "frames", "steps", "guidance", "samples")
+        return tuple(
+            gr.update(value=values[key]) if key in values else gr.skip()
+            for key in (*names, "completion")
+        )
 
     def cancel(self, sess):
         sess.cancel_requested = True
@@ -316,6 +341,7 @@ def build(engine: Engine) -> gr.Blocks:
         # A factory, not the class: gradio would read a dataclass type as a value.
         session = gr.State(lambda: Session(), delete_callback=engine.close_session)
         gr.Markdown(INTRO)
+        gr.Markdown(engine.model_note(), elem_id="model-note")
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
                 src = _source_panel(engine)
@@ -360,11 +386,17 @@ def _wire(handlers, session, src, tgt, mode, out) -> None:
     mode.run.click(
         handlers.run,
         [*load[:4], mode.mode, *tgt.controls, *mode.options],
-        [out.gallery, out.depth, out.unseen, out.video, out.cloud, out.ply, tgt.plot, mode.status],
+        [*out.run_outputs, tgt.plot, mode.status],
         show_progress_on=mode.status,
         **model_work,
     )
     mode.cancel.click(handlers.cancel, session, None, queue=False)
+    _, steps, guidance, samples, _, completion = mode.options
+    tgt.preset.input(
+        handlers.preset,
+        tgt.preset,
+        [tgt.kind, mode.mode, tgt.trajectory, tgt.frames, steps, guidance, samples, completion],
+    )
 
 
 def launch(engine: Engine, host: str = "127.0.0.1", port: int = 7860) -> None:

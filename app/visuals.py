@@ -66,6 +66,25 @@ def _frustum(c2w: Tensor, size: float, aspect: float) -> Tensor:
     return corners @ c2w[:, :3, :3].transpose(1, 2) + c2w[:, None, :3, 3]
 
 
+# Frustum edges as (corner, corner) pairs of `_frustum`'s five points.
+FRUSTUM_EDGES = ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1))
+
+
+def frustum_points(
+    c2w: Tensor, size: float, aspect: float, color: tuple[int, int, int], per_edge: int = 24
+) -> tuple[Tensor, Tensor]:
+    """Cameras c2w [n, 4, 4] as points along their frustum edges, for a point-cloud
+    viewer: (xyz [m, 3], rgb [m, 3] uint8 in `color`)."""
+    corners = _frustum(c2w.float(), size, aspect)  # (n, 5, 3)
+    t = torch.linspace(0.0, 1.0, per_edge)[:, None]
+    lines = [
+        corners[:, a, None] * (1 - t) + corners[:, b, None] * t for a, b in FRUSTUM_EDGES
+    ]  # each (n, per_edge, 3)
+    xyz = torch.cat(lines, dim=1).reshape(-1, 3)
+    rgb = torch.tensor(color, dtype=torch.uint8).expand(xyz.shape[0], 3)
+    return xyz, rgb
+
+
 def camera_plot(
     source_c2w: Tensor,
     target_c2w: Tensor | None = None,

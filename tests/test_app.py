@@ -15,6 +15,7 @@ from PIL import Image
 import samplers
 from app import visuals
 from app.logic import (
+    COMPLETION,
     MAX_VIEWS,
     CameraControls,
     Engine,
@@ -159,8 +160,12 @@ def test_regression_view_matches_the_model_render(engine, session):
     assert out.video is None and out.status.startswith("Run 1: rendered 1 view")
     xyz, rgb, _ = read_ply(out.cloud_ply)
     assert xyz.shape[0] > 0 and torch.isfinite(xyz).all() and rgb.shape == xyz.shape
-    viewer_xyz, _, _ = read_ply(out.cloud_view)
-    assert viewer_xyz.shape == xyz.shape
+    viewer_xyz, viewer_rgb, _ = read_ply(out.cloud_view)
+    # The viewer adds the cameras' frusta: 3 sources (blue) and the target (orange), 8
+    # edges of 24 points each.
+    assert viewer_xyz.shape[0] == xyz.shape[0] + 4 * 8 * 24
+    colors = [tuple(c) for c in viewer_rgb[xyz.shape[0] :].tolist()]
+    assert colors.count((245, 140, 20)) == 8 * 24 and colors.count((40, 90, 230)) == 3 * 8 * 24
 
 
 def test_turning_by_nothing_gives_the_source_camera(engine, session):
@@ -172,13 +177,62 @@ def test_turning_by_nothing_gives_the_source_camera(engine, session):
         torch.testing.assert_close(targets.fxfycxcy[0], loaded.source_fxfycxcy[source])
 
 
-def test_video_is_a_gif_of_the_trajectory(engine, session):
+def test_video_is_an_mp4_of_the_trajectory_and_a_gif_beside_it(engine, session):
+    from tests.test_render_command import read_mp4
+
     out = engine.run(session, VIDEO)
-    with Image.open(out.video) as gif:
+    frames, rate = read_mp4(out.video)
+    assert frames.shape[0] == VIDEO.frames and rate == 5
+    with Image.open(out.video.with_suffix(".gif")) as gif:
         assert gif.n_frames == VIDEO.frames
         assert gif.info["duration"] == 200  # 5 frames per second
-    assert out.gallery is None and out.depth is None  # the page keeps its single view
+    assert out.gallery is None and out.depth is None  # a video run makes no single view
     assert "rendered 3 views" in out.status
+
+
+def test_export_holds_everything_the_run_made(engine, session):
+    import zipfile
+
+    video = engine.run(session, VIDEO)
+    names = set(zipfile.ZipFile(video.export).namelist())
+    for j in range(VIDEO.frames):
+        for part in ("regression_rgb.png", "depth.png", "depth_color.png", "unseen.png"):
+            assert f"target_{j:03d}/{part}" in names, part
+    suffixes = {name.rsplit(".", 1)[-1] for name in names if "/" not in name}
+    assert {"cameras.json", "points.ply", "README.txt"} <= names
+    assert {"mp4", "gif"} <= suffixes
+    sampled = engine.run(
+        session,
+        CameraControls(azimuth_deg=20),
+        "Sampling",
+        SamplingControls(steps=2, num_samples=2),
+    )
+    names = set(zipfile.ZipFile(sampled.export).namelist())
+    assert {"target_000/sample_00_rgb.png", "target_000/sample_01_rgb.png"} <= names
+    # The cameras reproduce the view through the CLI's --target-cameras reader.
+    from gen_nvs.inputs import TargetSpec, target_cameras
+
+    folder = engine.workdir / "unzipped"
+    zipfile.ZipFile(sampled.export).extractall(folder)
+    targets = target_cameras(TargetSpec(cameras=folder / "cameras.json"), HW)
+    assert targets.c2w.shape == (1, 4, 4) and torch.isfinite(targets.c2w).all()
+
+
+def test_model_note_names_the_model_and_its_resolution(engine, regression_engine):
+    note = engine.model_note()
+    assert "the embedded default model" in note and "regression and sampling" in note
+    assert f"{HW[1]}x{HW[0]}" in note
+    assert "regression only" in regression_engine.model_note()
+
+
+def test_presets_set_known_controls():
+    from app.logic import MODES, PRESETS, TARGET_KINDS
+    from gen_nvs.inputs import TRAJECTORY_NAMES
+
+    for values in PRESETS.values():
+        assert values["kind"] in TARGET_KINDS and values["mode"] in MODES
+        assert values.get("trajectory", "orbit") in TRAJECTORY_NAMES
+        assert values.get("completion", next(iter(COMPLETION))) in COMPLETION
 
 
 def test_render_targets_chunks_agree_with_one_call(engine, session):
@@ -340,11 +394,15 @@ def test_page_handlers(engine, regression_engine, tmp_path):
     sampling = ["dpmpp-2m", 2, 1.0, 2, 0, "generate freely"]
     args = [session, files, cams, False]
     view = handlers.run(*args, "Regression", *_controls(), *sampling, progress=lambda *a: None)
-    # (gallery, depth, unseen, video, cloud, ply, plot, status); no video: kept as shown.
-    assert len(view) == 8 and view[3] == gr.skip() and view[0] != gr.skip()
-    assert view[7].startswith("Run 1: rendered 1 view")
+    # (gallery, depth, unseen, video, cloud, ply, export, plot, status): a single view
+    # clears the video panel, a video clears the single view's panels (none stale).
+    assert len(view) == 9 and view[3] is None and view[0] is not None
+    assert view[6].endswith("-all.zip") and view[8].startswith("Run 1: rendered 1 view")
     video = handlers.run(*args, "Regression", *_controls(k="Trajectory video"), *sampling)
-    assert video[0] == gr.skip() and video[3].endswith(".gif")
+    assert video[:3] == (None, None, None) and video[3].endswith(".mp4")
+    preset = handlers.preset("Orbit video (regression)")
+    assert preset[0]["value"] == "Trajectory video" and preset[2]["value"] == "orbit"
+    assert preset[4] == gr.skip()  # steps: left as they are
 
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(gr.Error, match="cannot read image notes.png"):

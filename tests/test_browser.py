@@ -194,6 +194,14 @@ def _screenshot(page, path: Path, full_page: bool = True) -> None:
     shot.quantize(256).save(path, optimize=True)
 
 
+def _assert_labels_fit(page, selectors: list[str]) -> None:
+    """Each block's label shows in full (it once read "Unseen region (mag")."""
+    for selector in selectors:
+        label = page.locator(f"{selector} [data-testid=block-label]").first
+        clipped = label.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+        assert not clipped, f"the label of {selector} is cut off: {label.inner_text()!r}"
+
+
 def _set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -202,10 +210,16 @@ def _set_slider(page, elem_id: str, value: int) -> None:
 
 def test_example_regression_video_and_samples(page, screenshots):
     _, expect = _playwright()
+    expect(page.locator("#model-note")).to_contain_text("the embedded default model")
+    expect(page.locator("#model-note")).to_contain_text("renders 64x64")
     _pick_example(page, expect)
     expect(page.locator("#plot img")).to_be_visible(timeout=WAIT_MS)
+    # Every file of the example is listed (the list once cut off after two).
+    expect(page.locator("#images").get_by_text(".png")).to_have_count(3)
 
     _render(page, expect, "Run 1: rendered 1 view")
+    _assert_labels_fit(page, ["#unseen", "#depth", "#views", "#video"])
+    assert page.locator("#export a").first.get_attribute("href").endswith("-all.zip")
     expect(page.locator("#views img").first).to_be_visible()
     expect(page.locator("#depth img")).to_be_visible()
     expect(page.locator("#unseen img")).to_be_visible()
@@ -217,11 +231,20 @@ def test_example_regression_video_and_samples(page, screenshots):
     page.get_by_label("Trajectory video").check()
     _set_slider(page, "frames", 4)
     _render(page, expect, "Run 2: rendered 4 views")
-    src = page.locator("#video img").get_attribute("src")
-    assert src and src.endswith(".gif"), src
+    src = page.locator("#video video").get_attribute("src")
+    assert src and src.endswith(".mp4"), src
+    # The single view's panels belong to run 1: the video run cleared them.
+    expect(page.locator("#depth img")).to_have_count(0)
+    expect(page.locator("#unseen img")).to_have_count(0)
+    _screenshot(page, screenshots / "video.png")
 
-    page.get_by_label("Single view").check()
-    page.get_by_label("Sampling").check()
+    # A preset sets the controls it names.
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="Complete the unseen parts (sampling)").click()
+    expect(page.get_by_role("radio", name="Sampling", exact=True)).to_be_checked(timeout=WAIT_MS)
+    expect(page.get_by_role("radio", name="Single view", exact=True)).to_be_checked()
+    expect(page.locator("#samples input[type=number]")).to_have_value("4")
+
     page.wait_for_selector("#steps", timeout=WAIT_MS)
     _set_slider(page, "steps", 4)
     _set_slider(page, "samples", 2)
