@@ -159,6 +159,7 @@ def sample_views(
     memory_budget: int | None = None,
     regression: DecoderOutput | None = None,
     sources: DecoderOutput | None = None,
+    noise: str = "independent",
 ) -> SampledViews:
     """Draw `num_samples` samples of every target view of the encoded scenes.
 
@@ -167,6 +168,8 @@ def sample_views(
         as for `NVSModel.render`, in the input world frame or, with `normalized`, in the
         scene's normalised frame.
     seed: sample k uses seed `seed + k`, whatever `num_samples` and `max_batch`.
+    noise: "independent" (each view its own noise) or "shared" (every view of a sample
+        the same: consistent frames along a trajectory; `sample_seeds`).
     scheduler, steps, eta, guidance_*, resample_jumps: as for `samplers.sample`; a
         scheduler name builds it on the model's noise schedule (`model_scheduler`).
     mask_mode: "off" generates everything; "confidence" generates where the point head's
@@ -199,6 +202,8 @@ def sample_views(
         samplers.SamplingCancelled: the callback cancelled.
     """
     diffusion = require_diffusion(model, "the model")
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     check_sampling_options(
         scheduler=scheduler,
         steps=steps,
@@ -261,7 +266,7 @@ def sample_views(
         guidance_interval=guidance_interval,
         resample_jumps=resample_jumps,
     )
-    x = _draw(model_fn, known, unseen, num_samples, batch, seed, callback, options)
+    x = _draw(model_fn, known, unseen, num_samples, batch, seed, noise, callback, options)
     return _views(x, num_samples, regression, unseen, target_c2w)
 
 
@@ -284,13 +289,21 @@ def model_scheduler(model: NVSModel, name: str) -> SchedulerMixin:
     return samplers.build_scheduler(name, **options)
 
 
-def sample_seeds(seed: int, samples: range, views: int) -> list[int]:
+NOISE_MODES = ("independent", "shared")
+
+
+def sample_seeds(seed: int, samples: range, views: int, noise: str = "independent") -> list[int]:
     """The sampler's row seeds, sample-major: the `views` rows (scenes x targets) of sample
-    k take their seeds from a generator seeded with `seed + k`."""
+    k take their seeds from a generator seeded with `seed + k`; with `noise="shared"` they
+    all take its first, so every view of a sample starts from the same noise and draws the
+    same step noise (frames of a trajectory then change only where the scene does)."""
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     seeds = []
     for k in samples:
         generator = torch.Generator().manual_seed(seed + k)
-        seeds += torch.randint(0, 2**62, (views,), generator=generator).tolist()
+        drawn = torch.randint(0, 2**62, (views,), generator=generator).tolist()
+        seeds += drawn if noise == "independent" else drawn[:1] * views
     return seeds
 
 
@@ -537,6 +550,7 @@ def _draw(
     num_samples: int,
     batch: int,
     seed: int,
+    noise: str,
     callback: StepCallback | None,
     options: dict,
 ) -> Tensor:
@@ -560,7 +574,7 @@ def _draw(
                 model_fn,
                 shape=tuple(known.shape[2:]),
                 num_samples=len(chunk) * b * t,
-                seeds=sample_seeds(seed, chunk, b * t),
+                seeds=sample_seeds(seed, chunk, b * t, noise),
                 callback=_chunk_callback(callback, index, len(chunks)),
                 device=known.device,
                 dtype=known.dtype,

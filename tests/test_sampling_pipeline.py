@@ -325,3 +325,32 @@ def test_memory_estimate_grows_with_size_and_guidance(model):
     assert estimate_sample_bytes(model.diffusion, 100, (64, 64), 1) > 3 * small
     assert estimate_sample_bytes(model.diffusion, 100, (32, 32), 2) == 2 * small
     assert estimate_sample_bytes(model.diffusion, 100, (32, 32), 1, guided=True) > small
+
+
+def test_shared_noise_gives_every_view_of_a_sample_the_same_seed():
+    from gen_nvs.sampling import sample_seeds
+
+    independent = sample_seeds(3, range(2), 4)
+    shared = sample_seeds(3, range(2), 4, noise="shared")
+    assert len(set(independent[:4])) == 4  # each view its own
+    assert shared[:4] == [independent[0]] * 4 and shared[4:] == [independent[4]] * 4
+    with pytest.raises(ValueError, match="noise must be one of"):
+        sample_seeds(3, range(1), 2, noise="same")
+
+
+def test_flicker_benchmark_reports_ratios_to_the_truth():
+    import argparse
+
+    from gen_nvs.bench.flicker import run_flicker_bench
+
+    args = argparse.Namespace(checkpoint=None, scenes=1, frames=3, degrees=20.0, steps=1, size=32)
+    report = run_flicker_bench(args)
+    change = report["mean_abs_frame_change"]
+    assert set(change) == {
+        "truth",
+        "regression",
+        "samples_independent_noise",
+        "samples_shared_noise",
+    }
+    assert all(value > 0 for value in change.values())
+    assert report["ratio_to_truth"]["truth"] == 1.0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gen_nvs.bench.flicker import add_flicker_arguments, run_flicker_bench
 from gen_nvs.bench.gpu import add_gpu_arguments, run_gpu_bench
 from gen_nvs.bench.render import add_render_arguments, run_render_bench
 from gen_nvs.bench.sample import add_sample_arguments, run_sample_bench
@@ -165,6 +166,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "reruns the whole model at every step",
         add_arguments=add_sample_arguments,
         run=run_sample_bench,
+    ),
+    "flicker": Benchmark(
+        help="frame-to-frame change of sampled orbits (independent vs shared noise) against "
+        "the truth, on held-out procedural scenes",
+        add_arguments=add_flicker_arguments,
+        run=run_flicker_bench,
     ),
     "gpu": Benchmark(
         help="the GPU check: CUDA tests, render FPS and sampling at 512x512, peak memory, "

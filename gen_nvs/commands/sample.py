@@ -63,6 +63,7 @@ from gen_nvs.outputs import (
 )
 from gen_nvs.sampling import (
     MASK_MODES,
+    NOISE_MODES,
     SampledViews,
     check_sampling_options,
     sample_views,
@@ -74,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     add_target_arguments(parser)
     add_video_arguments(parser)
+    parser.add_argument(
+        "--noise", choices=["auto", *NOISE_MODES], default="auto",
+        help="independent: each target view its own noise; shared: every view of a sample "
+        "the same, for consistent frames along a trajectory (auto: shared for several "
+        "targets, independent for one)",
+    )  # fmt: skip
     parser.add_argument(
         "--side-by-side", action="store_true",
         help="also write side_by_side.<format>: regression | sample 0 | depth of sample 0",
@@ -169,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
                 model, scene, target_c2w, target_fxfycxcy, image_hw,
                 normalized=targets.normalized, seed=args.seed, eta=args.eta, mask=mask,
                 callback=progress, source_fxfycxcy=fxfycxcy,
-                conf_threshold=args.conf_threshold, **options,
+                conf_threshold=args.conf_threshold, noise=_noise(args, targets.num_views),
+                **options,
             )  # fmt: skip
         files = _write_outputs(out, scene, views, target_fxfycxcy[0])
         if targets.num_views > 1 and videos:
@@ -207,6 +215,12 @@ def _write_videos(
         frames = side_by_side(*rows)
         written += write_video(frames, out, formats, fps, crf, "side_by_side")
     return written
+
+
+def _noise(args: argparse.Namespace, num_views: int) -> str:
+    if args.noise != "auto":
+        return args.noise
+    return "shared" if num_views > 1 else "independent"
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
