@@ -56,7 +56,13 @@ from gen_nvs.outputs import (
     write_rgb,
 )
 from gen_nvs.rendering import Progress, no_progress, render_targets, to_cpu
-from gen_nvs.sampling import check_sampling_options, sample_views, scene_to_world, unseen_region
+from gen_nvs.sampling import (
+    SamplingConfig,
+    check_sampling_options,
+    sample_views,
+    scene_to_world,
+    unseen_region,
+)
 
 MODES = ("Regression", "Sampling")
 TARGET_KINDS = ("Single view", "Trajectory video")
@@ -139,11 +145,11 @@ class CameraControls:
 class SamplingControls:
     """The page's sampling controls; `completion` is a key of COMPLETION."""
 
-    scheduler: str = "dpmpp-2m"
-    steps: int = 20
-    guidance_scale: float = 1.0
-    num_samples: int = 2
-    seed: int = 0
+    scheduler: str = SamplingConfig.sampler
+    steps: int = SamplingConfig.steps
+    guidance_scale: float = SamplingConfig.guidance
+    num_samples: int = 2  # the page's default: quick on a CPU
+    seed: int = SamplingConfig.seed
     completion: str = next(iter(COMPLETION))
 
     @property

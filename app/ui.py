@@ -158,7 +158,9 @@ def _mode_panel() -> SimpleNamespace:
     note = gr.Markdown(SAMPLING_UNAVAILABLE, visible=False, elem_id="mode-note")
     with gr.Group(visible=False) as group:
         options = [
-            gr.Dropdown(list(samplers.SCHEDULER_NAMES), value="dpmpp-2m", label="Sampler"),
+            gr.Dropdown(
+                list(samplers.SCHEDULER_NAMES), value=SamplingControls.scheduler, label="Sampler"
+            ),
             gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="steps"),
             gr.Slider(0, 10, value=1, step=0.5, label="Guidance scale (1: off)"),
             gr.Slider(1, 8, value=2, step=1, label="Samples", elem_id="samples"),

@@ -94,9 +94,37 @@ class SampledViews:
     target_c2w: Tensor
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling options, with the defaults every entry point uses (CLI, app, eval).
+
+    sampler: a `samplers.SCHEDULER_NAMES` entry; steps: denoising steps; guidance:
+    classifier-free guidance scale (1: off, measured best on the embedded model); samples:
+    samples per target view; seed: sample k uses `seed + k`; mask: "auto" keeps what the
+    sources saw and generates the rest, "off" generates freely, "confidence" uses the
+    point head's confidence; noise: "independent" per view or "shared" by every view of a
+    sample (consistent trajectories); eta: DDIM's stochasticity.
+    """
+
+    sampler: str = samplers.DEFAULT_SCHEDULER
+    steps: int = 20
+    guidance: float = 1.0
+    samples: int = 4
+    seed: int = 0
+    mask: str = "auto"
+    noise: str = "independent"
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_sampling_options(
+            scheduler=self.sampler, steps=self.steps, num_samples=self.samples,
+            guidance_scale=self.guidance, mask_mode=self.mask,
+        )  # fmt: skip
+
+
 def check_sampling_options(
     *,
-    scheduler: str | SchedulerMixin = "dpmpp-2m",
+    scheduler: str | SchedulerMixin = samplers.DEFAULT_SCHEDULER,
     steps: int = 20,
     num_samples: int = 1,
     guidance_scale: float = 1.0,
@@ -143,7 +171,7 @@ def sample_views(
     normalized: bool = False,
     num_samples: int = 1,
     seed: int = 0,
-    scheduler: str | SchedulerMixin = "dpmpp-2m",
+    scheduler: str | SchedulerMixin = samplers.DEFAULT_SCHEDULER,
     steps: int = 20,
     eta: float = 0.0,
     guidance_scale: float = 1.0,

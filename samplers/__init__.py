@@ -4,6 +4,7 @@ and the seeded sampling loop with RePaint-style completion."""
 from samplers.guidance import cfg, guided_prediction, in_guidance_interval, rescale_guidance
 from samplers.sampling import STOP, SamplingCancelled, Signal, StepInfo, sample
 from samplers.schedulers import (
+    DEFAULT_SCHEDULER,
     PREDICTION_TYPES,
     SCHEDULER_NAMES,
     add_noise,
@@ -13,6 +14,7 @@ from samplers.schedulers import (
 )
 
 __all__ = [
+    "DEFAULT_SCHEDULER",
     "PREDICTION_TYPES",
     "SCHEDULER_NAMES",
     "STOP",

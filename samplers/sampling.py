@@ -29,6 +29,7 @@ from torch import Tensor
 
 from samplers.guidance import check_guidance, guided_prediction, in_guidance_interval
 from samplers.schedulers import (
+    DEFAULT_SCHEDULER,
     add_noise,
     model_levels,
     noise_levels,
@@ -86,7 +87,7 @@ def sample(
     shape: tuple[int, int, int],
     num_samples: int = 1,
     seeds: int | Sequence[int] = 0,
-    scheduler: str | SchedulerMixin = "dpmpp-2m",
+    scheduler: str | SchedulerMixin = DEFAULT_SCHEDULER,
     steps: int = 20,
     eta: float = 0.0,
     guidance_scale: float = 1.0,

@@ -35,6 +35,7 @@ from diffusers import (
 from torch import Tensor
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+DEFAULT_SCHEDULER = "dpmpp-2m"  # the one default of every sampling entry point
 
 # name -> (class, options fixed by the name)
 _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gen_nvs.sampling import SamplingConfig
+
 TEST_SEEDS = 1_000_000  # the held-out set's first seed (`gen_nvs.train.recipe.TEST_SET`)
 
 
@@ -44,7 +46,7 @@ def run_flicker_bench(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "settings": {
             "scenes": args.scenes, "frames": args.frames, "orbit_degrees": args.degrees,
-            "steps": args.steps, "image_size": args.size, "sampler": "dpmpp-2m",
+            "steps": args.steps, "image_size": args.size, "sampler": SamplingConfig.sampler,
             "checkpoint": args.checkpoint or "embedded default",
         },
         "mean_abs_frame_change": {k: round(v, 5) for k, v in mean.items()},

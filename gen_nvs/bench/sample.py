@@ -94,9 +94,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="solver steps (default 20)")
     parser.add_argument(
         "--sampler",
-        default="dpmpp-2m",
+        default=samplers.DEFAULT_SCHEDULER,
         choices=samplers.SCHEDULER_NAMES,
-        help="scheduler (default dpmpp-2m)",
+        help=f"scheduler (default {samplers.DEFAULT_SCHEDULER})",
     )
     parser.add_argument(
         "--guidance", type=float, default=1.0, help="guidance scale (default 1: unguided)"
@@ -157,7 +157,7 @@ def bench_sample(
     num_targets: int,
     num_samples: int,
     steps: int,
-    scheduler: str = "dpmpp-2m",
+    scheduler: str = samplers.DEFAULT_SCHEDULER,
     guidance_scale: float = 1.0,
     device: str | torch.device = "cpu",
     repeats: int = 1,

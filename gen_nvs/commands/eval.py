@@ -34,9 +34,9 @@ from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSetti
 from gen_nvs.inputs import add_model_arguments, check_render_size, resolve_device
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model_or_default
 from gen_nvs.models.perceptual import load_lpips
-from gen_nvs.sampling import MASK_MODES, check_sampling_options
+from gen_nvs.sampling import MASK_MODES, SamplingConfig, check_sampling_options
 
-DEFAULT_SAMPLES = 4
+DEFAULT_SAMPLES = SamplingConfig().samples
 DEFAULT_MAX_TARGETS = 4
 
 
@@ -66,14 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"diffusion samples per target (default {DEFAULT_SAMPLES} for a diffusion "
         "model; 0 evaluates regression only)",
     )
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    defaults = SamplingConfig()  # the project's one set of sampling defaults
     parser.add_argument(
-        "--sampler", default="dpmpp-2m", help="sampling scheduler (default dpmpp-2m)"
+        "--steps", type=int, default=defaults.steps, help=f"sampling steps ({defaults.steps})"
     )
     parser.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+        "--sampler", default=defaults.sampler, help=f"scheduler (default {defaults.sampler})"
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--guidance", type=float, default=defaults.guidance,
+        help=f"classifier-free guidance scale (default {defaults.guidance:g})",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (0)")
     parser.add_argument(
         "--mask-mode",
         choices=MASK_MODES,

@@ -65,10 +65,13 @@ from gen_nvs.sampling import (
     MASK_MODES,
     NOISE_MODES,
     SampledViews,
+    SamplingConfig,
     check_sampling_options,
     sample_views,
     scene_to_world,
 )
+
+DEFAULTS = SamplingConfig()  # the project's one set of sampling defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,13 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument(
         "--sampler",
-        default="dpmpp-2m",
-        help=f"scheduler: {', '.join(samplers.SCHEDULER_NAMES)} (default dpmpp-2m)",
+        default=DEFAULTS.sampler,
+        help=f"scheduler: {', '.join(samplers.SCHEDULER_NAMES)} (default {DEFAULTS.sampler})",
     )
-    group.add_argument("--steps", type=int, default=20, help="solver steps (default 20)")
     group.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+        "--steps", type=int, default=DEFAULTS.steps, help=f"solver steps ({DEFAULTS.steps})"
     )
+    group.add_argument(
+        "--guidance", type=float, default=DEFAULTS.guidance,
+        help=f"classifier-free guidance scale (default {DEFAULTS.guidance:g}: off)",
+    )  # fmt: skip
     group.add_argument(
         "--guidance-rescale", type=float, default=0.0, help="guidance rescale phi (default 0)"
     )
@@ -105,13 +111,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LOW", "HIGH"),
         help="guide only at noise-to-signal ratios in (LOW, HIGH] (default: every step)",
     )
-    group.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
-    group.add_argument("--samples", type=int, default=4, help="samples per target (default 4)")
-    group.add_argument("--seed", type=int, default=0, help="sample k uses seed + k (default 0)")
+    group.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM stochasticity (0)")
+    group.add_argument(
+        "--samples", type=int, default=DEFAULTS.samples,
+        help=f"samples per target (default {DEFAULTS.samples})",
+    )  # fmt: skip
+    group.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, help="sample k uses seed + k (default 0)"
+    )
     group.add_argument(
         "--mask",
         choices=MASK_MODES,
-        default="auto",
+        default=DEFAULTS.mask,
         help="what to generate: auto (unseen by geometry, else by confidence), confidence, "
         "off (everything) (default auto)",
     )

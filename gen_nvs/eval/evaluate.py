@@ -58,6 +58,7 @@ from gen_nvs.models.nvs import EncodedScene, NVSModel
 from gen_nvs.rendering import render_targets, to_device
 from gen_nvs.sampling import (
     PREDICTED_REL_TOL,
+    SamplingConfig,
     check_sampling_options,
     sample_views,
     unseen_region,
@@ -89,12 +90,12 @@ class SamplingSettings:
     depend on which other scenes are evaluated after it.
     """
 
-    num_samples: int = 4
-    steps: int = 20
-    scheduler: str = "dpmpp-2m"
-    guidance_scale: float = 1.0
-    mask_mode: str = "auto"
-    seed: int = 0
+    num_samples: int = SamplingConfig.samples
+    steps: int = SamplingConfig.steps
+    scheduler: str = SamplingConfig.sampler
+    guidance_scale: float = SamplingConfig.guidance
+    mask_mode: str = SamplingConfig.mask
+    seed: int = SamplingConfig.seed
     max_batch: int | None = None
 
     def __post_init__(self) -> None:
