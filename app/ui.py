@@ -87,7 +87,7 @@ def _source_panel(engine: Engine) -> SimpleNamespace:
             elem_id="images",
         ),
         cameras=gr.File(
-            label="Cameras (RealEstate10K metadata JSON, optional)",
+            label="Cameras (RealEstate10K JSON, optional)",
             file_types=[".json"],
             height=100,
             elem_id="cameras",
@@ -97,7 +97,7 @@ def _source_panel(engine: Engine) -> SimpleNamespace:
             elem_id="pose-free",
         ),
         sources=gr.Gallery(
-            label="Sources as the model sees them",
+            label="Model inputs",
             columns=4,
             height=130,
             allow_preview=False,

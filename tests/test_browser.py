@@ -218,7 +218,11 @@ def test_example_regression_video_and_samples(page, screenshots):
     expect(page.locator("#images").get_by_text(".png")).to_have_count(3)
 
     _render(page, expect, "Run 1: rendered 1 view")
-    _assert_labels_fit(page, ["#unseen", "#depth", "#views", "#video"])
+    _assert_labels_fit(
+        page,
+        ["#examples", "#images", "#cameras", "#sources", "#plot", "#unseen", "#depth", "#views",
+         "#video", "#cloud", "#ply", "#export"],
+    )  # fmt: skip
     assert page.locator("#export a").first.get_attribute("href").endswith("-all.zip")
     expect(page.locator("#views img").first).to_be_visible()
     expect(page.locator("#depth img")).to_be_visible()
