@@ -11,6 +11,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 REFERENCE_DIR = Path(__file__).parent / "data" / "reference"
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `gpu` skip without CUDA in a normal run, but fail when they were asked
+    for (`-m gpu`): a GPU check that silently skipped everything would look like a pass."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        if "gpu" in (item.config.getoption("markexpr") or ""):
+            pytest.fail("selected with -m gpu but no CUDA device is available", pytrace=False)
+        pytest.skip("needs a CUDA device")
+
+
 FIXTURES = sorted(REFERENCE_DIR.glob("*.safetensors"))
 
 

@@ -228,7 +228,6 @@ def test_bf16_autocast(variant):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_autocast_cuda(variant):
     decoder = tiny_decoder(variant).cuda()

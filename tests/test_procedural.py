@@ -216,7 +216,6 @@ def test_default_rig_leaves_part_of_the_targets_unseen():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     cpu = generate_scene(4, 2, HW)
     cuda = generate_scene(4, 2, HW, device="cuda")
