@@ -12,13 +12,8 @@ from einops import rearrange, repeat
 from gen_nvs.geometry.cameras import quaternion_to_matrix, unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.models.cache import SceneCache
-from gen_nvs.models.decoder import (
-    VARIANTS,
-    HighwayDecoder,
-    convert_official_renderer_state_dict,
-    load_official_renderer,
-    patch_rays,
-)
+from gen_nvs.models.convert import convert_official, load_official_renderer
+from gen_nvs.models.decoder import VARIANTS, HighwayDecoder, patch_rays
 from gen_nvs.models.heads import PointHead
 from gen_nvs.models.losses import ConfidencePointLoss
 
@@ -92,7 +87,11 @@ def test_fixture_parity_through_cache_one_target_at_a_time(fixture):
 def test_full_size_key_layout_matches_official(variant):
     entries = json.loads((REFERENCE_DIR / f"lagernvs_{variant}.keys.json").read_text())["tensors"]
     official = {e["key"]: torch.empty(e["shape"], device="meta") for e in entries}
-    converted = convert_official_renderer_state_dict(official)
+    converted = {  # through the one converter, as for the whole model
+        k.removeprefix("decoder."): v
+        for k, v in convert_official(official).items()
+        if k.startswith("decoder.")
+    }
     with torch.device("meta"):
         decoder = HighwayDecoder.from_preset("base", variant=variant)
     ours = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.convert_encoder import map_official_key
+from gen_nvs.models.decoder import HighwayDecoder
 from gen_nvs.models.nvs import NVSModel, model_config
 
 logger = logging.getLogger(__name__)
@@ -132,3 +133,41 @@ def check_official_layout(variant: str, manifest: str | Path) -> None:
     if kind == "vggt":  # VGGT-1B also ships depth/point/track heads, which we do not use
         expected = {k: v for k, v in expected.items() if official_to_ours(k) is not None}
     ckpt.check_layout(actual, expected, f"{variant} model vs {Path(manifest).name}")
+
+
+def load_official_renderer(decoder: HighwayDecoder, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Load the renderer of an official LagerNVS state dict (its `"model"` entry) into a
+    lone `decoder`, through the one key map (`official_to_ours`; tensors in float32).
+
+    Keys of our own (the point head) are absent from official checkpoints: they stay at
+    their initial values, are logged, and returned. Any other missing or unexpected key
+    (e.g. a checkpoint of another variant) raises ValueError.
+    """
+    converted = {
+        key.removeprefix("decoder."): value
+        for key, value in convert_official(state_dict).items()
+        if key.startswith("decoder.")
+    }
+    expected = decoder.state_dict()
+    wrong = [
+        f"{key} {list(value.shape)} (expected {list(expected[key].shape)})"
+        for key, value in converted.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if wrong:
+        raise ValueError(f"checkpoint sizes do not fit the decoder: {wrong[:5]} ({len(wrong)})")
+    result = decoder.load_state_dict(converted, strict=False)
+    ours_only = [key for key in result.missing_keys if key.startswith("point_head.")]
+    missing = [key for key in result.missing_keys if key not in ours_only]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint does not fit a {decoder.variant} decoder: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {result.unexpected_keys[:5]} "
+            f"({len(result.unexpected_keys)})"
+        )
+    if ours_only:
+        logger.warning(
+            "official checkpoint has no point head: %d point-head tensors keep their init",
+            len(ours_only),
+        )
+    return ours_only

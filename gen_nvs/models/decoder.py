@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeVar, get_args
 
@@ -759,57 +759,3 @@ def _check_config(
         )
     if width % num_heads:
         raise ValueError(f"decoder width {width} is not divisible by num_heads {num_heads}")
-
-
-# --------------------------------------------------------------------------------------
-# Official checkpoints
-# --------------------------------------------------------------------------------------
-
-OFFICIAL_PREFIX = "renderer."
-
-
-def convert_official_renderer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Official LagerNVS state dict (its `"model"` entry) -> HighwayDecoder state dict.
-
-    Our module names are the published ones, so `renderer.<name>` maps to `<name>`; the
-    other keys (encoder) are left out. Tensors become float32 (the register tokens are
-    stored in bfloat16).
-    """
-    return {
-        key.removeprefix(OFFICIAL_PREFIX): value.float()
-        for key, value in state_dict.items()
-        if key.startswith(OFFICIAL_PREFIX)
-    }
-
-
-def load_official_renderer(decoder: HighwayDecoder, state_dict: Mapping[str, Tensor]) -> list[str]:
-    """Load an official LagerNVS state dict into `decoder`.
-
-    Keys of our own (the point head) are absent from official checkpoints: they stay at
-    their initial values, are logged, and returned. Any other missing or unexpected key
-    (e.g. a checkpoint of another variant) raises ValueError.
-    """
-    converted = convert_official_renderer_state_dict(state_dict)
-    expected = decoder.state_dict()
-    wrong = [
-        f"{key} {list(value.shape)} (expected {list(expected[key].shape)})"
-        for key, value in converted.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    if wrong:
-        raise ValueError(f"checkpoint sizes do not fit the decoder: {wrong[:5]} ({len(wrong)})")
-    result = decoder.load_state_dict(converted, strict=False)
-    ours_only = [key for key in result.missing_keys if key.startswith("point_head.")]
-    missing = [key for key in result.missing_keys if key not in ours_only]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint does not fit a {decoder.variant} decoder: missing {missing[:5]} "
-            f"({len(missing)}), unexpected {result.unexpected_keys[:5]} "
-            f"({len(result.unexpected_keys)})"
-        )
-    if ours_only:
-        logger.warning(
-            "official checkpoint has no point head: %d point-head tensors keep their init",
-            len(ours_only),
-        )
-    return ours_only

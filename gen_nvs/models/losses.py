@@ -11,6 +11,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from samplers.schedulers import PREDICTION_TYPES
+
 
 class ConfidencePointLoss:
     """Confidence-weighted point loss, the aleatoric form of DUSt3R and VGGT.
@@ -78,7 +80,7 @@ class DenoisingLoss:
     weight 1 for epsilon.
     """
 
-    PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+    PREDICTION_TYPES = PREDICTION_TYPES  # samplers' list, the only one
 
     def __init__(
         self,
