@@ -37,7 +37,6 @@ Dimension legend:
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -51,8 +50,6 @@ from torch.utils.checkpoint import checkpoint
 
 from gen_nvs.models.heads import PointHead, RGBHead
 from gen_nvs.models.layers import RAY_CHANNELS, fourier_channels, fourier_features
-
-logger = logging.getLogger(__name__)
 
 Variant = Literal["full_attention", "cross_attention", "bidirectional_cross_attention", "causal"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
