@@ -15,6 +15,7 @@ Dimension legend: `s` source views, `t` target views, `n` samples, `h`/`w` rende
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import time
 import uuid
@@ -37,7 +38,9 @@ from gen_nvs.inputs import (
     TargetCameras,
     TargetSpec,
     default_intrinsics,
+    first_image_size,
     load_source_views,
+    render_size,
     scene_focus,
     target_cameras,
 )
@@ -178,7 +181,8 @@ class LoadedScene:
         cameras are unknown or the model has no point head), for the unseen mask and the
         point cloud; focus: the median depth seen from source 0 (normalised units);
         seconds: how long encoding took; cameras_name: the cameras file's name (None when
-        pose-free).
+        pose-free); image_hw: the render size (the first photo's aspect, see
+        `Engine.render_size`).
     """
 
     key: str
@@ -189,6 +193,7 @@ class LoadedScene:
     focus: float
     seconds: float
     cameras_name: str | None = None
+    image_hw: tuple[int, int] = (64, 64)
 
     @property
     def source_c2w(self) -> Tensor:
@@ -269,8 +274,8 @@ class Engine:
         millions = sum(p.numel() for p in self.model.parameters()) / 1e6
         can = "regression and sampling" if self.can_sample else "regression only"
         return (
-            f"**Model:** {self.model_name} ({millions:.1f} M parameters, {can}); renders "
-            f"{w}x{h} on {self.device.type}."
+            f"**Model:** {self.model_name} ({millions:.1f} M parameters, {can}); renders {w}x{h} "
+            f"(other aspect ratios at about as many pixels) on {self.device.type}."
         )
 
     def session_dir(self, session: Session) -> Path:
@@ -301,11 +306,12 @@ class Engine:
         if not image_paths:
             raise ValueError(f"no source images: upload 1-{MAX_VIEWS} images or pick an example")
         cameras = None if pose_free else cameras
-        key = input_key(image_paths, cameras, self.image_hw)
+        image_hw = self.render_size(image_paths)
+        key = input_key(image_paths, cameras, image_hw)
         if session.loaded is not None and session.loaded.key == key:
             return session.loaded
         views = _named_by_file(load_source_views, [*image_paths, cameras])(
-            image_paths, cameras, self.image_hw
+            image_paths, cameras, image_hw
         )
         s = views.images.shape[0]
         progress(0.05, f"encoding {s} source view{'s' * (s > 1)}")
@@ -314,14 +320,14 @@ class Engine:
         if views.posed:
             source_fxfycxcy = views.fxfycxcy
         else:
-            source_fxfycxcy = default_intrinsics(self.image_hw).expand(s, 4).clone()
+            source_fxfycxcy = default_intrinsics(image_hw).expand(s, 4).clone()
         sources = None
         if scene.source_c2w is not None and self.model.decoder.point_head is not None:
             progress(0.7, "rendering the source views' geometry")
             k = source_fxfycxcy[None].to(self.device)
-            sources = self.model.render(scene, scene.source_c2w, k, self.image_hw, normalized=True)
+            sources = self.model.render(scene, scene.source_c2w, k, image_hw, normalized=True)
         # Without the sources' render there is no depth to measure: the default focus.
-        focus = scene_focus(self.model, scene, self.image_hw, source_fxfycxcy, sources=sources)
+        focus = scene_focus(self.model, scene, image_hw, source_fxfycxcy, sources=sources)
         progress(1.0, "encoded")
         session.loaded = LoadedScene(
             key=key,
@@ -332,13 +338,23 @@ class Engine:
             focus=focus,
             seconds=time.perf_counter() - start,
             cameras_name=None if cameras is None else Path(cameras).name,
+            image_hw=image_hw,
         )
         return session.loaded
+
+    def render_size(self, image_paths: Sequence[str | Path]) -> tuple[int, int]:
+        """The first photo's aspect ratio at about the engine's pixel count, both sides
+        multiples of the patch (`gen_nvs.inputs.render_size`): a landscape photo stays
+        landscape instead of being cropped to the engine's square."""
+        h, w = self.image_hw
+        first = _named_by_file(first_image_size, image_paths)(image_paths)
+        resolution = round(math.sqrt(h * w))
+        return render_size(first, resolution, self.model.patch_size)
 
     def describe(self, loaded: LoadedScene) -> str:
         """One line about the encoded scene, for the page."""
         s = loaded.views.images.shape[0]
-        h, w = self.image_hw
+        h, w = loaded.image_hw
         cameras = "pose-free (camera head estimate)"
         if loaded.views.posed:
             cameras = f"cameras from {loaded.cameras_name}"
@@ -356,7 +372,7 @@ class Engine:
         source_c2w = None if loaded.scene.source_c2w is None else loaded.source_c2w
         return target_cameras(
             controls.spec(loaded.focus),
-            self.image_hw,
+            loaded.image_hw,
             source_c2w=source_c2w,
             source_fxfycxcy=loaded.source_fxfycxcy,
         )
@@ -370,7 +386,7 @@ class Engine:
             target_c2w = self.targets(session.loaded, controls).c2w
         except ValueError:
             target_c2w = None
-        h, w = self.image_hw
+        h, w = session.loaded.image_hw
         return visuals.camera_plot(session.loaded.source_c2w, target_c2w, aspect=w / h)
 
     # ----------------------------------------------------------------------------------
@@ -409,7 +425,7 @@ class Engine:
             views = self._sample(session, loaded, targets, sampling, progress)
         else:
             regression = render_targets(
-                self.model, loaded.scene, targets, self.image_hw, self.device, progress
+                self.model, loaded.scene, targets, loaded.image_hw, self.device, progress
             )
             views = _Views.of_regression(regression, targets)
         if views.mask is None:
@@ -454,7 +470,7 @@ class Engine:
             loaded.scene,
             c2w,
             fxfycxcy,
-            self.image_hw,
+            loaded.image_hw,
             normalized=True,
             num_samples=sampling.num_samples if targets.num_views == 1 else 1,
             seed=sampling.seed,
@@ -488,7 +504,7 @@ class Engine:
             regression,
             targets.c2w[None],
             targets.fxfycxcy[None],
-            self.image_hw,
+            loaded.image_hw,
             source_fxfycxcy=loaded.source_fxfycxcy[None],
             sources=loaded.sources,
         )
@@ -560,7 +576,7 @@ class Engine:
         world = scene_to_world(loaded.scene, xyz[None].to(loaded.scene.scale.device))[0].cpu()
         ply = rgbd.write_ply(stem.parent / f"{stem.name}-points.ply", world, rgb)
         shown_xyz, shown_rgb = [xyz], [rgb]
-        h, w = self.image_hw
+        h, w = loaded.image_hw
         size = 0.15 * loaded.focus
         for c2w, color in ((loaded.source_c2w, SOURCE_COLOR), (targets.c2w, TARGET_COLOR)):
             if c2w is not None and targets.normalized:

@@ -412,3 +412,19 @@ def test_page_handlers(engine, regression_engine, tmp_path):
     with pytest.warns(UserWarning, match="Sampling is not available"):
         samples_group, note = Handlers(regression_engine).mode("Sampling")
     assert samples_group["visible"] is False and note["visible"] is True
+
+
+def test_a_landscape_upload_stays_landscape(engine, tmp_path):
+    """Photos keep their aspect ratio at about the engine's pixel count (the page once
+    cropped them to its square without a word)."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (741, 500), (90, 120, 200)).save(wide)
+    session = Session()
+    loaded = engine.load(session, [wide, wide])
+    h, w = loaded.image_hw
+    assert w > h and w % engine.model.patch_size == 0 and h % engine.model.patch_size == 0
+    assert abs(w / h - 741 / 500) < 0.2
+    assert loaded.views.images.shape[-2:] == (h, w)
+    out = engine.run(session, CameraControls(azimuth_deg=10))
+    assert out.gallery[0][0].size[0] > out.gallery[0][0].size[1]  # landscape on the page
+    assert f"at {w}x{h}" in engine.describe(loaded)
