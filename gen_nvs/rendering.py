@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
 
 from gen_nvs.inputs import TargetCameras
 from gen_nvs.models.decoder import DecoderOutput
@@ -40,22 +39,15 @@ def render_targets(
     [1, t, h, w] (None without a point head)."""
     c2w, fxfycxcy = targets.batch(device)
     t = targets.num_views
-    parts = []
-    for start in range(0, t, RENDER_CHUNK):
-        progress(start / t, f"rendering {t} view{'s' * (t > 1)}")
-        part = slice(start, start + RENDER_CHUNK)
-        with torch.no_grad():
-            out = model.render(
-                scene, c2w[:, part], fxfycxcy[:, part], image_hw, normalized=targets.normalized
-            )
-        parts.append(to_cpu(out))
+    what = f"rendering {t} view{'s' * (t > 1)}"
+    with torch.no_grad():
+        out = model.render(
+            scene, c2w, fxfycxcy, image_hw, normalized=targets.normalized,
+            chunk_size=RENDER_CHUNK, progress=lambda fraction: progress(fraction, what),
+            out_device="cpu",
+        )  # fmt: skip
     progress(1.0, "rendered")
-
-    def cat(name: str) -> Tensor | None:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values, 1)
-
-    return DecoderOutput(rgb=cat("rgb"), points=cat("points"), conf=cat("conf"))
+    return out
 
 
 def to_cpu(out: DecoderOutput) -> DecoderOutput:

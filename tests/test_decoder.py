@@ -425,3 +425,16 @@ def test_ray_bias_errors():
         decoder(tokens, rays)
     with pytest.raises(ValueError, match=r"rays \[2, 2, 6, 6\], got \[2, 2, 5, 6\]"):
         decoder(tokens, rays, torch.zeros(2, 2, 5, 6))
+
+
+def test_chunked_render_reports_progress_and_hands_chunks_over():
+    decoder = tiny_decoder("causal")
+    tokens, rays = random_inputs()  # 5 targets
+    fractions = []
+    with torch.no_grad():
+        cache = SceneCache.build(decoder, tokens)
+        whole = cache.render(rays)
+        chunked = cache.render(rays, chunk_size=2, progress=fractions.append, out_device="cpu")
+    assert fractions == [0.0, 0.4, 0.8]  # before each of the chunks of 2, 2 and 1 views
+    assert (chunked.rgb - whole.rgb).abs().max() < CACHE_TOL
+    assert chunked.rgb.device.type == "cpu"

@@ -19,6 +19,8 @@ Dimension legend:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -53,11 +55,21 @@ class SceneCache:
     def num_source_tokens(self) -> int:
         return self.context.tokens.shape[1]
 
-    def render(self, target_rays: Tensor, *, chunk_size: int | None = None) -> DecoderOutput:
+    def render(
+        self,
+        target_rays: Tensor,
+        *,
+        chunk_size: int | None = None,
+        progress: Callable[[float], object] | None = None,
+        out_device: torch.device | str | None = None,
+    ) -> DecoderOutput:
         """Targets [b, t, 6, h, w] -> DecoderOutput (rgb [b, t, 3, h, w], ...).
 
         `chunk_size` target views per scene are rendered per decoder call (all at once
-        when None), which bounds the memory of the per-target source copies.
+        when None), which bounds the memory of the per-target source copies; the one
+        chunked-render loop of the project. `progress(fraction)` is called before each
+        chunk; `out_device` receives each chunk's output as it is done (e.g. "cpu", so
+        that a long trajectory never holds all its views on the GPU).
         """
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
@@ -65,10 +77,12 @@ class SceneCache:
             raise ValueError(f"target rays must be [b, t, 6, h, w], got {list(target_rays.shape)}")
         num_targets = target_rays.shape[1]
         step = num_targets if chunk_size is None else chunk_size
-        chunks = [
-            self.decoder.render(self.context, target_rays[:, start : start + step])
-            for start in range(0, num_targets, step)
-        ]
+        chunks = []
+        for start in range(0, num_targets, step):
+            if progress is not None:
+                progress(start / num_targets)
+            chunk = self.decoder.render(self.context, target_rays[:, start : start + step])
+            chunks.append(chunk if out_device is None else _to_device(chunk, out_device))
         return DecoderOutput(
             rgb=torch.cat([chunk.rgb for chunk in chunks], dim=1),
             points=_cat_optional([chunk.points for chunk in chunks]),
@@ -101,6 +115,14 @@ class SceneCache:
 
     def _kv_bytes(self) -> int:
         return sum(_nbytes(k) + _nbytes(v) for k, v in self.context.kv)
+
+
+def _to_device(out: DecoderOutput, device: torch.device | str) -> DecoderOutput:
+    return DecoderOutput(
+        rgb=out.rgb.to(device),
+        points=None if out.points is None else out.points.to(device),
+        conf=None if out.conf is None else out.conf.to(device),
+    )
 
 
 def _nbytes(x: Tensor) -> int:

@@ -15,6 +15,7 @@ Dimension legend:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,8 @@ class NVSModel(nn.Module):
         *,
         normalized: bool = False,
         chunk_size: int | None = None,
+        progress: Callable[[float], object] | None = None,
+        out_device: torch.device | str | None = None,
     ) -> DecoderOutput:
         """Render target cameras against an encoded scene.
 
@@ -371,7 +374,8 @@ class NVSModel(nn.Module):
         the scene frame: always so for pose-free scenes); target_fxfycxcy [b, t, 4] in
         pixels of the `image_hw` target images (h and w multiples of the patch size).
         Returns DecoderOutput: rgb [b, t, 3, h, w]; points [b, t, h, w, 3] in the scene
-        frame and conf [b, t, h, w] with a point head.
+        frame and conf [b, t, h, w] with a point head. `chunk_size`, `progress` and
+        `out_device`: as for `SceneCache.render`.
         """
         b = scene.cache.num_scenes
         if target_c2w.ndim != 4 or target_c2w.shape[0] != b:
@@ -384,7 +388,9 @@ class NVSModel(nn.Module):
         if not normalized and scene.posed:
             target_c2w = scene.normalize(target_c2w)
         rays = cam.plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
-        return scene.cache.render(rays, chunk_size=chunk_size)
+        return scene.cache.render(
+            rays, chunk_size=chunk_size, progress=progress, out_device=out_device
+        )
 
     def forward(
         self,
