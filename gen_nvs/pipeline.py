@@ -9,8 +9,8 @@
     pipe.save_pretrained("my-model")                  # model.safetensors, config.json, README.md
 
 A `Scene` knows its own geometry: the source cameras (given, or the camera head's
-estimate for pose-free input, with its estimated intrinsics), the image size, and a
-render of the sources built on first use. Targets are `TargetCameras` (world or scene
+estimate for pose-free input, with its estimated intrinsics), the image size, and the
+render of the sources (made once, at encoding). Targets are `TargetCameras` (world or scene
 frame, with their intrinsics); `trajectory`, `view` and `cameras_file` build them.
 `SamplingConfig` holds the sampling options with the project's one set of defaults.
 
@@ -52,7 +52,9 @@ class Scene:
     encoded: the model's EncodedScene (caches); views: the loaded sources (images [s, 3, h,
     w], names); source_c2w [s, 4, 4] in the scene's normalised frame and source_fxfycxcy
     [s, 4] in pixels of `image_hw`: given, or estimated by the camera head (pose-free);
-    None when unknown. focus: distance to the point orbits look at.
+    None when unknown. focus: distance to the point orbits look at. source_render: the
+    model's render of the source cameras (the unseen mask of sampling uses it), None when
+    they are unknown.
     """
 
     encoded: EncodedScene
@@ -61,7 +63,7 @@ class Scene:
     source_c2w: Tensor | None
     source_fxfycxcy: Tensor | None
     focus: float
-    _source_render: DecoderOutput | None = field(default=None, repr=False)
+    source_render: DecoderOutput | None = field(default=None, repr=False)
 
     @property
     def posed(self) -> bool:
@@ -142,16 +144,18 @@ class NVSPipeline:
         patch = self.model.patch_size
         image_hw = size or render_size(first_image_size(paths), resolution, patch)
         views = load_source_views(paths, cameras, image_hw)
-        batch = views.batch(self.device)
-        encoded = self.model.encode(*batch)
-        source_c2w = None if encoded.source_c2w is None else encoded.source_c2w[0].cpu()
-        fxfycxcy = views.fxfycxcy
-        if fxfycxcy is None and encoded.source_c2w is not None:
-            # Pose-free: the camera head's intrinsics, not a default field of view.
-            _, estimated = self.model.estimate_cameras(batch[0])
-            fxfycxcy = estimated[0].cpu()
-        focus = scene_focus(self.model, encoded, image_hw, fxfycxcy)
-        return Scene(encoded, views, image_hw, source_c2w, fxfycxcy, focus)
+        encoded = self.model.encode(*views.batch(self.device))
+        # Pose-free: the camera head's estimate, intrinsics included (no default field of
+        # view); both None without a camera head.
+        source_c2w = fxfycxcy = sources = None
+        if encoded.source_c2w is not None:
+            source_c2w = encoded.source_c2w[0].cpu()
+            fxfycxcy = encoded.source_fxfycxcy[0].cpu()
+            sources = self.model.render(  # once: the focus, the unseen mask and clouds
+                encoded, encoded.source_c2w, encoded.source_fxfycxcy, image_hw, normalized=True
+            )
+        focus = scene_focus(self.model, encoded, image_hw, fxfycxcy, sources=sources)
+        return Scene(encoded, views, image_hw, source_c2w, fxfycxcy, focus, sources)
 
     def trajectory(
         self, scene: Scene, name: str = "orbit", frames: int = 8, distance: float | None = None
@@ -202,20 +206,8 @@ class NVSPipeline:
             scheduler=config.sampler, steps=config.steps, eta=config.eta,
             guidance_scale=config.guidance, mask_mode=config.mask, noise=config.noise,
             source_fxfycxcy=None if k is None else k.to(self.device),
-            sources=self.source_render(scene),
+            sources=scene.source_render,
         )  # fmt: skip
-
-    @torch.no_grad()
-    def source_render(self, scene: Scene) -> DecoderOutput | None:
-        """The model's render of the source cameras (built once; the unseen mask and the
-        point cloud use it); None when the sources' cameras are unknown."""
-        if scene._source_render is None and scene.source_c2w is not None:
-            c2w = scene.source_c2w[None].to(self.device)
-            k = scene.source_fxfycxcy[None].to(self.device)
-            scene._source_render = self.model.render(
-                scene.encoded, c2w, k, scene.image_hw, normalized=True
-            )
-        return scene._source_render
 
 
 def _views(out: DecoderOutput, scene: Scene, targets: TargetCameras) -> Views:

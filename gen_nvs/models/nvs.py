@@ -73,6 +73,8 @@ class EncodedScene:
     source_c2w: [b, s, 4, 4] normalised source cameras (the camera head's estimate
         when pose-free; None when pose-free without a camera head).
     posed: whether the source cameras were given.
+    source_fxfycxcy: [b, s, 4] their intrinsics in pixels of the source images (the camera
+        head's estimate when pose-free; None with `source_c2w`).
     """
 
     cache: SceneCache
@@ -80,6 +82,7 @@ class EncodedScene:
     scale: Tensor
     source_c2w: Tensor | None
     posed: bool
+    source_fxfycxcy: Tensor | None = None
     diffusion: DiffusionDecoder | None = None
     _diffusion_cache: SceneCache | None = field(default=None, init=False, repr=False)
 
@@ -290,6 +293,7 @@ class NVSModel(nn.Module):
             scale=scale,
             source_c2w=source_c2w,
             posed=posed,
+            source_fxfycxcy=source_fxfycxcy,
             diffusion=self.diffusion,
         )
 
