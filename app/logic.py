@@ -58,7 +58,7 @@ from gen_nvs.outputs import (
     write_regression,
     write_rgb,
 )
-from gen_nvs.rendering import Progress, no_progress, render_targets, to_cpu
+from gen_nvs.rendering import Progress, no_progress, render_targets
 from gen_nvs.sampling import (
     SamplingConfig,
     check_sampling_options,
@@ -486,7 +486,7 @@ class Engine:
             points=None if sampled.points is None else sampled.points[:, 0].cpu(),
             depth=None if sampled.depth is None else sampled.depth[:, 0].cpu(),
             conf=None,
-            regression=to_cpu(sampled.regression),
+            regression=sampled.regression.to("cpu"),
             mask=None if sampled.mask is None else sampled.mask[0].cpu(),
         )
 
@@ -517,9 +517,7 @@ class Engine:
         and coloured) and unseen mask, the point cloud, the target cameras (RealEstate10K
         JSON, the --target-cameras format) and the run's videos."""
         folder = stem.parent / f"{stem.name}-export"
-        c2w = targets.c2w
-        if not targets.normalized and loaded.scene.posed:
-            c2w = loaded.scene.normalize(c2w[None].to(loaded.scene.scale))[0].cpu()
+        c2w = targets.scene_c2w(loaded.scene)
         depth = views.depth[0] if views.depth is not None else None
         scale = loaded.scene.scale[0].item()
         if depth is not None:
@@ -578,11 +576,11 @@ class Engine:
         shown_xyz, shown_rgb = [xyz], [rgb]
         h, w = loaded.image_hw
         size = 0.15 * loaded.focus
-        for c2w, color in ((loaded.source_c2w, SOURCE_COLOR), (targets.c2w, TARGET_COLOR)):
-            if c2w is not None and targets.normalized:
-                frusta = visuals.frustum_points(c2w.cpu(), size, w / h, color)
-                shown_xyz.append(frusta[0])
-                shown_rgb.append(frusta[1].to(rgb.dtype) / 255)  # floats in [0, 1] like rgb
+        target_c2w = targets.scene_c2w(loaded.scene)
+        for c2w, color in ((loaded.source_c2w, SOURCE_COLOR), (target_c2w, TARGET_COLOR)):
+            frusta = visuals.frustum_points(c2w.cpu(), size, w / h, color)
+            shown_xyz.append(frusta[0])
+            shown_rgb.append(frusta[1].to(rgb.dtype) / 255)  # floats in [0, 1] like rgb
         viewer_xyz = torch.cat(shown_xyz) * _VIEWER_AXES
         view = rgbd.write_ply(
             stem.parent / f"{stem.name}-viewer.ply", viewer_xyz, torch.cat(shown_rgb)

@@ -325,11 +325,17 @@ class Handlers:
         """A preset's values for (kind, mode, trajectory, frames, steps, guidance, samples,
         completion); gr.skip() where the preset leaves a control alone."""
         values = PRESETS.get(name, {})
-        names = ("kind", "mode", "trajectory", "frames", "steps", "guidance", "samples")
-        return tuple(
-            gr.update(value=values[key]) if key in values else gr.skip()
-            for key in (*names, "completion")
+        names = (
+            "kind",
+            "mode",
+            "trajectory",
+            "frames",
+            "steps",
+            "guidance",
+            "samples",
+            "completion",
         )
+        return tuple(gr.update(value=values[k]) if k in values else gr.skip() for k in names)
 
     def cancel(self, sess):
         sess.cancel_requested = True

@@ -409,6 +409,11 @@ class TargetCameras:
         """(c2w [1, t, 4, 4], fxfycxcy [1, t, 4]) on `device`, for one encoded scene."""
         return self.c2w[None].to(device), self.fxfycxcy[None].to(device)
 
+    def scene_c2w(self, scene: EncodedScene) -> Tensor:
+        """c2w [t, 4, 4] in the normalised frame of the first of `scene`'s scenes (on its
+        device), as `NVSModel.render` places them."""
+        return scene.scene_frame(self.c2w[None].to(scene.scale), self.normalized)[0]
+
 
 def default_intrinsics(image_hw: tuple[int, int], fov_deg: float = DEFAULT_FOV_DEG) -> Tensor:
     """fxfycxcy [4] of a centred pinhole camera with horizontal field of view `fov_deg`."""

@@ -216,9 +216,7 @@ def _views(out: DecoderOutput, scene: Scene, targets: TargetCameras) -> Views:
     rgb = out.rgb[0]
     if out.points is None:
         return Views(rgb=rgb, depth=None, points=None, confidence=None)
-    c2w = targets.c2w.to(out.points)
-    if not targets.normalized and scene.posed:
-        c2w = scene.encoded.normalize(c2w[None].to(scene.encoded.scale))[0].to(out.points)
+    c2w = targets.scene_c2w(scene.encoded).to(out.points)
     depth = points_to_depth(out.points[0], c2w) * scene.encoded.scale[0].item()
     return Views(rgb=rgb, depth=depth, points=out.points[0], confidence=out.conf[0])
 

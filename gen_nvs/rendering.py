@@ -48,17 +48,3 @@ def render_targets(
         )  # fmt: skip
     progress(1.0, "rendered")
     return out
-
-
-def to_cpu(out: DecoderOutput) -> DecoderOutput:
-    """A decoder output with its tensors moved to the CPU."""
-    return to_device(out, "cpu")
-
-
-def to_device(out: DecoderOutput, device: torch.device | str) -> DecoderOutput:
-    """A decoder output with its tensors moved to `device`."""
-    return DecoderOutput(
-        rgb=out.rgb.to(device),
-        points=None if out.points is None else out.points.to(device),
-        conf=None if out.conf is None else out.conf.to(device),
-    )

@@ -262,8 +262,7 @@ def sample_views(
             f"the regression render must be {[b, t, 3, *image_hw]} (scenes, targets, rgb, "
             f"height, width), got {list(regression.rgb.shape)}"
         )
-    if not normalized and scene.posed:
-        target_c2w = scene.normalize(target_c2w)
+    target_c2w = scene.scene_frame(target_c2w, normalized)
     batch = _samples_per_batch(
         diffusion, scene, image_hw, t, num_samples, max_batch, guidance_scale, memory_budget
     )

@@ -96,9 +96,7 @@ def _write_outputs(
 ) -> dict:
     """Write the PNGs, PLY, video and cameras; -> what render.json lists. Without a point
     head there is no depth and no point cloud."""
-    c2w = targets.c2w.to(scene.scale)  # (t, 4, 4)
-    if not targets.normalized and scene.posed:
-        c2w = scene.normalize(c2w[None])[0]
+    c2w = targets.scene_c2w(scene)  # (t, 4, 4)
     depth = depth_scale = None
     if views.points is not None:
         depth = rgbd.points_to_depth(views.points[0], c2w.cpu()) * scene.scale[0].item()

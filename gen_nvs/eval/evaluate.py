@@ -55,7 +55,7 @@ from gen_nvs.geometry.rgbd import unseen_mask
 from gen_nvs.inputs import TargetCameras
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, NVSModel
-from gen_nvs.rendering import render_targets, to_device
+from gen_nvs.rendering import render_targets
 from gen_nvs.sampling import (
     PREDICTED_REL_TOL,
     SamplingConfig,
@@ -448,7 +448,7 @@ def evaluate_scene(
     encoded = model.encode(sources.images[None], sources.c2w[None], sources.fxfycxcy[None])
     cameras = TargetCameras(targets.c2w, targets.fxfycxcy, normalized=False)
     rendered = render_targets(model, encoded, cameras, sample.image_hw, device)
-    rendered = to_device(rendered, device)  # (1, t, ...)
+    rendered = rendered.to(device)  # (1, t, ...)
     source_render = _render_sources(model, encoded, sample)
     regression = rendered.rgb[0].clamp(0, 1)  # (t, 3, h, w)
     unseen, region_source = unseen_masks(

@@ -82,7 +82,7 @@ class SceneCache:
             if progress is not None:
                 progress(start / num_targets)
             chunk = self.decoder.render(self.context, target_rays[:, start : start + step])
-            chunks.append(chunk if out_device is None else _to_device(chunk, out_device))
+            chunks.append(chunk if out_device is None else chunk.to(out_device))
         return DecoderOutput(
             rgb=torch.cat([chunk.rgb for chunk in chunks], dim=1),
             points=_cat_optional([chunk.points for chunk in chunks]),
@@ -115,14 +115,6 @@ class SceneCache:
 
     def _kv_bytes(self) -> int:
         return sum(_nbytes(k) + _nbytes(v) for k, v in self.context.kv)
-
-
-def _to_device(out: DecoderOutput, device: torch.device | str) -> DecoderOutput:
-    return DecoderOutput(
-        rgb=out.rgb.to(device),
-        points=None if out.points is None else out.points.to(device),
-        conf=None if out.conf is None else out.conf.to(device),
-    )
 
 
 def _nbytes(x: Tensor) -> int:

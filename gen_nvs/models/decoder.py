@@ -453,6 +453,14 @@ class DecoderOutput:
     points: Tensor | None = None
     conf: Tensor | None = None
 
+    def to(self, device: torch.device | str) -> DecoderOutput:
+        """The same output with its tensors on `device`."""
+        return DecoderOutput(
+            rgb=self.rgb.to(device),
+            points=None if self.points is None else self.points.to(device),
+            conf=None if self.conf is None else self.conf.to(device),
+        )
+
 
 class HighwayDecoder(nn.Module):
     """LagerNVS renderer ("highway" decoder): source tokens + target rays -> target views."""

@@ -102,6 +102,12 @@ class EncodedScene:
         """Cameras [b, t, 4, 4] in the input world frame -> the normalised scene frame."""
         return apply_batch_normalization(c2w, self.reference_w2c, self.scale)
 
+    def scene_frame(self, c2w: Tensor, normalized: bool) -> Tensor:
+        """Target cameras [b, t, 4, 4] in the normalised scene frame: as given when
+        `normalized` or when the scene is pose-free (its frame is the first camera's),
+        else `normalize`d from the input world frame."""
+        return c2w if normalized or not self.posed else self.normalize(c2w)
+
 
 class NVSModel(nn.Module):
     """Source images (+ cameras) -> novel views (RGB, and points + confidence with a point
@@ -389,8 +395,7 @@ class NVSModel(nn.Module):
             )
         t = target_c2w.shape[1]
         _check_cameras(target_c2w, target_fxfycxcy, (b, t), image_hw, "target cameras")
-        if not normalized and scene.posed:
-            target_c2w = scene.normalize(target_c2w)
+        target_c2w = scene.scene_frame(target_c2w, normalized)
         rays = cam.plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
         return scene.cache.render(
             rays, chunk_size=chunk_size, progress=progress, out_device=out_device
