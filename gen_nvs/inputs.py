@@ -807,13 +807,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create `path`; refuse a non-empty one unless `overwrite` (files are then replaced)."""
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """ValueError unless `path` can be written: absent, an empty directory, or (with
+    `overwrite`) a directory whose files are then replaced. Creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ValueError(f"output directory {path} is not empty; pass --overwrite to write into it")
+    return path
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create `path` after `check_output_dir`."""
+    path = check_output_dir(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

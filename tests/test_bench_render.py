@@ -150,8 +150,7 @@ def test_reference_arithmetic_matches_a_golden_fixture(variant):
     from tests.test_decoder import fixture_decoder
 
     files = sorted(REFERENCE_DIR.glob(f"{variant}_*.safetensors"))
-    if not files:
-        pytest.skip(f"no {variant} fixture")
+    assert files, f"no {variant} fixture in {REFERENCE_DIR}"
     meta, tensors = read_fixture(files[0])
     decoder = fixture_decoder(meta, tensors)
     s = meta["num_source_views"]

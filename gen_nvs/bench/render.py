@@ -260,17 +260,8 @@ def _bench_variant(
             return SceneCache.build(decoder, source_tokens)
 
     cache = build()
-
-    def render_cached() -> Tensor:
-        with autocast():
-            views = [cache.render(rays[:, i : i + 1]).rgb for i in range(num_targets)]
-        return torch.cat(views, dim=1)  # (1, t, 3, h, w)
-
-    def render_uncached() -> Tensor:
-        with autocast():
-            views = [decoder(source_tokens, rays[:, i : i + 1]).rgb for i in range(num_targets)]
-        return torch.cat(views, dim=1)  # (1, t, 3, h, w)
-
+    render_cached = _one_target_per_call(lambda r: cache.render(r).rgb, rays, autocast)
+    render_uncached = _one_target_per_call(lambda r: decoder(source_tokens, r).rgb, rays, autocast)
     built, cached, uncached = time_calls(
         [build, render_cached, render_uncached], device, repeats, warmup
     )
@@ -298,17 +289,10 @@ def _bench_reference(
     """Ours (uncached, a target per call) against the published arithmetic, timed in
     turns within each repeat."""
     num_targets = rays.shape[1]
-
-    def render(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[], Tensor]:
-        def run() -> Tensor:
-            with autocast():
-                views = [fn(source_tokens, rays[:, i : i + 1]) for i in range(num_targets)]
-            return torch.cat(views, dim=1)
-
-        return run
-
-    ours = render(lambda tokens, r: decoder(tokens, r).rgb)
-    published = render(lambda tokens, r: reference_render(decoder, tokens, r))
+    ours = _one_target_per_call(lambda r: decoder(source_tokens, r).rgb, rays, autocast)
+    published = _one_target_per_call(
+        lambda r: reference_render(decoder, source_tokens, r), rays, autocast
+    )
     ours, published = time_calls([ours, published], device, repeats, warmup)
     ms_ours = 1000.0 * ours.seconds / num_targets
     ms_reference = 1000.0 * published.seconds / num_targets
@@ -318,6 +302,22 @@ def _bench_reference(
         speed_vs_reference=round(ms_reference / ms_ours, 3),
         max_abs_diff_reference=(ours.result.float() - published.result.float()).abs().max().item(),
     )
+
+
+def _one_target_per_call(
+    render: Callable[[Tensor], Tensor],
+    rays: Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> Callable[[], Tensor]:
+    """A timed call: `render(rays of one target)` for each target of rays [1, t, 6, h, w]
+    in turn (a real-time renderer renders a view at a time) -> rgb [1, t, 3, h, w]."""
+
+    def run() -> Tensor:
+        with autocast():
+            views = [render(rays[:, i : i + 1]) for i in range(rays.shape[1])]
+        return torch.cat(views, dim=1)
+
+    return run
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:

@@ -35,6 +35,7 @@ from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, t
 from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
 from gen_nvs.models.nvs import MODEL_PRESETS, NVSModel, model_config
 from gen_nvs.sampling import model_scheduler, sample_seeds, sample_views
+from gen_nvs.threads import configure_threads
 
 # Defaults per device; `--fast` is the smoke-test setting. Options given override them.
 # On the CPU the encoder sees 224 px inputs (16 x 16 patches a view) so that the naive
@@ -123,9 +124,7 @@ def run_sample_bench(args: argparse.Namespace) -> dict[str, Any]:
         return defaults[name] if value is None else value
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        configure_threads(args.threads)
     return bench_sample(
         preset=option("preset"),
         image_hw=tuple(option("size")),

@@ -23,6 +23,7 @@ from gen_nvs.bench.render import add_render_arguments, run_render_bench
 from gen_nvs.bench.sample import add_sample_arguments, run_sample_bench
 from gen_nvs.bench.threads import add_threads_arguments, run_threads_bench
 from gen_nvs.cli import CommandError
+from gen_nvs.threads import configure_threads
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,7 @@ def _scenes_run(args: argparse.Namespace) -> dict:
     if args.target_views < 1 or args.sources < 1 or args.targets < 1:
         raise CommandError("--target-views, --sources and --targets must be >= 1")
     if args.threads is not None:
-        if args.threads < 1:
-            raise CommandError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        configure_threads(args.threads)
     image_hw = tuple(args.size)
     return {
         "bench": "scenes",

@@ -30,6 +30,7 @@ from gen_nvs.inputs import (
     TargetCameras,
     add_input_arguments,
     add_target_arguments,
+    check_output_dir,
     load_source_views,
     output_dir,
     resolve_device,
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     videos = video_formats(args)
     spec = target_spec_from_args(args)
+    check_output_dir(args.out, args.overwrite)  # before any loading
     device = resolve_device(args.device)
     model = load_model_or_default(args.checkpoint, device)
     image_hw = source_render_size(args, model.patch_size)

@@ -35,9 +35,9 @@ from gen_nvs.geometry import rgbd
 from gen_nvs.inputs import (
     add_input_arguments,
     add_target_arguments,
+    check_output_dir,
     load_source_views,
     output_dir,
-    prepare_output_dir,
     resolve_device,
     scene_targets,
     source_render_size,
@@ -158,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     videos = video_formats(args)
     if args.mask_file is not None and args.mask != "auto":
         raise ValueError(f"give --mask-file or --mask, got both (--mask {args.mask})")
-    if Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not args.overwrite:
-        prepare_output_dir(args.out, args.overwrite)  # the error, before any loading
+    check_output_dir(args.out, args.overwrite)  # before any loading
     device = resolve_device(args.device)
     spec = target_spec_from_args(args)
     model = load_model_or_default(args.checkpoint, device)

@@ -387,6 +387,12 @@ class VGGTEncoder(nn.Module):
             )
         return height, width
 
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid (gh, gw) of one view of height x width pixels as the encoder runs
+        it (`keep_aspect`, as `aggregate` and `forward` resize by default)."""
+        h, w = self.resized_size(height, width, "keep_aspect")
+        return h // self.patch_size, w // self.patch_size
+
     def resize(self, images: Tensor, mode: ResizeMode) -> Tensor:
         """images [... 3 h w] -> [... 3 h' w'] (bilinear, antialiased), see `resized_size`."""
         size = self.resized_size(*images.shape[-2:], mode)

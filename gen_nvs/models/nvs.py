@@ -252,8 +252,7 @@ class NVSModel(nn.Module):
         if aggregator_tokens is None:
             aggregator_tokens = self.encoder.aggregate(images, None)  # (b, s, n, 2c)
         hw = (images.shape[-2], images.shape[-1])
-        resized = self.encoder.resized_size(*hw, "keep_aspect")  # what `aggregate` runs on
-        grid = (resized[0] // self.encoder.patch_size, resized[1] // self.encoder.patch_size)
+        grid = self.encoder.patch_grid(*hw)
         patches = aggregator_tokens[..., self.encoder.aggregator.num_special_tokens :, :]
         return self.depth_head(patches, grid, hw)
 
@@ -351,9 +350,7 @@ class NVSModel(nn.Module):
                 "this model's decoder (ray_bias) needs source cameras: give them, or use a "
                 "model with a camera head for pose-free input"
             )
-        resized = self.encoder.resized_size(*hw, "keep_aspect")  # what the encoder runs on
-        grid = (resized[0] // self.encoder.patch_size, resized[1] // self.encoder.patch_size)
-        return patch_rays(cam.plucker_rays(c2w, fxfycxcy, *hw), grid)
+        return patch_rays(cam.plucker_rays(c2w, fxfycxcy, *hw), self.encoder.patch_grid(*hw))
 
     def _estimate_normalized_cameras(
         self, images: Tensor
