@@ -144,3 +144,25 @@ def test_recipe_chains_the_stages_and_scales_them(tmp_path):
     assert scaled["train"]["batch_size"] == 4 * base["batch_size"]
     assert scaled["train"]["lr"] == pytest.approx(2 * base["lr"])
     assert not scaled["train"]["cpu"]
+
+
+def test_recipe_warm_starts_from_an_export_and_sets_stage_options(tmp_path):
+    """--from starts the first stage from an export (the later stages still chain), and
+    --set STAGE:key=value reaches that stage's config alone; bad items name themselves."""
+    from gen_nvs.train.recipe import main, parse_stage_overrides, stage_config
+
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    sets = parse_stage_overrides(["regression:train.lr=5e-4", "regression:train.steps=300"])
+    first = stage_config("regression", runs, data, 1, "cpu", "prev/export", sets["regression"])
+    assert first["model"]["init_from"] == "prev/export"
+    assert first["train"]["lr"] == pytest.approx(5e-4) and first["train"]["steps"] == 300
+    camera = stage_config("camera", runs, data, 1, "cpu", None, sets["camera"])
+    assert camera["model"]["init_from"] == str(runs / "embedded-regression/export")
+    assert camera["train"]["steps"] == 400  # configs/embedded-camera.yaml, untouched
+    with pytest.raises(ValueError, match="STAGE:key=value"):
+        parse_stage_overrides(["train.lr=1"])
+    with pytest.raises(ValueError, match="one of regression, camera, diffusion"):
+        parse_stage_overrides(["decoder:train.lr=1"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--from", str(tmp_path / "nothing"), "--runs", str(runs), "--data", str(data)])
+    assert exit_info.value.code == 2 and not runs.exists() and not data.exists()

@@ -11,6 +11,11 @@ what the CPU does in an hour: K = 4 to 16 there) and the learning rates by sqrt(
 `--install` copies the final export over the shipped default model
 (gen_nvs/assets/default/). A stage whose export exists is skipped unless `--fresh`, so
 an interrupted recipe continues where it stopped.
+
+Work carries over between sessions and machines: `--from EXPORT` starts the first stage
+from an export (the shipped default, `--from default`) instead of from scratch, and
+`--set STAGE:key=value` changes one stage's config (a continuation usually wants
+`--set regression:train.lr=5e-4`, a shorter `train.steps`, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model
@@ -47,15 +53,29 @@ def make_data(data: Path) -> None:
         _gen_nvs(command)
 
 
-def stage_config(stage: str, runs: Path, data: Path, scale: int, device: str) -> dict:
-    """The stage's config with the recipe's run and data folders, scaled by `scale`."""
+def stage_config(
+    stage: str,
+    runs: Path,
+    data: Path,
+    scale: int,
+    device: str,
+    init_from: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> dict:
+    """The stage's config with the recipe's run and data folders, scaled by `scale`.
+
+    It starts from `init_from` when given, else from the previous stage's export (from
+    scratch for the first stage); `overrides` (`key=value`) apply last, before scaling.
+    """
     file, previous = STAGES[stage]
-    overrides = [f"run.output_dir={runs}", f"data.datasets.procedural.root={data / TRAIN_SET[0]}"]
-    if previous is not None:
-        overrides.append(f"model.init_from={runs / _run_name(previous) / 'export'}")
+    settings = [f"run.output_dir={runs}", f"data.datasets.procedural.root={data / TRAIN_SET[0]}"]
+    if init_from is not None:
+        settings.append(f"model.init_from={init_from}")
+    elif previous is not None:
+        settings.append(f"model.init_from={runs / _run_name(previous) / 'export'}")
     if device == "cpu":
-        overrides.append("train.cpu=true")
-    config = load_config(CONFIG_DIR / file, overrides)
+        settings.append("train.cpu=true")
+    config = load_config(CONFIG_DIR / file, [*settings, *overrides])
     if scale != 1:
         t = config["train"]
         t["steps"] *= scale
@@ -65,6 +85,19 @@ def stage_config(stage: str, runs: Path, data: Path, scale: int, device: str) ->
         config["log"]["eval_every"] *= scale
         config["log"]["probe_every"] *= scale
     return config
+
+
+def parse_stage_overrides(items: Sequence[str]) -> dict[str, list[str]]:
+    """`STAGE:key=value` items -> {stage: [key=value, ...]}."""
+    by_stage: dict[str, list[str]] = {stage: [] for stage in STAGES}
+    for item in items:
+        stage, sep, override = item.partition(":")
+        if not sep or stage not in STAGES:
+            raise ValueError(
+                f"--set {item!r}: expected STAGE:key=value with STAGE one of {', '.join(STAGES)}"
+            )
+        by_stage[stage].append(override)
+    return by_stage
 
 
 def _run_name(stage: str) -> str:
@@ -84,12 +117,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto")
     parser.add_argument("--fresh", action="store_true", help="rerun stages that have exports")
     parser.add_argument("--install", action="store_true", help="ship the final export")
+    parser.add_argument(
+        "--from",
+        dest="init_from",
+        metavar="EXPORT",
+        help="start the first stage from this export ('default': the shipped model)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="STAGE:KEY=VALUE",
+        help="one stage's config setting, e.g. regression:train.steps=3000 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.scale < 1:
         parser.error(f"--scale must be >= 1, got {args.scale}")
+    try:
+        overrides = parse_stage_overrides(args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    init_from = DEFAULT_MODEL_DIR if args.init_from == "default" else args.init_from
+    local = init_from is not None and not str(init_from).startswith("hf://")
+    if local and not (Path(init_from) / "config.json").is_file():
+        parser.error(f"--from {args.init_from}: no export there (expected {init_from}/config.json)")
     make_data(args.data)
-    for stage in args.stages:
-        config = stage_config(stage, args.runs, args.data, args.scale, args.device)
+    for i, stage in enumerate(args.stages):
+        config = stage_config(
+            stage,
+            args.runs,
+            args.data,
+            args.scale,
+            args.device,
+            init_from=init_from if i == 0 else None,
+            overrides=overrides[stage],
+        )
         export = args.runs / config["run"]["name"] / "export"
         if (export / "config.json").is_file() and not args.fresh:
             print(f"recipe: {stage}: {export} exists, skipped (--fresh reruns it)")
