@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 from gen_nvs.cli import CommandError
-from gen_nvs.inputs import add_model_arguments, resolve_device
+from gen_nvs.options import add_model_arguments, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

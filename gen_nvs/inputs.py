@@ -6,15 +6,18 @@ object whose `frames` hold `image_path`, `fxfycxcy` (pixels of that image) and t
 `w2c`. Without cameras the input is pose-free: the model's camera head estimates the
 sources, in the scene frame of the first source camera at the normalised scale.
 
-Targets are built in one of three ways (`TargetSpec`):
+Targets are built in one of four ways (`TargetSpec`):
 - a trajectory preset (`TRAJECTORY_PRESETS`, or "interpolate" through the sources) around
   the first source camera of the encoded scene, in its normalised frame;
 - explicit cameras from a JSON file in the same metadata format, in the input world frame
   (for pose-free input: the normalised frame of the first source camera);
+- a smooth path through the cameras of such a JSON file (keyframes), in the same frame;
 - one view on a sphere around the point `focus` in front of a source camera, at an
   azimuth, elevation and distance, in the normalised frame.
 `TargetCameras.normalized` says which frame the cameras are in: pass it as `normalized`
 to `NVSModel.render` and `sample_views`.
+
+The command-line options that choose all this are in `gen_nvs.options`.
 
 Dimension legend:
     s   source views        t   target views
@@ -23,13 +26,10 @@ Dimension legend:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import math
-import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +50,6 @@ from gen_nvs.geometry.cameras import (
 )
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.geometry.trajectories import (
-    DISTANCE_MEANING,
     TRAJECTORY_PRESETS,
     interpolate,
     make_trajectory,
@@ -608,237 +607,3 @@ def _median_depth(points: Tensor, c2w: Tensor) -> float:
     depth = points_to_depth(points, c2w)  # (1, 1, h, w)
     depth = depth[torch.isfinite(depth) & (depth > 0)]
     return depth.median().item() if depth.numel() else DEFAULT_FOCUS
-
-
-# --------------------------------------------------------------------------------------
-# Command-line options
-# --------------------------------------------------------------------------------------
-
-
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options for the sources, model, size, device and output of `render` and `sample`."""
-    group = parser.add_argument_group("inputs and output")
-    group.add_argument(
-        "--images",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help=f"1-{MAX_VIEWS} source images, or one directory of them",
-    )
-    group.add_argument(
-        "--cameras",
-        metavar="JSON",
-        help="source cameras, RealEstate10K metadata format (frames matched to the images by "
-        "file name); default: pose-free, the model estimates them",
-    )
-    add_model_arguments(group, default_size=None, size_default="default: the first image's aspect")
-    group.add_argument(
-        "--resolution",
-        type=int,
-        default=DEFAULT_RESOLUTION,
-        metavar="N",
-        help="without --size: render about N x N pixels at the first image's aspect ratio, "
-        f"sides multiples of the patch size (default {DEFAULT_RESOLUTION}, the embedded "
-        "model's training size)",
-    )
-    group.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    group.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out directory"
-    )
-
-
-def add_model_arguments(
-    group: argparse._ActionsContainer,
-    default_size: tuple[int, int] | None = (64, 64),
-    size_default: str = "default: as stored",
-) -> None:
-    """--checkpoint, --size and --device (to a parser or an argument group): which model
-    runs, at what size, where (see `check_render_size` and `resolve_device`).
-
-    default_size: --size when not given; None: the caller decides (`size_default` says how).
-    """
-    default = size_default
-    if default_size is not None:
-        default = f"default {default_size[0]} {default_size[1]}"
-    group.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="model export (directory or hf://org/repo[/subdir]); default: the embedded model",
-    )
-    group.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        default=None if default_size is None else list(default_size),
-        metavar=("H", "W"),
-        help=f"input and render size, multiples of the model's patch size ({default})",
-    )
-    group.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...",
-    )
-
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options choosing the target cameras (see `target_spec_from_args`)."""
-    group = parser.add_argument_group(
-        "target cameras",
-        "one of --trajectory, --target-cameras or a single view (--azimuth, --elevation, "
-        "--distance, --from-source); default: --trajectory orbit",
-    )
-    group.add_argument(
-        "--trajectory",
-        choices=TRAJECTORY_NAMES,
-        help="camera path around the first source camera (default orbit)",
-    )
-    group.add_argument(
-        "--frames", type=int, default=8, help="views along the trajectory (default 8)"
-    )
-    group.add_argument(
-        "--trajectory-distance",
-        type=float,
-        metavar="D",
-        help=f"how far the trajectory goes ({DISTANCE_MEANING}); default: the preset's",
-    )
-    group.add_argument(
-        "--keyframes",
-        metavar="JSON",
-        help="a smooth path of --frames cameras through the cameras of this metadata JSON "
-        "(RealEstate10K format, in the --cameras frame)",
-    )
-    group.add_argument(
-        "--target-cameras",
-        metavar="JSON",
-        help="explicit target cameras, RealEstate10K metadata format, in the --cameras frame",
-    )
-    group.add_argument(
-        "--azimuth", type=float, metavar="DEG", help="single view: degrees to the right"
-    )
-    group.add_argument("--elevation", type=float, metavar="DEG", help="single view: degrees up")
-    group.add_argument(
-        "--distance",
-        type=float,
-        help="single view: distance from the focus point (default: the source's)",
-    )
-    group.add_argument(
-        "--from-source",
-        type=int,
-        metavar="I",
-        help="single view: the source camera it turns from (default 0)",
-    )
-    group.add_argument(
-        "--focus",
-        type=float,
-        help="distance from the reference camera to the point orbits look at, normalised "
-        "scene units (default: the median depth the model sees from that camera)",
-    )
-
-
-def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
-    """The TargetSpec of the `add_target_arguments` options; ValueError on a conflict."""
-    view_options = {
-        "--azimuth": args.azimuth,
-        "--elevation": args.elevation,
-        "--distance": args.distance,
-        "--from-source": args.from_source,
-    }
-    view = [name for name, value in view_options.items() if value is not None]
-    others = [
-        name
-        for name, value in (
-            ("--trajectory", args.trajectory),
-            ("--target-cameras", args.target_cameras),
-            ("--keyframes", args.keyframes),
-        )
-        if value is not None
-    ]
-    if args.trajectory_distance is not None and args.trajectory is None:
-        raise ValueError("--trajectory-distance needs --trajectory")
-    if len(others) + bool(view) > 1:
-        raise ValueError(f"give one kind of target cameras, got {' and '.join(others + view)}")
-    if view:
-        return TargetSpec(
-            azimuth_deg=args.azimuth or 0.0,
-            elevation_deg=args.elevation or 0.0,
-            distance=args.distance,
-            from_source=args.from_source or 0,
-            focus=args.focus,
-        )
-    return TargetSpec(
-        trajectory=args.trajectory,
-        frames=args.frames,
-        cameras=args.target_cameras,
-        keyframes=args.keyframes,
-        trajectory_distance=args.trajectory_distance,
-        focus=args.focus,
-    )
-
-
-def source_render_size(args: argparse.Namespace, patch_size: int) -> tuple[int, int]:
-    """`--size`, or without it the first source image's aspect ratio at `--resolution`
-    (`render_size`)."""
-    if args.size is not None:
-        image_hw = (int(args.size[0]), int(args.size[1]))
-        check_render_size(image_hw, patch_size)
-        return image_hw
-    return render_size(first_image_size(args.images), args.resolution, patch_size)
-
-
-def check_render_size(image_hw: tuple[int, int], patch_size: int) -> None:
-    """ValueError unless `--size` is a multiple of the model's patch size."""
-    if image_hw[0] % patch_size or image_hw[1] % patch_size:
-        raise ValueError(
-            f"--size {image_hw[0]} {image_hw[1]} must be multiples of the model's patch size "
-            f"{patch_size}"
-        )
-
-
-def resolve_device(name: str) -> torch.device:
-    """A `--device` value -> torch.device ("auto": cuda when available, else cpu)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
-    return device
-
-
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """ValueError unless `path` can be written: absent, an empty directory, or (with
-    `overwrite`) a directory whose files are then replaced. Creates nothing."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"output {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ValueError(f"output directory {path} is not empty; pass --overwrite to write into it")
-    return path
-
-
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create `path` after `check_output_dir`."""
-    path = check_output_dir(path, overwrite)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
-    """`prepare_output_dir`, undone when the body fails: what the command created goes
-    (the folder itself if it made it), what was there before stays."""
-    path = Path(path)
-    created = not path.exists()
-    before = set() if created else set(path.iterdir())
-    out = prepare_output_dir(path, overwrite)
-    try:
-        yield out
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for item in set(out.iterdir()) - before:
-                shutil.rmtree(item) if item.is_dir() else item.unlink(missing_ok=True)
-        raise

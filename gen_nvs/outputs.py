@@ -8,9 +8,10 @@ start with its regression render (`write_regression`):
     cameras.json                     the target cameras (RealEstate10K metadata format)
     <name>.json                      the run's summary (`write_summary`)
 
-Point clouds are PLY files (`gen_nvs.geometry.rgbd.write_ply`), videos animated GIFs.
-Images go in as tensors [3, h, w] in [0, 1] (or [h, w] maps), pictures come out as PIL
-images.
+`output_dir` makes the output directory (and takes back what it made when the command
+fails). Point clouds are PLY files (`gen_nvs.geometry.rgbd.write_ply`), videos MP4 or
+animated GIFs. Images go in as tensors [3, h, w] in [0, 1] (or [h, w] maps), pictures
+come out as PIL images.
 
 Dimension legend: `t` target views, `h`/`w` image height/width.
 """
@@ -18,8 +19,10 @@ Dimension legend: `t` target views, `h`/`w` image height/width.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,33 +203,6 @@ def write_video(
     return written
 
 
-def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    """--fps, --video and --video-quality, shared by `render` and `sample`."""
-    group = parser.add_argument_group("video (written when there is more than one target)")
-    group.add_argument("--fps", type=float, default=8.0, help="frame rate (default 8)")
-    group.add_argument(
-        "--video", nargs="+", choices=[*VIDEO_FORMATS, "none"], default=["mp4"],
-        help="video formats: mp4 (H.264), gif, both, or none (default mp4)",
-    )  # fmt: skip
-    group.add_argument(
-        "--video-quality", type=int, default=DEFAULT_CRF, metavar="CRF",
-        help=f"H.264 CRF, 0 (lossless) to 51 (worst) (default {DEFAULT_CRF})",
-    )  # fmt: skip
-
-
-def video_formats(args: argparse.Namespace) -> list[str]:
-    """The checked video options of `add_video_arguments` -> the formats to write."""
-    if not args.fps > 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
-    if not 0 <= args.video_quality <= 51:
-        raise ValueError(f"--video-quality must be in 0..51, got {args.video_quality}")
-    if "none" in args.video:
-        if len(args.video) > 1:
-            raise ValueError(f"--video none cannot be combined with {args.video}")
-        return []
-    return list(dict.fromkeys(args.video))
-
-
 def side_by_side(*rows: Sequence[Image.Image]) -> list[Image.Image]:
     """Frames of several videos of one length placed left to right (e.g. regression |
     sample | depth)."""
@@ -247,6 +223,43 @@ def side_by_side(*rows: Sequence[Image.Image]) -> list[Image.Image]:
 # --------------------------------------------------------------------------------------
 # The output directory of `render` and `sample`
 # --------------------------------------------------------------------------------------
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """ValueError unless `path` can be written: absent, an empty directory, or (with
+    `overwrite`) a directory whose files are then replaced. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ValueError(f"output directory {path} is not empty; pass --overwrite to write into it")
+    return path
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create `path` after `check_output_dir`."""
+    path = check_output_dir(path, overwrite)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """`prepare_output_dir`, undone when the body fails: what the command created goes
+    (the folder itself if it made it), what was there before stays."""
+    path = Path(path)
+    created = not path.exists()
+    before = set() if created else set(path.iterdir())
+    out = prepare_output_dir(path, overwrite)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for item in set(out.iterdir()) - before:
+                shutil.rmtree(item) if item.is_dir() else item.unlink(missing_ok=True)
+        raise
 
 
 def _target_folder(j: int) -> str:

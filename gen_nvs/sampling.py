@@ -353,7 +353,7 @@ def estimate_sample_bytes(
     c, heads = decoder.width, config["num_heads"]
     hidden = int(c * config["mlp_ratio"])
     per_view = _ACTIVATION_COPIES * n * (c + hidden) + heads * n * (n + m)
-    if decoder.variant in ("full_attention", "bidirectional_cross_attention"):
+    if not decoder.routing.cacheable_sources:
         per_view += _ACTIVATION_COPIES * m * (c + hidden) + heads * m * (n + m)
     network = per_view * (2 if guided else 1)
     state = _SAMPLER_COPIES * diffusion.noise_channels * h * w

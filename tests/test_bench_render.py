@@ -145,7 +145,7 @@ def test_reference_arithmetic_matches_a_golden_fixture(variant):
     import torch
 
     from gen_nvs.bench.reference import reference_render
-    from gen_nvs.models.reference import read_fixture
+    from gen_nvs.fixtures import read_fixture
     from tests.conftest import REFERENCE_DIR
     from tests.test_decoder import fixture_decoder
 

@@ -13,7 +13,7 @@ from gen_nvs.geometry.cameras import quaternion_to_matrix, unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.convert import convert_official, load_official_renderer
-from gen_nvs.models.decoder import VARIANTS, HighwayDecoder, patch_rays
+from gen_nvs.models.decoder import VARIANT_CLASSES, VARIANTS, HighwayDecoder, patch_rays
 from gen_nvs.models.heads import PointHead
 from gen_nvs.models.losses import ConfidencePointLoss
 
@@ -123,6 +123,38 @@ def test_official_checkpoint_leaves_point_head_at_init():
     for key, value in target.point_head.state_dict().items():
         assert torch.equal(value, head_before[key])
     assert target.final_layer.linear.weight.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------
+# Variant classes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "cacheable"),
+    [
+        ("full_attention", False),
+        ("cross_attention", True),
+        ("bidirectional_cross_attention", False),
+        ("causal", True),
+    ],
+)
+def test_variant_class_cacheability_and_config_round_trip(variant, cacheable):
+    assert tuple(VARIANT_CLASSES) == VARIANTS
+    decoder = tiny_decoder(variant)
+    assert decoder.variant == variant and type(decoder.routing) is VARIANT_CLASSES[variant]
+    assert decoder.routing.cacheable_sources is cacheable
+    tokens, rays = random_inputs()
+    # A cacheable source side is one whose per-block keys/values the context holds.
+    assert len(decoder.prepare_sources(tokens).kv) == (3 if cacheable else 0)
+
+    config = json.loads(json.dumps(decoder.config))  # as an export's config.json holds it
+    assert config["variant"] == variant
+    rebuilt = HighwayDecoder(**config).eval()
+    assert rebuilt.config == decoder.config and type(rebuilt.routing) is type(decoder.routing)
+    rebuilt.load_state_dict(decoder.state_dict())  # strict: the same layout
+    with torch.no_grad():
+        assert torch.equal(rebuilt(tokens, rays).rgb, decoder(tokens, rays).rgb)
 
 
 # --------------------------------------------------------------------------------------

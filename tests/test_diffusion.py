@@ -39,7 +39,7 @@ def diffusion_decoder(variant: str, **kwargs) -> DiffusionDecoder:
 
 
 def inputs(b: int = 2, t: int = 2, k: int = 6, seed: int = 2):
-    """(source tokens [b, 2, 3, c], x_t [b, t, k, h, w], timesteps [b, t], rays)."""
+    """(source tokens [b, 2, 3, c], x_t [b, t, ch, h, w], timesteps [b, t], rays)."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(b, 2, 3, WIDTH, generator=g)
     x_t = torch.randn(b, t, k, *HW, generator=g)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from gen_nvs.models.camera_head import CameraHead, build_camera_head
-from gen_nvs.models.convert_encoder import convert_official_state_dict, map_official_key
+from gen_nvs.models.convert import convert_official, official_to_ours
 from gen_nvs.models.encoder import VGGTEncoder, build_encoder
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
@@ -28,7 +28,7 @@ def load_fixture(name: str) -> tuple[dict, dict[str, torch.Tensor], VGGTEncoder,
     tensors = load_file(str(path))
     io = {k.removeprefix("io."): v for k, v in tensors.items() if k.startswith("io.")}
     official = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("io.")}
-    converted = convert_official_state_dict(official)
+    converted = convert_official(official)  # NVSModel keys: encoder.*, camera_head.*, ...
     config = meta["config"]
     encoder = VGGTEncoder(
         embed_dim=config["vggt_embed_dim"],
@@ -47,9 +47,14 @@ def load_fixture(name: str) -> tuple[dict, dict[str, torch.Tensor], VGGTEncoder,
         num_heads=config["camera_head_heads"],
         trunk_depth=config["camera_head_trunk_depth"],
     ).eval()
-    encoder.load_state_dict(converted["encoder"], strict=True)
-    head.load_state_dict(converted["camera_head"], strict=True)
+    encoder.load_state_dict(_part(converted, "encoder."), strict=True)
+    head.load_state_dict(_part(converted, "camera_head."), strict=True)
     return meta, io, encoder, head
+
+
+def _part(entries: dict, prefix: str) -> dict:
+    """The entries of an NVSModel-keyed dict whose keys start with `prefix`, without it."""
+    return {k.removeprefix(prefix): v for k, v in entries.items() if k.startswith(prefix)}
 
 
 def test_fixtures_present() -> None:
@@ -115,12 +120,9 @@ def _full_size_layout(file: str) -> dict[str, tuple[int, ...]]:
 
 
 def _mapped(layout: dict[str, tuple[int, ...]], component: str) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for key, shape in layout.items():
-        mapped = map_official_key(key)
-        if mapped is not None and mapped[0] == component:
-            out[mapped[1]] = shape
-    return out
+    """The official layout's entries that land in `component`, under its own keys."""
+    ours = {official_to_ours(key): shape for key, shape in layout.items()}
+    return _part({k: v for k, v in ours.items() if k is not None}, f"{component}.")
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -149,8 +151,8 @@ def test_full_size_matches_vggt_1b_layout() -> None:
     aggregator = {k: v for k, v in _shapes(encoder).items() if k.startswith("aggregator.")}
     assert _mapped(layout, "encoder") == aggregator
     assert _mapped(layout, "camera_head") == _shapes(head)
-    assert map_official_key("reconstructor.renderer.anything") is None
-    assert map_official_key("depth_head.norm.weight") is None
+    assert official_to_ours("reconstructor.renderer.anything") is None
+    assert official_to_ours("depth_head.norm.weight") is None
 
 
 @pytest.fixture

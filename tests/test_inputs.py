@@ -14,17 +14,19 @@ from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.geometry.cameras import crop_resize_intrinsics, invert_rigid
 from gen_nvs.inputs import (
     TargetSpec,
-    add_input_arguments,
-    add_model_arguments,
-    add_target_arguments,
     default_intrinsics,
     load_source_views,
     orbit_view,
-    prepare_output_dir,
-    resolve_device,
     target_cameras,
+)
+from gen_nvs.options import (
+    add_input_arguments,
+    add_model_arguments,
+    add_target_arguments,
+    resolve_device,
     target_spec_from_args,
 )
+from gen_nvs.outputs import prepare_output_dir
 
 STORED_HW, HW = (32, 48), (32, 32)
 

@@ -8,6 +8,7 @@ from einops import rearrange
 from safetensors.torch import save_file
 
 from gen_nvs.cli import main
+from gen_nvs.fixtures import TOLERANCE, check_fixture, fixture_model, read_fixture
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.models import nvs
 from gen_nvs.models.convert import check_official_layout, load_official_weights
@@ -18,7 +19,6 @@ from gen_nvs.models.nvs import (
     require_diffusion,
     save_model,
 )
-from gen_nvs.models.reference import TOLERANCE, check_fixture, read_fixture
 from tests.conftest import FIXTURES, REFERENCE_DIR
 
 MANIFESTS = {
@@ -58,16 +58,6 @@ def test_check_reference_command_fails_on_a_tampered_fixture(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "io.rendered_targets" in out and "exceeds" in out
     assert main(["check-reference", str(tmp_path / "missing.safetensors")]) == 2
-
-
-def fixture_model(path) -> tuple[NVSModel, dict, dict]:
-    from gen_nvs.models.reference import _official_parts, fixture_model_config
-
-    meta, t = read_fixture(path)
-    model = NVSModel.from_config(fixture_model_config(meta)).eval()
-    lagernvs, vggt = _official_parts(t)
-    load_official_weights(model, lagernvs=lagernvs, vggt=vggt)
-    return model, meta, t
 
 
 def test_official_model_pt_files_load(tmp_path):

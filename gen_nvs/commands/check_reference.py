@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_nvs.models.reference import TOLERANCE, check_fixture
+    from gen_nvs.fixtures import TOLERANCE, check_fixture
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     results, failed = {}, []

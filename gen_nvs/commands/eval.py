@@ -31,9 +31,9 @@ from gen_nvs.cli import CommandError
 from gen_nvs.data.eval_index import EvalDataset, EvalIndex
 from gen_nvs.data.re10k import FULL_LIST, RE10KReader
 from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSettings, evaluate
-from gen_nvs.inputs import add_model_arguments, check_render_size, resolve_device
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model_or_default
 from gen_nvs.models.perceptual import load_lpips
+from gen_nvs.options import add_model_arguments, check_render_size, resolve_device
 from gen_nvs.sampling import MASK_MODES, SamplingConfig, check_sampling_options
 
 DEFAULT_SAMPLES = SamplingConfig().samples

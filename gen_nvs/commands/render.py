@@ -1,9 +1,9 @@
 """`gen-nvs render`: regression renders of novel views from source images.
 
 Sources come with cameras (a RealEstate10K metadata JSON) or pose-free; the targets are a
-trajectory preset, explicit cameras or one view (see `gen_nvs.inputs`, whose options this
-command shares with `gen-nvs sample`). Written under --out, in the layout of `gen-nvs
-sample` (whose regression half this is):
+trajectory preset, explicit cameras or one view (see `gen_nvs.inputs`; the options, in
+`gen_nvs.options`, are shared with `gen-nvs sample`). Written under --out, in the layout of
+`gen-nvs sample` (whose regression half this is):
 
     render.json                      settings, depth scale, source names, what each file is
     cameras.json                     the target cameras (RealEstate10K metadata format)
@@ -26,27 +26,25 @@ import torch
 from tqdm import tqdm
 
 from gen_nvs.geometry import rgbd
-from gen_nvs.inputs import (
-    TargetCameras,
-    add_input_arguments,
-    add_target_arguments,
-    check_output_dir,
-    load_source_views,
-    output_dir,
-    resolve_device,
-    scene_targets,
-    source_render_size,
-    target_spec_from_args,
-)
+from gen_nvs.inputs import TargetCameras, load_source_views, scene_targets
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, load_model_or_default
+from gen_nvs.options import (
+    add_input_arguments,
+    add_target_arguments,
+    add_video_arguments,
+    resolve_device,
+    source_render_size,
+    target_spec_from_args,
+    video_formats,
+)
 from gen_nvs.outputs import (
     DEPTH_FORMAT,
-    add_video_arguments,
+    check_output_dir,
     colorize_depth,
     fit_depth_scale,
+    output_dir,
     to_pil,
-    video_formats,
     write_cameras,
     write_point_cloud,
     write_regression,

@@ -32,26 +32,25 @@ from tqdm import tqdm
 import samplers
 from gen_nvs.data.scene import load_image
 from gen_nvs.geometry import rgbd
-from gen_nvs.inputs import (
+from gen_nvs.inputs import load_source_views, scene_targets
+from gen_nvs.models.nvs import EncodedScene, load_model_or_default, require_diffusion
+from gen_nvs.options import (
     add_input_arguments,
     add_target_arguments,
-    check_output_dir,
-    load_source_views,
-    output_dir,
+    add_video_arguments,
     resolve_device,
-    scene_targets,
     source_render_size,
     target_spec_from_args,
+    video_formats,
 )
-from gen_nvs.models.nvs import EncodedScene, load_model_or_default, require_diffusion
 from gen_nvs.outputs import (
     DEPTH_FORMAT,
-    add_video_arguments,
+    check_output_dir,
     colorize_depth,
     fit_depth_scale,
+    output_dir,
     side_by_side,
     to_pil,
-    video_formats,
     write_cameras,
     write_depth,
     write_gray,

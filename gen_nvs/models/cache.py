@@ -1,6 +1,6 @@
 """Encode a scene once, render any number of target views against it.
 
-What can be cached depends on the renderer variant:
+What can be cached is the renderer variant's (`DecoderVariant.cacheable_sources`):
 - `cross_attention`: the sources are the fixed encoder tokens, so every block's source
   keys/values are computed once.
 - `causal`: the source stream never sees a target, so every block's source keys/values

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from gen_nvs.models import checkpoint as ckpt
-from gen_nvs.models.convert_encoder import map_official_key
 from gen_nvs.models.decoder import HighwayDecoder
 from gen_nvs.models.nvs import NVSModel, model_config
 
@@ -29,17 +28,30 @@ logger = logging.getLogger(__name__)
 
 RENDERER_PREFIX = "renderer."
 OURS_ONLY_PREFIXES = ("decoder.point_head.",)
+# (official prefix, NVSModel prefix): our modules keep the official submodule names.
+_PREFIXES = (
+    (RENDERER_PREFIX, "decoder."),
+    ("reconstructor.vggt.aggregator.", "encoder.aggregator."),
+    ("reconstructor.camera_mlp.", "encoder.camera_mlp."),
+    ("reconstructor.geo_feature_connector.", "encoder.geo_feature_connector."),
+    ("reconstructor.geo_feature_norm.", "encoder.geo_feature_norm."),
+    ("aggregator.", "encoder.aggregator."),  # VGGT-1B
+    ("camera_head.", "camera_head."),  # VGGT-1B
+)
 
 
 def official_to_ours(key: str) -> str | None:
-    """Official key -> NVSModel key, or None for tensors we do not use."""
-    if key.startswith(RENDERER_PREFIX):
-        return "decoder." + key.removeprefix(RENDERER_PREFIX)
-    mapped = map_official_key(key)
-    if mapped is None:
-        return None
-    component, inner = mapped
-    return f"{component}.{inner}"
+    """Official key -> NVSModel key, or None for tensors we do not use.
+
+    >>> official_to_ours("reconstructor.vggt.aggregator.camera_token")
+    'encoder.aggregator.camera_token'
+    >>> official_to_ours("depth_head.norm.weight") is None
+    True
+    """
+    for official, ours in _PREFIXES:
+        if key.startswith(official):
+            return ours + key.removeprefix(official)
+    return None
 
 
 def ours_to_official(key: str, checkpoint: str) -> str | None:

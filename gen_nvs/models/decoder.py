@@ -2,23 +2,10 @@
 
 Each target view is rendered on its own (a batch entry of its own): targets never see
 each other. A target's token sequence is `[registers, ray patches]`; how it meets the
-sources depends on the variant, each matching the published arithmetic (the golden
-fixtures in tests/data/reference match it to below 1e-6):
-
-- `full_attention`: per target, one self-attention over `[sources, target]`; the
-  sources are updated too, so they depend on the target.
-- `cross_attention`: per block, target self-attention (norm1), then the target
-  (norm2 as queries) attends to the fixed encoder tokens (norm2_kv as keys/values),
-  then an MLP (norm_ffn). The sources' keys/values per block are cacheable.
-- `bidirectional_cross_attention`: depth - 1 blocks of target self-attention (norm1_x),
-  then a two-way exchange computed from the same inputs: the target (norm2_x) attends to
-  the sources (norm1_rec) and the sources (norm1_rec) attend to the target (norm2_x,
-  registers included); then an MLP per stream (norm3_x, norm2_rec). The last block is a
-  `cross_attention` block against the updated sources.
-- `causal` (RnG's reconstruction-guided causal attention; no published checkpoint, the
-  `full_attention` block layout): the sources attend only to the sources and are updated
-  block by block; a target attends to `[sources at that block, target]`. The source
-  stream never depends on a target, so every block's source keys/values are cacheable.
+sources is the variant's, one class each (`DecoderVariant`): `full_attention`,
+`cross_attention` and `bidirectional_cross_attention` match the published arithmetic
+(the golden fixtures in tests/data/reference match it to below 1e-6); `causal` is RnG's
+reconstruction-guided causal attention in the `full_attention` block layout.
 
 The blocks and heads take optional adaLN modulations of their target sub-layers (see
 `Modulation`), which the diffusion decoder (`gen_nvs.models.diffusion`) computes from
@@ -27,20 +14,23 @@ the timestep; without them every computation is the plain renderer's.
 Dimension legend:
     b   scenes (batch)               t   target views per scene
     s   source views                 p   tokens per source view
-    n   tokens in a sequence         c   channels (width)
-    m   source tokens (all views)    g   query sequences sharing one scene's keys/values
-    nh  attention heads              d   channels per head (c / nh)
+    m   source tokens of a scene (s * p)
+    n   tokens of a target sequence (r registers + gh * gw patches)
+    g   target sequences sharing one scene's source keys/values
+    c   channels (width)             nh  attention heads     d   channels per head
     h, w    image height / width     gh, gw  patch grid (h / patch, w / patch)
-    k   pixel channels (6 ray, 3 rgb)    r   register tokens per target view
+    ch  pixel channels (6 rays, 3 rgb, 3 xyz)               r   register tokens
+    bt  (b t) as one axis, where b and t are not known apart
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, TypeVar, get_args
+from typing import ClassVar, Literal, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +39,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gen_nvs.models.heads import PointHead, RGBHead
-from gen_nvs.models.layers import RAY_CHANNELS, fourier_channels, fourier_features
+from gen_nvs.models.layers import (
+    RAY_CHANNELS,
+    Attention,
+    KeyValue,
+    Mlp,
+    fourier_channels,
+    fourier_features,
+)
 
 Variant = Literal["full_attention", "cross_attention", "bidirectional_cross_attention", "causal"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
-KeyValue = tuple[Tensor, Tensor]
+VARIANTS: tuple[str, ...] = get_args(Variant)  # the names of `VARIANT_CLASSES`
 T = TypeVar("T")
 
 # Named sizes; "base" is the published EncDecVitB/8, "tiny" the golden fixtures' size.
@@ -70,17 +66,18 @@ DECODER_PRESETS: dict[str, dict[str, int]] = {
 # --------------------------------------------------------------------------------------
 
 
-def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: normed tokens h [N, n, c] -> h * (1 + scale) + shift, with shift, scale [N, 1, c]."""
-    return h * (1 + scale) + shift
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: normed tokens x [(b t), n, c] -> x * (1 + scale) + shift, with shift and
+    scale [(b t), 1, c]."""
+    return x * (1 + scale) + shift
 
 
 @dataclass(frozen=True)
 class Modulation:
     """adaLN modulation (DiT) of one pre-norm sub-layer, for the target tokens only.
 
-    shift, scale, gate: [N, 1, c], one per target sequence. The sub-layer's normed input
-    becomes `modulate(h, shift, scale)` and its residual branch y becomes `y * (1 + gate)`:
+    shift, scale, gate: [(b t), 1, c], one per target sequence. The sub-layer's normed input
+    becomes `modulate(normed, shift, scale)` and its residual branch y becomes `y * (1 + gate)`:
     the gate is centred on 1, not 0 as in DiT, so all-zero modulation leaves a pretrained
     sub-layer exactly as it was instead of switching it off. Tokens before `start` (the
     sources in a joint `[sources, target]` sequence) are never modulated.
@@ -91,12 +88,12 @@ class Modulation:
     gate: Tensor
     start: int = 0
 
-    def norm(self, h: Tensor) -> Tensor:
-        """The sub-layer's normed input h [N, n, c] -> modulated [N, n, c]."""
-        return self._targets(h, lambda target: modulate(target, self.shift, self.scale))
+    def norm(self, normed: Tensor) -> Tensor:
+        """The sub-layer's normed input [(b t), n, c] -> modulated [(b t), n, c]."""
+        return self._targets(normed, lambda target: modulate(target, self.shift, self.scale))
 
     def branch(self, y: Tensor) -> Tensor:
-        """The sub-layer's residual branch y [N, n, c] -> gated [N, n, c]."""
+        """The sub-layer's residual branch y [(b t), n, c] -> gated [(b t), n, c]."""
         return self._targets(y, lambda target: target * (1 + self.gate))
 
     def _targets(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -109,8 +106,8 @@ BlockModulation = tuple[Modulation, ...]
 """One Modulation per target sub-layer of a block, in order (`MODULATED_SUBLAYERS`)."""
 
 
-def _modulated(h: Tensor, mod: Modulation | None) -> Tensor:
-    return h if mod is None else mod.norm(h)
+def _modulated(normed: Tensor, mod: Modulation | None) -> Tensor:
+    return normed if mod is None else mod.norm(normed)
 
 
 def _gated(y: Tensor, mod: Modulation | None) -> Tensor:
@@ -121,82 +118,10 @@ def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=eps, bias=False)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/out projections and per-head RMS qk-norm.
-
-    Queries may come in `g` times as many sequences as keys/values (`[(b g), nh, n, d]`
-    against `[b, nh, m, d]`): the `g` query groups then share the keys/values without
-    copying them, which is exact because queries are independent of each other.
-    """
-
-    def __init__(self, *, dim: int, num_heads: int, qk_norm_eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        head_dim = dim // num_heads
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
-        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
-
-    def _split(self, x: Tensor, norm: nn.RMSNorm | None) -> Tensor:
-        """[b, n, (nh d)] -> [b, nh, n, d] as a view: heads are split in the contiguous
-        [b, n, nh, d] layout, normalised there (one pass, no copy of the layout change)
-        and only then transposed."""
-        x = x.unflatten(-1, (self.num_heads, -1))  # [b, n, nh, d], a view
-        if norm is not None:
-            # Normalise in float32 (fused kernel, no bf16 rounding), keep the compute dtype.
-            normed = F.rms_norm(x.float(), norm.normalized_shape, norm.weight, norm.eps)
-            x = normed if x.dtype == torch.float32 else normed.to(x.dtype)
-        return x.transpose(1, 2)
-
-    def queries(self, x: Tensor) -> Tensor:
-        """[b, n, c] normed tokens -> [b, nh, n, d] queries."""
-        return self._split(self.q_proj(x), self.q_norm)
-
-    def keys_values(self, x: Tensor) -> KeyValue:
-        """[b, n, c] normed tokens -> keys and values, each [b, nh, n, d]."""
-        return self._split(self.k_proj(x), self.k_norm), self._split(self.v_proj(x), None)
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-        """q [(b g), nh, n, d] against k, v [b, nh, m, d] -> [(b g), n, c].
-
-        `bias` [(b g), nh, n, m] is added to the attention logits (the `ray_bias` option).
-        """
-        groups = q.shape[0] // k.shape[0]
-        if k.dtype != q.dtype:  # a cache built without autocast
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        if groups == 1:  # the common case, without the (cheap but per-call) regrouping
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            return self.proj(out.transpose(1, 2).flatten(2))
-        q = rearrange(q, "(b g) nh n d -> b nh (g n) d", g=groups)
-        if bias is not None:
-            bias = rearrange(bias, "(b g) nh n m -> b nh (g n) m", g=groups)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = rearrange(out, "b nh (g n) d -> (b g) n (nh d)", g=groups)
-        return self.proj(out)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x [b, n, c] attends to itself, or to `context` [b, m, c] (both already normed)."""
-        kv_tokens = x if context is None else context
-        return self.attend(self.queries(x), *self.keys_values(kv_tokens))
-
-
-class Mlp(nn.Module):
-    def __init__(self, *, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 @dataclass(frozen=True)
 class BlockSize:
+    """The sizes shared by every block of a decoder; builds their layers."""
+
     dim: int
     num_heads: int
     mlp_hidden: int
@@ -204,10 +129,18 @@ class BlockSize:
     qk_norm_eps: float
 
     def attention(self) -> Attention:
-        return Attention(dim=self.dim, num_heads=self.num_heads, qk_norm_eps=self.qk_norm_eps)
+        return Attention(
+            self.dim,
+            num_heads=self.num_heads,
+            fused_qkv=False,
+            qkv_bias=False,
+            proj_bias=False,
+            qk_norm="rms",
+            norm_eps=self.qk_norm_eps,
+        )
 
     def mlp(self) -> Mlp:
-        return Mlp(dim=self.dim, hidden=self.mlp_hidden)
+        return Mlp(self.dim, hidden_dim=self.mlp_hidden, bias=False)
 
     def norm(self) -> nn.LayerNorm:
         return _layer_norm(self.dim, self.norm_eps)
@@ -257,17 +190,10 @@ class SelfAttentionBlock(nn.Module):
         bias: Tensor | None = None,
     ) -> tuple[Tensor, KeyValue]:
         attn_mod, mlp_mod = (None, None) if mods is None else mods
-        h = _modulated(self.norm1(x), attn_mod)
-        q = self.attn.queries(h)
-        own_kv = k, v = self.attn.keys_values(h)
-        if prefix_kv is not None:
-            groups = x.shape[0] // prefix_kv[0].shape[0]
-            k_pre, v_pre = (repeat(t, "b nh m d -> (b g) nh m d", g=groups) for t in prefix_kv)
-            k = torch.cat([k_pre.to(k.dtype), k], dim=2)  # [(b g), nh, m + n, d]
-            v = torch.cat([v_pre.to(v.dtype), v], dim=2)
-            if bias is not None:  # none among x's own tokens
-                bias = F.pad(bias, (0, x.shape[1]))  # [(b g), nh, n, m + n]
-        x = x + _gated(self.attn.attend(q, k, v, bias), attn_mod)
+        normed = _modulated(self.norm1(x), attn_mod)
+        q, own_kv = self.attn.queries(normed), self.attn.keys_values(normed)
+        out = self.attn.attend(q, *own_kv, bias=bias, prefix_kv=prefix_kv)
+        x = x + _gated(out, attn_mod)
         return x + _gated(self.mlp(_modulated(self.norm2(x), mlp_mod)), mlp_mod), own_kv
 
 
@@ -306,7 +232,7 @@ class CrossAttentionBlock(nn.Module):
         self_mod, cross_mod, mlp_mod = (None, None, None) if mods is None else mods
         x = x + _gated(self.self_attn(_modulated(self.norm1(x), self_mod)), self_mod)
         q = self.cross_attn.queries(_modulated(self.norm2(x), cross_mod))
-        x = x + _gated(self.cross_attn.attend(q, *source_kv, bias), cross_mod)
+        x = x + _gated(self.cross_attn.attend(q, *source_kv, bias=bias), cross_mod)
         return x + _gated(self.mlp(_modulated(self.norm_ffn(x), mlp_mod)), mlp_mod)
 
 
@@ -334,16 +260,17 @@ class BidirectionalBlock(nn.Module):
     def forward(
         self, x: Tensor, sources: Tensor, mods: BlockModulation | None = None
     ) -> tuple[Tensor, Tensor]:
-        """x [b, n, c], sources [b, m, c] (one copy per target) -> updated (x, sources).
+        """x [(b t), n, c], sources [(b t), m, c] (one copy per target) -> updated (x,
+        sources).
 
         `mods`: adaLN modulation of the three target sub-layers; the source stream's own
         norms are not modulated, but the sources attend to the modulated target tokens.
         """
         self_mod, cross_mod, mlp_mod = (None, None, None) if mods is None else mods
         x = x + _gated(self.self_attn(_modulated(self.norm1_x(x), self_mod)), self_mod)
-        hx, hs = _modulated(self.norm2_x(x), cross_mod), self.norm1_rec(sources)
-        x = x + _gated(self.cross_attn_x(hx, hs), cross_mod)
-        sources = sources + self.cross_attn_rec(hs, hx)
+        normed_x, normed_s = _modulated(self.norm2_x(x), cross_mod), self.norm1_rec(sources)
+        x = x + _gated(self.cross_attn_x(normed_x, normed_s), cross_mod)
+        sources = sources + self.cross_attn_rec(normed_s, normed_x)
         x = x + _gated(self.mlp_x(_modulated(self.norm3_x(x), mlp_mod)), mlp_mod)
         sources = sources + self.mlp_rec(self.norm2_rec(sources))
         return x, sources
@@ -352,20 +279,14 @@ class BidirectionalBlock(nn.Module):
 class RendererCore(nn.Module):
     """Holds the blocks under the published name `renderer_blocks`."""
 
-    def __init__(self, *, variant: Variant, depth: int, size: BlockSize) -> None:
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
         super().__init__()
-        if variant in ("full_attention", "causal"):
-            blocks = [SelfAttentionBlock(size) for _ in range(depth)]
-        elif variant == "cross_attention":
-            blocks = [CrossAttentionBlock(size) for _ in range(depth)]
-        else:
-            blocks = [BidirectionalBlock(size) for _ in range(depth - 1)]
-            blocks.append(CrossAttentionBlock(size))
         self.renderer_blocks = nn.ModuleList(blocks)
 
 
 class PatchEmbed(nn.Module):
-    """Pluecker ray map [b, 6, h, w] -> patch tokens [b, gh * gw, c] (bias-free conv).
+    """Pluecker ray maps [(b t), 6, h, w] -> patch tokens [(b t), gh * gw, c] (bias-free
+    conv).
 
     With `ray_frequencies` F > 0 (an option for small models trained from scratch; 0 as
     published) the conv sees the rays' Fourier features (`fourier_features`), 6 (1 + 2F)
@@ -380,7 +301,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, rays: Tensor) -> Tensor:
         rays = fourier_features(rays, self.ray_frequencies, dim=1)
-        return rearrange(self.proj(rays), "b c gh gw -> b (gh gw) c")
+        return rearrange(self.proj(rays), "bt c gh gw -> bt (gh gw) c")
 
 
 def patch_rays(rays: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -390,7 +311,7 @@ def patch_rays(rays: Tensor, grid: tuple[int, int]) -> Tensor:
     lead = rays.shape[:-3]
     pooled = F.adaptive_avg_pool2d(rays.reshape(-1, *rays.shape[-3:]), grid)
     pooled = pooled / pooled[:, 3:].norm(dim=1, keepdim=True).clamp_min(1e-6)
-    return rearrange(pooled, "n k gh gw -> n (gh gw) k").reshape(*lead, -1, RAY_CHANNELS)
+    return rearrange(pooled, "flat ch gh gw -> flat (gh gw) ch").reshape(*lead, -1, RAY_CHANNELS)
 
 
 class RayBias(nn.Module):
@@ -417,7 +338,7 @@ class RayBias(nn.Module):
         """target_rays [(b g), n, 6] and source_rays [b, m, 6] (`patch_rays`) -> one bias
         [(b g), nh, r + n, m] per block (register rows zero)."""
         groups = target_rays.shape[0] // source_rays.shape[0]
-        sources = repeat(source_rays, "b m k -> (b g) 1 m k", g=groups)
+        sources = repeat(source_rays, "b m ch -> (b g) 1 m ch", g=groups)
         distance = (target_rays[:, :, None] - sources).square().sum(-1)  # [(b g), n, m]
         distance = F.pad(distance, (0, 0, self.num_registers, 0))[:, None]
         return [-beta.exp()[None, :, None, None] * distance for beta in self.log_beta]
@@ -432,10 +353,10 @@ class RayBias(nn.Module):
 class SourceContext:
     """What the renderer needs of a scene's sources, independent of any target.
 
-    tokens: [b, n, c] encoder tokens of all source views, views flattened into n.
-    kv: per block, the sources' keys and values [b, nh, n, d] (`cross_attention`,
-        `causal`); empty for the variants whose sources depend on the target.
-    rays: [b, n, 6] each source token's ray (`patch_rays`), for the `ray_bias` option;
+    tokens: [b, m, c] encoder tokens of all source views, views flattened into m.
+    kv: per block, the sources' keys and values [b, nh, m, d] for the variants with
+        `cacheable_sources`; empty for those whose sources depend on the target.
+    rays: [b, m, 6] each source token's ray (`patch_rays`), for the `ray_bias` option;
         None without it.
     """
 
@@ -462,6 +383,177 @@ class DecoderOutput:
         )
 
 
+# --------------------------------------------------------------------------------------
+# Variants: how a target meets the sources
+# --------------------------------------------------------------------------------------
+
+
+class DecoderVariant(ABC):
+    """One renderer variant: its blocks, what `prepare_sources` computes of the sources
+    and how the target tokens pass the blocks. A HighwayDecoder builds one from its
+    `variant` name (`VARIANT_CLASSES`), keeps it as `routing` and passes itself in; the
+    variant holds no state of its own.
+    """
+
+    name: ClassVar[str]
+    cacheable_sources: ClassVar[bool] = False
+    """Whether the source side never depends on a target: then `prepare_sources` computes
+    every block's source keys/values once per scene and a SceneCache keeps them. Else the
+    sources are updated per target, so the context holds the encoder tokens only and
+    every target reruns the source side on a copy of the sources of its own."""
+
+    @abstractmethod
+    def build_blocks(self, depth: int, size: BlockSize) -> list[nn.Module]:
+        """The variant's `depth` blocks, in order."""
+
+    def source_kv(self, decoder: HighwayDecoder, sources: Tensor) -> tuple[KeyValue, ...]:
+        """sources [b, m, c] -> per block, the source keys/values [b, nh, m, d] the targets
+        attend to; none unless `cacheable_sources`."""
+        return ()
+
+    @abstractmethod
+    def run_targets(
+        self,
+        decoder: HighwayDecoder,
+        context: SourceContext,
+        x: Tensor,
+        rays: Tensor,
+        mods: Sequence[BlockModulation | None],
+    ) -> Tensor:
+        """Target tokens x [(b t), n, c] with their rays [(b t), 6, h, w] through all
+        blocks against `context` (b scenes) -> [(b t), n, c]; `mods` has one entry per
+        block."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class FullAttentionVariant(DecoderVariant):
+    """`full_attention`: per target, one self-attention over `[sources, target]`; the
+    sources are updated too, so they depend on the target."""
+
+    name = "full_attention"
+
+    def build_blocks(self, depth: int, size: BlockSize) -> list[nn.Module]:
+        return [SelfAttentionBlock(size) for _ in range(depth)]
+
+    def run_targets(
+        self,
+        decoder: HighwayDecoder,
+        context: SourceContext,
+        x: Tensor,
+        rays: Tensor,
+        mods: Sequence[BlockModulation | None],
+    ) -> Tensor:
+        groups = x.shape[0] // context.tokens.shape[0]
+        sources = repeat(context.tokens, "b m c -> (b g) m c", g=groups).to(x.dtype)
+        m = sources.shape[1]
+        z = torch.cat([sources, x], dim=1)  # [(b t), m + n, c]
+        for block, mod in zip(decoder.blocks, mods, strict=True):
+            if mod is not None:  # the target tokens follow the m sources
+                mod = tuple(replace(sub, start=m) for sub in mod)
+            z = decoder._run(functools.partial(block, mods=mod), z)
+        return z[:, m:]
+
+
+class BidirectionalCrossAttentionVariant(DecoderVariant):
+    """`bidirectional_cross_attention`: depth - 1 blocks of target self-attention
+    (norm1_x), then a two-way exchange computed from the same inputs: the target (norm2_x)
+    attends to the sources (norm1_rec) and the sources (norm1_rec) attend to the target
+    (norm2_x, registers included); then an MLP per stream (norm3_x, norm2_rec). The last
+    block is a `cross_attention` block against the updated sources."""
+
+    name = "bidirectional_cross_attention"
+
+    def build_blocks(self, depth: int, size: BlockSize) -> list[nn.Module]:
+        return [*(BidirectionalBlock(size) for _ in range(depth - 1)), CrossAttentionBlock(size)]
+
+    def run_targets(
+        self,
+        decoder: HighwayDecoder,
+        context: SourceContext,
+        x: Tensor,
+        rays: Tensor,
+        mods: Sequence[BlockModulation | None],
+    ) -> Tensor:
+        groups = x.shape[0] // context.tokens.shape[0]
+        sources = repeat(context.tokens, "b m c -> (b g) m c", g=groups)  # one copy per target
+        *exchange, final = decoder.blocks
+        *exchange_mods, final_mod = mods
+        for block, mod in zip(exchange, exchange_mods, strict=True):
+            x, sources = decoder._run(functools.partial(block, mods=mod), x, sources)
+        return decoder._run(
+            lambda x, sources: final(x, final.source_kv(sources), final_mod), x, sources
+        )
+
+
+class _CachedSourcesVariant(DecoderVariant):
+    """A variant whose source side never sees a target: in each block the target tokens
+    attend to that block's source keys/values, computed once per scene (`source_kv`),
+    with the `ray_bias` option's logit bias when the decoder has it."""
+
+    cacheable_sources = True
+
+    def run_targets(
+        self,
+        decoder: HighwayDecoder,
+        context: SourceContext,
+        x: Tensor,
+        rays: Tensor,
+        mods: Sequence[BlockModulation | None],
+    ) -> Tensor:
+        biases = decoder._ray_biases(context, rays)
+        for block, kv, mod, bias in zip(decoder.blocks, context.kv, mods, biases, strict=True):
+            x = decoder._run(functools.partial(block, mods=mod, bias=bias), x, kv)
+        return x
+
+
+class CrossAttentionVariant(_CachedSourcesVariant):
+    """`cross_attention`: per block, target self-attention (norm1), then the target
+    (norm2 as queries) attends to the fixed encoder tokens (norm2_kv as keys/values),
+    then an MLP (norm_ffn)."""
+
+    name = "cross_attention"
+
+    def build_blocks(self, depth: int, size: BlockSize) -> list[nn.Module]:
+        return [CrossAttentionBlock(size) for _ in range(depth)]
+
+    def source_kv(self, decoder: HighwayDecoder, sources: Tensor) -> tuple[KeyValue, ...]:
+        return tuple(block.source_kv(sources) for block in decoder.blocks)
+
+
+class CausalVariant(_CachedSourcesVariant):
+    """`causal` (RnG's reconstruction-guided causal attention; no published checkpoint, the
+    `full_attention` block layout): the sources attend only to the sources and are
+    updated block by block; a target attends to `[sources at that block, target]`."""
+
+    name = "causal"
+
+    def build_blocks(self, depth: int, size: BlockSize) -> list[nn.Module]:
+        return [SelfAttentionBlock(size) for _ in range(depth)]
+
+    def source_kv(self, decoder: HighwayDecoder, sources: Tensor) -> tuple[KeyValue, ...]:
+        *updating, last = decoder.blocks
+        kv = []
+        for block in updating:
+            sources, block_kv = decoder._run(block.forward_with_kv, sources)
+            kv.append(block_kv)
+        kv.append(last.keys_values(sources))  # the last block's source update is never read
+        return tuple(kv)
+
+
+VARIANT_CLASSES: dict[str, type[DecoderVariant]] = {
+    variant.name: variant
+    for variant in (
+        FullAttentionVariant,
+        CrossAttentionVariant,
+        BidirectionalCrossAttentionVariant,
+        CausalVariant,
+    )
+}
+"""Each variant name (`Variant`, the configs' and exports' `"variant"`) -> its class."""
+
+
 class HighwayDecoder(nn.Module):
     """LagerNVS renderer ("highway" decoder): source tokens + target rays -> target views."""
 
@@ -484,12 +576,7 @@ class HighwayDecoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(variant, width, depth, num_heads, patch_size, mlp_ratio, num_registers)
-        if ray_frequencies < 0:
-            raise ValueError(f"decoder ray_frequencies must be >= 0, got {ray_frequencies}")
-        if ray_bias and variant not in ("causal", "cross_attention"):
-            raise ValueError(
-                f"decoder ray_bias needs the causal or cross_attention variant, got {variant!r}"
-            )
+        _check_options(variant, ray_frequencies, ray_bias)
         self._config = {
             "variant": variant,
             "width": width,
@@ -509,6 +596,7 @@ class HighwayDecoder(nn.Module):
         if ray_bias:
             self._config["ray_bias"] = True
         self.variant = variant
+        self.routing = VARIANT_CLASSES[variant]()
         self.width = width
         self.patch_size = patch_size
         self.num_registers = num_registers
@@ -525,7 +613,7 @@ class HighwayDecoder(nn.Module):
         )
         self.tgt_norm = _layer_norm(width, norm_eps)
         self.per_view_register_tokens = nn.Parameter(torch.zeros(1, num_registers, width))
-        self.renderer_core = RendererCore(variant=variant, depth=depth, size=size)
+        self.renderer_core = RendererCore(self.routing.build_blocks(depth, size))
         self.ray_bias = (
             RayBias(depth=depth, num_heads=num_heads, num_registers=num_registers)
             if ray_bias
@@ -588,37 +676,22 @@ class HighwayDecoder(nn.Module):
             raise ValueError(
                 f"source tokens must be [b, s, p, {self.width}], got {list(source_tokens.shape)}"
             )
-        rays = None
-        if self.ray_bias is not None:
-            expected = [*source_tokens.shape[:3], RAY_CHANNELS]
-            if source_rays is None or list(source_rays.shape) != expected:
-                got = None if source_rays is None else list(source_rays.shape)
-                raise ValueError(
-                    f"this decoder has the ray_bias option: it needs the source tokens' rays "
-                    f"{expected}, got {got}"
-                )
-            rays = rearrange(source_rays, "b s p k -> b (s p) k")
+        rays = self._source_rays(source_tokens, source_rays)
         tokens = rearrange(source_tokens, "b s p c -> b (s p) c")
-        if self.variant == "cross_attention":
-            kv = tuple(block.source_kv(tokens) for block in self.blocks)
-        elif self.variant == "causal":
-            kv = self._causal_source_stream(tokens)
-        else:
-            kv = ()
-        return SourceContext(tokens=tokens, kv=kv, rays=rays)
+        return SourceContext(tokens=tokens, kv=self.routing.source_kv(self, tokens), rays=rays)
 
     def render(self, context: SourceContext, target_rays: Tensor) -> DecoderOutput:
         """Render targets [b, t, 6, h, w] against a prepared SourceContext (batch b)."""
         x = self.target_tokens(context, target_rays)  # [(b t), gh * gw, c]
         b, _, _, h, w = target_rays.shape
         grid = (h // self.patch_size, w // self.patch_size)
-        rgb = rearrange(self.final_layer(x, grid), "(b t) k h w -> b t k h w", b=b)
+        rgb = rearrange(self.final_layer(x, grid), "(b t) ch h w -> b t ch h w", b=b)
         if self.point_head is None:
             return DecoderOutput(rgb=rgb)
         points, conf = self.point_head(x, grid)
         return DecoderOutput(
             rgb=rgb,
-            points=rearrange(points, "(b t) h w k -> b t h w k", b=b),
+            points=rearrange(points, "(b t) h w ch -> b t h w ch", b=b),
             conf=rearrange(conf, "(b t) h w -> b t h w", b=b),
         )
 
@@ -644,16 +717,9 @@ class HighwayDecoder(nn.Module):
                 f"expected one modulation per block ({len(self.blocks)}), got {len(modulations)}"
             )
         mods = [None] * len(self.blocks) if modulations is None else list(modulations)
-        rays = rearrange(target_rays, "b t k h w -> (b t) k h w")
+        rays = rearrange(target_rays, "b t ch h w -> (b t) ch h w")
         x = self._embed_targets(rays, added_patches)  # [(b t), r + gh * gw, c]
-        if self.variant == "full_attention":
-            x = self._full_attention(context.tokens, x, mods)
-        elif self.variant == "bidirectional_cross_attention":
-            x = self._bidirectional(context.tokens, x, mods)
-        else:  # cross_attention and causal: blocks against the cached source keys/values
-            biases = self._ray_biases(context, rays)
-            for block, kv, mod, bias in zip(self.blocks, context.kv, mods, biases, strict=True):
-                x = self._run(functools.partial(block, mods=mod, bias=bias), x, kv)
+        x = self.routing.run_targets(self, context, x, rays, mods)
         return x[:, self.num_registers :]
 
     def check_rays(self, rays: Tensor, num_scenes: int) -> None:
@@ -683,6 +749,20 @@ class HighwayDecoder(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    def _source_rays(self, source_tokens: Tensor, source_rays: Tensor | None) -> Tensor | None:
+        """The checked source rays [b, s, p, 6] flattened to [b, m, 6] for the `ray_bias`
+        option; None without it."""
+        if self.ray_bias is None:
+            return None
+        expected = [*source_tokens.shape[:3], RAY_CHANNELS]
+        if source_rays is None or list(source_rays.shape) != expected:
+            got = None if source_rays is None else list(source_rays.shape)
+            raise ValueError(
+                f"this decoder has the ray_bias option: it needs the source tokens' rays "
+                f"{expected}, got {got}"
+            )
+        return rearrange(source_rays, "b s p ch -> b (s p) ch")
+
     def _ray_biases(self, context: SourceContext, rays: Tensor) -> list[Tensor | None]:
         """Each block's logit bias for targets [(b t), 6, h, w] (`RayBias`), or None each."""
         if self.ray_bias is None:
@@ -705,45 +785,6 @@ class HighwayDecoder(nn.Module):
         registers = self.per_view_register_tokens.expand(rays.shape[0], -1, -1)
         return torch.cat([registers.to(patches.dtype), patches], dim=1)
 
-    def _full_attention(
-        self, sources: Tensor, x: Tensor, mods: list[BlockModulation | None]
-    ) -> Tensor:
-        """sources [b, m, c], targets x [(b t), n, c] -> targets after all blocks."""
-        groups = x.shape[0] // sources.shape[0]
-        sources = repeat(sources, "b m c -> (b g) m c", g=groups).to(x.dtype)
-        m = sources.shape[1]
-        z = torch.cat([sources, x], dim=1)  # [(b t), m + n, c]
-        for block, mod in zip(self.blocks, mods, strict=True):
-            if mod is not None:  # the target tokens follow the m sources
-                mod = tuple(replace(sub, start=m) for sub in mod)
-            z = self._run(functools.partial(block, mods=mod), z)
-        return z[:, m:]
-
-    def _bidirectional(
-        self, sources: Tensor, x: Tensor, mods: list[BlockModulation | None]
-    ) -> Tensor:
-        """sources [b, m, c], targets x [(b t), n, c] -> targets after all blocks."""
-        groups = x.shape[0] // sources.shape[0]
-        sources = repeat(sources, "b m c -> (b g) m c", g=groups)  # one copy per target
-        *exchange, final = self.blocks
-        *exchange_mods, final_mod = mods
-        for block, mod in zip(exchange, exchange_mods, strict=True):
-            x, sources = self._run(functools.partial(block, mods=mod), x, sources)
-        return self._run(lambda x, s: final(x, final.source_kv(s), final_mod), x, sources)
-
-    def _causal_source_stream(self, sources: Tensor) -> tuple[KeyValue, ...]:
-        """sources [b, m, c] -> each block's source keys/values [b, nh, m, d].
-
-        The sources attend only to themselves, so this never sees a target.
-        """
-        *updating, last = self.blocks
-        kv = []
-        for block in updating:
-            sources, block_kv = self._run(block.forward_with_kv, sources)
-            kv.append(block_kv)
-        kv.append(last.keys_values(sources))  # the last block's source update is never read
-        return tuple(kv)
-
 
 def _check_config(
     variant: str,
@@ -764,3 +805,15 @@ def _check_config(
         )
     if width % num_heads:
         raise ValueError(f"decoder width {width} is not divisible by num_heads {num_heads}")
+
+
+def _check_options(variant: str, ray_frequencies: int, ray_bias: bool) -> None:
+    if ray_frequencies < 0:
+        raise ValueError(f"decoder ray_frequencies must be >= 0, got {ray_frequencies}")
+    # The bias enters the attention to per-block source keys/values, which only the
+    # variants with a cacheable source side have.
+    if ray_bias and not VARIANT_CLASSES[variant].cacheable_sources:
+        names = sorted(name for name, cls in VARIANT_CLASSES.items() if cls.cacheable_sources)
+        raise ValueError(
+            f"decoder ray_bias needs the {' or '.join(names)} variant, got {variant!r}"
+        )

@@ -8,8 +8,9 @@ VGGT's activations (depth = exp, conf = 1 + exp).
 Dimension legend:
     b   scenes (batch)       s   views          p   patches per view (gh * gw)
     c   token width (2 x aggregator width: frame and global features concatenated)
-    gh, gw  patch grid       q   patch size (q1, q2: rows, columns)
-    h, w    image height / width (the aggregator's resized size: gh * q, gw * q)
+    gh, gw  patch grid       ph, pw  pixel rows / columns of a patch (the patch size each)
+    h, w    image height / width (the aggregator's resized size: gh * ph, gw * pw)
+    ch  channels of a pixel (depth, confidence)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 
 class DepthHead(nn.Module):
-    """LayerNorm, Linear(c -> q*q*2) per patch token, pixel shuffle, then
+    """LayerNorm, Linear(c -> ph*pw*2) per patch token, pixel shuffle, then
     depth = exp(x) (> 0) and conf = 1 + exp(x) (> 1, as the aleatoric loss needs).
 
     Init: a small weight std (1e-3) and a zero bias start every pixel at depth 1 (one
@@ -42,7 +43,7 @@ class DepthHead(nn.Module):
         """tokens [b, s, p, c] (the aggregator's patch tokens), grid (gh, gw) ->
         (depth [b, s, h, w], conf [b, s, h, w]) in float32 at `image_hw`.
 
-        The head predicts at the aggregator's resolution (gh * q, gw * q); other image
+        The head predicts at the aggregator's resolution (gh * ph, gw * pw); other image
         sizes get its outputs resized bilinearly (both stay positive).
         """
         gh, gw = grid
@@ -51,15 +52,17 @@ class DepthHead(nn.Module):
                 f"expected patch tokens [b, s, {gh * gw}, c] for a {gh}x{gw} grid, "
                 f"got {list(tokens.shape)}"
             )
-        x = self.linear(self.norm(tokens)).float()  # (b, s, p, q * q * 2), activations in fp32
-        q = self.patch_size
-        x = rearrange(x, "b s (gh gw) (q1 q2 k) -> b s k (gh q1) (gw q2)", gh=gh, q1=q, q2=q)
+        x = self.linear(self.norm(tokens)).float()  # (b, s, p, ph * pw * 2), activations in fp32
+        patch = self.patch_size
+        x = rearrange(
+            x, "b s (gh gw) (ph pw ch) -> b s ch (gh ph) (gw pw)", gh=gh, ph=patch, pw=patch
+        )
         out = torch.stack([torch.exp(x[:, :, 0]), 1 + torch.exp(x[:, :, 1])], dim=2)
         if tuple(out.shape[-2:]) != tuple(image_hw):
             b = out.shape[0]
-            flat = rearrange(out, "b s k h w -> (b s) k h w")
+            flat = rearrange(out, "b s ch h w -> (b s) ch h w")
             flat = F.interpolate(
                 flat, size=tuple(image_hw), mode="bilinear", align_corners=False, antialias=True
             )
-            out = rearrange(flat, "(b s) k h w -> b s k h w", b=b)
+            out = rearrange(flat, "(b s) ch h w -> b s ch h w", b=b)
         return out[:, :, 0], out[:, :, 1]  # (b, s, h, w) each

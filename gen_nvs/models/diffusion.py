@@ -36,11 +36,13 @@ the noisy target and the timestep, so that fine-tuning begins at the regression 
 
 Dimension legend:
     b   scenes (batch)              t   target views per scene
-    s   source views (in `make_model_fn`: samples per target)
-    p   tokens per source view      m   source tokens per scene (s * p)
-    n   rows: target sequences (b t), or the sampler's samples x scenes x targets
-    c   channels (width)            k   diffusion channels (3 rgb + 3 xyz, or 3 rgb)
+    s   source views                p   tokens per source view
+    m   source tokens per scene (s * p)
+    bt  (b t) as one axis, where b and t are not known apart
+    ns  samples per target (the sampler's rows are (ns b t))
+    c   channels (width)            ch  diffusion channels (3 rgb + 3 xyz, or 3 rgb)
     h, w    image height / width    gh, gw  patch grid (h / patch, w / patch)
+    l   modulated sub-layers of a block     j   modulation parts (shift, scale, gate)
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ ModelFn = Callable[[Tensor, Tensor, bool], Tensor]
 
 
 def to_diffusion_space(rgb: Tensor, points: Tensor | None = None) -> Tensor:
-    """Target views -> the diffusion sample x0 [b, t, k, h, w].
+    """Target views -> the diffusion sample x0 [b, t, ch, h, w].
 
     rgb [b, t, 3, h, w] in [0, 1] becomes `rgb * 2 - 1`; points [b, t, h, w, 3] (scene
     frame), if given, become `sign(p) * log1p(|p|)` in channels 3..5.
@@ -93,22 +95,22 @@ def to_diffusion_space(rgb: Tensor, points: Tensor | None = None) -> Tensor:
     b, t, _, h, w = rgb.shape
     if tuple(points.shape) != (b, t, h, w, 3):
         raise ValueError(f"points must be {[b, t, h, w, 3]} to match rgb, got {list(points.shape)}")
-    x_xyz = rearrange(compress_points(points), "b t h w k -> b t k h w")
+    x_xyz = rearrange(compress_points(points), "b t h w ch -> b t ch h w")
     return torch.cat([x_rgb, x_xyz.to(x_rgb.dtype)], dim=2)
 
 
 def from_diffusion_space(x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """A diffusion sample x [b, t, k, h, w] -> (rgb [b, t, 3, h, w] in [0, 1], points
-    [b, t, h, w, 3] in the scene frame, or None for k = 3)."""
+    """A diffusion sample x [b, t, ch, h, w] -> (rgb [b, t, 3, h, w] in [0, 1], points
+    [b, t, h, w, 3] in the scene frame, or None for ch = 3)."""
     if x.ndim != 5 or x.shape[2] not in NOISE_CHANNELS:
         raise ValueError(
-            f"diffusion sample must be [b, t, k, h, w] with k in {NOISE_CHANNELS}, "
+            f"diffusion sample must be [b, t, ch, h, w] with ch in {NOISE_CHANNELS}, "
             f"got {list(x.shape)}"
         )
     rgb = ((x[:, :, :3] + 1) / 2).clamp(0, 1)
     if x.shape[2] == 3:
         return rgb, None
-    return rgb, expand_points(rearrange(x[:, :, 3:], "b t k h w -> b t h w k"))
+    return rgb, expand_points(rearrange(x[:, :, 3:], "b t ch h w -> b t h w ch"))
 
 
 # --------------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def from_diffusion_space(x: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal embedding of timesteps [n] (any real values) -> [n, dim] float32:
+    """Sinusoidal embedding of timesteps [bt] (any real values) -> [bt, dim] float32:
     cosines then sines of geometrically spaced frequencies from 1 to 1 / max_period."""
     half = dim // 2
     exponents = torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
@@ -126,7 +128,7 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0
 
 
 class TimestepEmbedder(nn.Module):
-    """Timesteps [n] -> conditioning vectors [n, c]: sinusoids, then a two-layer MLP."""
+    """Timesteps [bt] -> conditioning vectors [bt, c]: sinusoids, then a two-layer MLP."""
 
     def __init__(self, *, dim: int, frequency_dim: int) -> None:
         super().__init__()
@@ -194,7 +196,9 @@ class DiffusionDecoder(nn.Module):
             for block in self.decoder.blocks
         )
         heads = ["rgb", "points"] if self.decoder.point_head is not None else ["rgb"]
-        self.head_modulation = nn.ModuleDict({h: _zero_linear(width, 2 * width) for h in heads})
+        self.head_modulation = nn.ModuleDict(
+            {head: _zero_linear(width, 2 * width) for head in heads}
+        )
         self.null_tokens = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.normal_(self.null_tokens, std=0.02)
 
@@ -281,7 +285,7 @@ class DiffusionDecoder(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Training: encoder tokens [b, s, p, c] -> prediction [b, t, k, h, w] (see
+        """Training: encoder tokens [b, s, p, c] -> prediction [b, t, ch, h, w] (see
         `denoise`). In training mode each scene's sources are dropped (null tokens) with
         probability `cond_dropout`, drawn on the CPU from `generator`."""
         if self.training and self.cond_dropout > 0:
@@ -304,13 +308,13 @@ class DiffusionDecoder(nn.Module):
 
         sources: a scene cache (`SceneCache.build(self.decoder, tokens)`) or SourceContext
             of b scenes; unchanged by the call, so build it once per sampling run.
-        x_t: [b, t, k, h, w] noisy targets in diffusion space (`to_diffusion_space`),
-            k = `noise_channels`.
+        x_t: [b, t, ch, h, w] noisy targets in diffusion space (`to_diffusion_space`),
+            ch = `noise_channels`.
         timesteps: [b * t] (flattened as (b t)) or [b, t], one per target view.
         target_rays: [b, t, 6, h, w] Pluecker rays of the targets.
         conditional: False uses `null_context` (`self.null_context(b, m)`, built here when
             None, which reruns the source stream) instead of `sources`.
-        Returns the prediction [b, t, k, h, w] of type `prediction_type`.
+        Returns the prediction [b, t, ch, h, w] of type `prediction_type`.
         """
         with_points = self.noise_channels == 6
         rgb_raw, point_raw = self._raw(
@@ -320,9 +324,9 @@ class DiffusionDecoder(nn.Module):
             rgb_raw = torch.sigmoid(rgb_raw) * 2 - 1
         parts = [rgb_raw]
         if with_points:
-            parts.append(rearrange(point_raw[..., :3], "n h w k -> n k h w").to(rgb_raw.dtype))
-        prediction = torch.cat(parts, dim=1).to(x_t.dtype)  # [(b t), k, h, w]
-        return rearrange(prediction, "(b t) k h w -> b t k h w", b=x_t.shape[0])
+            parts.append(rearrange(point_raw[..., :3], "bt h w ch -> bt ch h w").to(rgb_raw.dtype))
+        prediction = torch.cat(parts, dim=1).to(x_t.dtype)  # [(b t), ch, h, w]
+        return rearrange(prediction, "(b t) ch h w -> b t ch h w", b=x_t.shape[0])
 
     def denoise_views(
         self,
@@ -346,12 +350,12 @@ class DiffusionDecoder(nn.Module):
             sources, x_t, timesteps, target_rays, conditional, null_context, with_points
         )
         b = x_t.shape[0]
-        rgb = rearrange(torch.sigmoid(rgb_raw), "(b t) k h w -> b t k h w", b=b)
+        rgb = rearrange(torch.sigmoid(rgb_raw), "(b t) ch h w -> b t ch h w", b=b)
         if not with_points:
             return DecoderOutput(rgb=rgb)
         return DecoderOutput(
             rgb=rgb,
-            points=rearrange(expand_points(point_raw[..., :3]), "(b t) h w k -> b t h w k", b=b),
+            points=rearrange(expand_points(point_raw[..., :3]), "(b t) h w ch -> b t h w ch", b=b),
             conf=rearrange(1 + torch.exp(point_raw[..., 3]), "(b t) h w -> b t h w", b=b),
         )
 
@@ -375,12 +379,12 @@ class DiffusionDecoder(nn.Module):
         self.decoder.check_rays(target_rays, context.tokens.shape[0])
         steps = self._check_inputs(x_t, timesteps, target_rays)  # [(b t)]
         h, w = x_t.shape[-2:]
-        noisy = self.noise_embedder(rearrange(x_t, "b t k h w -> (b t) k h w"))
+        noisy = self.noise_embedder(rearrange(x_t, "b t ch h w -> (b t) ch h w"))
         cond = F.silu(self.time_embedder(steps))  # [(b t), c]
         tokens = self.decoder.target_tokens(
             context,
             target_rays,
-            added_patches=rearrange(noisy, "n c gh gw -> n (gh gw) c"),
+            added_patches=rearrange(noisy, "bt c gh gw -> bt (gh gw) c"),
             modulations=self._block_modulations(cond),
         )  # [(b t), gh * gw, c]
         grid = (h // self.decoder.patch_size, w // self.decoder.patch_size)
@@ -432,15 +436,15 @@ class DiffusionDecoder(nn.Module):
         return timesteps.reshape(b * t)
 
     def _block_modulations(self, cond: Tensor) -> list[BlockModulation]:
-        """cond [n, c] -> per block, one Modulation (each part [n, 1, c]) per sub-layer."""
+        """cond [bt, c] -> per block, one Modulation (each part [bt, 1, c]) per sub-layer."""
         modulations = []
         for layer in self.block_modulation:
-            parts = rearrange(layer(cond), "n (l j c) -> l j n 1 c", j=3, c=self.decoder.width)
+            parts = rearrange(layer(cond), "bt (l j c) -> l j bt 1 c", j=3, c=self.decoder.width)
             modulations.append(tuple(Modulation(*sub) for sub in parts))
         return modulations
 
     def _head_modulation(self, head: str, cond: Tensor) -> Callable[[Tensor], Tensor]:
-        shift, scale = rearrange(self.head_modulation[head](cond), "n (j c) -> j n 1 c", j=2)
+        shift, scale = rearrange(self.head_modulation[head](cond), "bt (j c) -> j bt 1 c", j=2)
         return functools.partial(modulate, shift=shift, scale=scale)
 
 
@@ -484,9 +488,10 @@ def make_model_fn(
     context: the scenes' sources (built once); null_context: `decoder.null_context(b, m)`
         (built once), needed for guidance (conditional=False calls), else may be None.
     target_rays: [b, t, 6, h, w].
-    The sampler's rows n = samples x b x t, ordered (samples, scenes, targets): row
-    (i * b + j) * t + l is sample i of target l of scene j, so sample i keeps its seeds
-    when more samples are drawn. Every sample of a scene shares its cached sources.
+    The sampler's rows (ns b t) are ordered (samples, scenes, targets): row
+    (sample * b + scene) * t + target holds that sample of that target, so a sample
+    keeps its seeds when more samples are drawn. Every sample of a scene shares its
+    cached sources.
     """
     if not isinstance(decoder, DiffusionDecoder):
         raise ValueError(f"make_model_fn needs a DiffusionDecoder, got {type(decoder).__name__}")
@@ -497,20 +502,20 @@ def make_model_fn(
     def model_fn(x_t: Tensor, timesteps: Tensor, conditional: bool) -> Tensor:
         if x_t.ndim != 4 or x_t.shape[0] % (b * t):
             raise ValueError(
-                f"x_t must be [samples * {b * t}, k, h, w] (samples x {b} scenes x {t} "
+                f"x_t must be [samples * {b * t}, ch, h, w] (samples x {b} scenes x {t} "
                 f"targets), got {list(x_t.shape)}"
             )
         if not conditional and null_context is None:
             raise ValueError("guidance needs a null context, got null_context=None")
-        s = x_t.shape[0] // (b * t)
+        samples = x_t.shape[0] // (b * t)
         prediction = decoder.denoise(
             context,
-            rearrange(x_t, "(s b t) k h w -> b (s t) k h w", b=b, t=t),
-            rearrange(timesteps, "(s b t) -> b (s t)", b=b, t=t),
-            repeat(target_rays, "b t k h w -> b (s t) k h w", s=s),
+            rearrange(x_t, "(ns b t) ch h w -> b (ns t) ch h w", b=b, t=t),
+            rearrange(timesteps, "(ns b t) -> b (ns t)", b=b, t=t),
+            repeat(target_rays, "b t ch h w -> b (ns t) ch h w", ns=samples),
             conditional=conditional,
             null_context=null_context,
         )
-        return rearrange(prediction, "b (s t) k h w -> (s b t) k h w", s=s)
+        return rearrange(prediction, "b (ns t) ch h w -> (ns b t) ch h w", ns=samples)
 
     return model_fn

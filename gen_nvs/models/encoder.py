@@ -8,8 +8,9 @@ Dimension legend:
     p  patch tokens per view (= gh * gw)
     gh, gw  patch-grid rows and columns
     r  register tokens
-    c  aggregator width;  k  decoder width (out_dim)
+    c  aggregator width;  co  output width (the decoder's, out_dim)
     h, w  image height and width in pixels
+    ch  channels of a pixel (3 rgb; 6 rays, or their Fourier features)
 """
 
 from __future__ import annotations
@@ -183,10 +184,10 @@ class Aggregator(nn.Module):
 
     @staticmethod
     def _expand_slots(token: Tensor, batch: int, views: int) -> Tensor:
-        """token [1 2 t c] -> [(b s) t c]: slot 0 for the first view, slot 1 for the rest."""
+        """token [1 2 n c] -> [(b s) n c]: slot 0 for the first view, slot 1 for the rest."""
         first = token[:, :1].expand(batch, 1, -1, -1)
         rest = token[:, 1:].expand(batch, views - 1, -1, -1)
-        return rearrange(torch.cat((first, rest), dim=1), "b s t c -> (b s) t c")
+        return rearrange(torch.cat((first, rest), dim=1), "b s n c -> (b s) n c")
 
     def _positions(self, grid_h: int, grid_w: int, device: torch.device) -> Tensor:
         """RoPE positions of one view's tokens -> [1 n 2] as (row, column); one tensor per
@@ -248,7 +249,7 @@ class Aggregator(nn.Module):
 
 
 class EncoderOutput(NamedTuple):
-    """Encoder tokens [(b) s p k] and the (rows, columns) of their patch grid."""
+    """Encoder tokens [(b) s p co] and the (rows, columns) of their patch grid."""
 
     tokens: Tensor
     grid_hw: tuple[int, int]
@@ -263,7 +264,7 @@ class VGGTEncoder(nn.Module):
     decoder width by `geo_feature_connector` followed by a bias-free LayerNorm.
 
     Submodule names follow the official checkpoints (`aggregator`, `camera_mlp`,
-    `geo_feature_connector`, `geo_feature_norm`); see `gen_nvs.models.convert_encoder`.
+    `geo_feature_connector`, `geo_feature_norm`); see `gen_nvs.models.convert`.
     """
 
     def __init__(
@@ -496,13 +497,13 @@ class VGGTEncoder(nn.Module):
 
     def _skip(self, images: Tensor, rays: Tensor | None) -> Tensor:
         """The `source_skip` tokens: resized images [b s 3 h w] and rays [(b s) ch h w] or
-        None -> [b s p k]."""
+        None -> [b s p co]."""
         b = images.shape[0]
         pixels = (images - self.aggregator.mean) / self.aggregator.std
         skip = self.pixel_skip(rearrange(pixels, "b s ch h w -> (b s) ch h w"))
         if rays is not None:
-            skip = skip + self.ray_skip(rays)  # ((b s), k, gh, gw)
-        return rearrange(skip, "(b s) k gh gw -> b s (gh gw) k", b=b)
+            skip = skip + self.ray_skip(rays)  # ((b s), co, gh, gw)
+        return rearrange(skip, "(b s) co gh gw -> b s (gh gw) co", b=b)
 
     def forward(
         self,
@@ -516,13 +517,13 @@ class VGGTEncoder(nn.Module):
 
         images [s 3 h w] or [b s 3 h w] in [0, 1]; camera_tokens [(b) s 11] (pose numbers
         zeroed when the source cameras are unknown); source_rays as in `aggregate`.
-        Returns tokens [(b) s p k] and the patch grid (gh, gw), p = gh * gw.
+        Returns tokens [(b) s p co] and the patch grid (gh, gw), p = gh * gw.
         """
         prepared = self._prepare(images, camera_tokens, source_rays, resize)
         resized, camera_tokens, rays, unbatched = prepared
         tokens = self._aggregate(resized, camera_tokens, rays)  # (b, s, n, 2c)
         patches = tokens[..., self.aggregator.num_special_tokens :, :]  # (b, s, p, 2c)
-        features = self.geo_feature_connector(patches)  # (b, s, p, k)
+        features = self.geo_feature_connector(patches)  # (b, s, p, co)
         if self.pixel_skip is not None:
             features = features + self._skip(resized, rays)
         features = self.geo_feature_norm(features)

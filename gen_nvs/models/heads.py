@@ -5,9 +5,9 @@ Each head splits into `raw` (norm, linear: the pre-activation pixels) and its ac
 adaLN hook (`gen_nvs.models.diffusion`), which also reads the pre-activation pixels.
 
 Dimension legend:
-    n   target views (any batch, flattened)     c   channels (width)
-    gh, gw  patch grid                           q   patch size (q1, q2: rows, columns)
-    h, w    image height / width (gh * q, gw * q)    k   channels of a pixel (rgb, xyz)
+    bt  target views of all scenes, (b t) as one axis      c   channels (width)
+    gh, gw  patch grid       ph, pw  pixel rows / columns of a patch (the patch size each)
+    h, w    image height / width (gh * ph, gw * pw)    ch  channels of a pixel (rgb, xyz)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 
 class RGBHead(nn.Module):
-    """As published: bias-free LayerNorm, Linear(c -> q*q*3) without bias, sigmoid.
+    """As published: bias-free LayerNorm, Linear(c -> ph*pw*3) without bias, sigmoid.
 
     Module names (`norm_final`, `linear`) are those of the official `final_layer`.
     """
@@ -33,7 +33,7 @@ class RGBHead(nn.Module):
         self.linear = nn.Linear(dim, patch_size * patch_size * 3, bias=False)
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        """tokens [n, gh * gw, c], grid (gh, gw) -> rgb [n, 3, h, w] in [0, 1]."""
+        """tokens [bt, gh * gw, c], grid (gh, gw) -> rgb [bt, 3, h, w] in [0, 1]."""
         return torch.sigmoid(self.raw(tokens, grid))
 
     def raw(
@@ -42,21 +42,18 @@ class RGBHead(nn.Module):
         grid: tuple[int, int],
         modulate: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """tokens [n, gh * gw, c], grid (gh, gw) -> pre-sigmoid rgb [n, 3, h, w]."""
-        h = self.norm_final(tokens)
+        """tokens [bt, gh * gw, c], grid (gh, gw) -> pre-sigmoid rgb [bt, 3, h, w]."""
+        normed = self.norm_final(tokens)
         if modulate is not None:
-            h = modulate(h)
-        x = self.linear(h)  # [n, gh * gw, q * q * 3]
-        q = self.patch_size
-        return rearrange(
-            x, "n (gh gw) (q1 q2 k) -> n k (gh q1) (gw q2)", gh=grid[0], gw=grid[1], q1=q, q2=q
-        )
+            normed = modulate(normed)
+        x = self.linear(normed)  # [bt, gh * gw, ph * pw * 3]
+        return _unpatchify(x, grid, self.patch_size, "bt ch (gh ph) (gw pw)")
 
 
 class PointHead(nn.Module):
     """Per pixel a 3D point in the scene frame (first source camera) and a confidence.
 
-    Bias-free LayerNorm, Linear(c -> q*q*4) with bias, then VGGT's activations:
+    Bias-free LayerNorm, Linear(c -> ph*pw*4) with bias, then VGGT's activations:
     points = sign(x) * expm1(|x|) (linear near 0, exponential far away, so near and far
     scene points get comparable relative precision) and conf = 1 + exp(x) (> 1, as the
     aleatoric loss needs).
@@ -73,13 +70,13 @@ class PointHead(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps, bias=False)
         self.linear = nn.Linear(dim, patch_size * patch_size * 4)
         nn.init.normal_(self.linear.weight, std=1e-3)
-        bias = torch.zeros(patch_size * patch_size, 4)  # (q1 q2) k
+        bias = torch.zeros(patch_size * patch_size, 4)  # (ph pw) ch
         bias[:, 2] = math.log(2.0)  # expm1(log 2) = 1
         with torch.no_grad():
             self.linear.bias.copy_(bias.flatten())
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """tokens [n, gh * gw, c], grid (gh, gw) -> (points [n, h, w, 3], conf [n, h, w])."""
+        """tokens [bt, gh * gw, c], grid (gh, gw) -> (points [bt, h, w, 3], conf [bt, h, w])."""
         raw = self.raw(tokens, grid)
         return expand_points(raw[..., :3]), 1 + torch.exp(raw[..., 3])
 
@@ -89,16 +86,22 @@ class PointHead(nn.Module):
         grid: tuple[int, int],
         modulate: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """tokens [n, gh * gw, c], grid (gh, gw) -> pre-activation [n, h, w, 4] in float32
+        """tokens [bt, gh * gw, c], grid (gh, gw) -> pre-activation [bt, h, w, 4] in float32
         (xyz, then confidence)."""
-        h = self.norm(tokens)
+        normed = self.norm(tokens)
         if modulate is not None:
-            h = modulate(h)
-        x = self.linear(h).float()  # activations in float32
-        q = self.patch_size
-        return rearrange(
-            x, "n (gh gw) (q1 q2 k) -> n (gh q1) (gw q2) k", gh=grid[0], gw=grid[1], q1=q, q2=q
-        )
+            normed = modulate(normed)
+        x = self.linear(normed).float()  # activations in float32
+        return _unpatchify(x, grid, self.patch_size, "bt (gh ph) (gw pw) ch")
+
+
+def _unpatchify(x: Tensor, grid: tuple[int, int], patch_size: int, layout: str) -> Tensor:
+    """Per-patch pixels x [bt, gh * gw, ph * pw * ch] -> the image in `layout` (an einops
+    pattern over bt, gh, gw, ph, pw, ch)."""
+    gh, gw = grid
+    return rearrange(
+        x, f"bt (gh gw) (ph pw ch) -> {layout}", gh=gh, gw=gw, ph=patch_size, pw=patch_size
+    )
 
 
 def expand_points(x: Tensor) -> Tensor:

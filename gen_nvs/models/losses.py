@@ -1,7 +1,8 @@
 """Losses for the renderer's outputs and the diffusion decoder's predictions.
 
-Dimension legend: `...` any leading dimensions (e.g. b, t, h, w pixels); for the
-denoising loss, `n...` the sample dimensions (e.g. b, t) that own one noise level each.
+Dimension legend: `...` any leading dimensions (e.g. b, t, h, w pixels); `ch` channels of
+a pixel (3 for points); for the denoising loss, `b...` the sample dimensions (e.g. b, t)
+that own one noise level each.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ class ConfidencePointLoss:
         self.reduction = reduction
 
     def __call__(self, points: Tensor, conf: Tensor, points_gt: Tensor, valid: Tensor) -> Tensor:
-        """points, points_gt [..., k] (k = 3 for points); conf [...] (> 0); valid [...]
+        """points, points_gt [..., ch] (ch = 3 for points); conf [...] (> 0); valid [...]
         bool -> scalar loss.
 
         With no valid pixel the loss is 0 (still attached to the graph).
         """
         if points.shape != points_gt.shape or points.ndim < 2:
             raise ValueError(
-                f"points and points_gt must both be [..., k] of one shape, got "
+                f"points and points_gt must both be [..., ch] of one shape, got "
                 f"{list(points.shape)} and {list(points_gt.shape)}"
             )
         if conf.shape != points.shape[:-1] or valid.shape != points.shape[:-1]:
@@ -102,7 +103,7 @@ class DenoisingLoss:
         self.min_snr_gamma = min_snr_gamma
 
     def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """What a perfect prediction is: x0, noise [n..., ...]; alpha, sigma [n...]."""
+        """What a perfect prediction is: x0, noise [b..., ...]; alpha, sigma [b...]."""
         if self.prediction_type == "epsilon":
             return noise
         if self.prediction_type == "sample":
@@ -110,7 +111,7 @@ class DenoisingLoss:
         return _per_sample(alpha, x0) * noise - _per_sample(sigma, x0) * x0
 
     def weights(self, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """Per-sample loss weights [n...] for noise levels alpha, sigma [n...]."""
+        """Per-sample loss weights [b...] for noise levels alpha, sigma [b...]."""
         if self.weighting == "none":
             return torch.ones_like(alpha)
         snr = (alpha / sigma) ** 2
@@ -129,7 +130,7 @@ class DenoisingLoss:
         sigma: Tensor,
         valid: Tensor | None = None,
     ) -> Tensor:
-        """prediction, x0, noise [n..., ...]; alpha, sigma [n...] -> scalar loss.
+        """prediction, x0, noise [b..., ...]; alpha, sigma [b...] -> scalar loss.
 
         valid: optional bool mask broadcastable to the prediction (e.g. [b, t, 1, h, w]);
         invalid elements (say, points without ground truth, which may hold NaN) are left
@@ -162,5 +163,5 @@ class DenoisingLoss:
 
 
 def _per_sample(level: Tensor, like: Tensor) -> Tensor:
-    """Noise levels [n...] -> [n..., 1, ...], broadcastable against `like`."""
+    """Noise levels [b...] -> [b..., 1, ...], broadcastable against `like`."""
     return level.reshape(*level.shape, *[1] * (like.ndim - level.ndim))

@@ -9,7 +9,10 @@ number of target cameras are rendered against it.
 
 Dimension legend:
     b   scenes (batch)       s   source views      t   target views
-    h, w    image height / width (sources and targets may differ)
+    v   views of a scene (s sources first, then t targets)
+    m   source tokens of a scene       n   aggregator tokens per view
+    c   aggregator width               h, w    image height / width (sources and
+                                               targets may differ)
 """
 
 from __future__ import annotations
@@ -499,12 +502,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NV
             f"{path}: config.json's model does not fit this version of gen-nvs ({err})"
         ) from None
     ckpt.check_layout(
-        {k: tuple(v.shape) for k, v in state_dict.items()},
-        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        {key: tuple(value.shape) for key, value in state_dict.items()},
+        {key: tuple(value.shape) for key, value in model.state_dict().items()},
         f"{path}: weights vs config",
     )
     model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+        {
+            key: value.float() if value.is_floating_point() else value
+            for key, value in state_dict.items()
+        }
     )
     model.noise_schedule = config.get("noise_schedule")
     return model.to(map_location).eval()

@@ -10,7 +10,7 @@ and its weights are read from a local file instead (`find_vgg16_weights`): torch
 3. torch hub's cache, `<torch hub dir>/checkpoints/vgg16-397923af.pth`, where torchvision
    keeps the file once it has downloaded it.
 
-Dimension legend: `n` images, `h`/`w` image height/width, `...` any leading dimensions.
+Dimension legend: `b` images, `h`/`w` image height/width, `...` any leading dimensions.
 """
 
 from __future__ import annotations
@@ -116,17 +116,17 @@ def load_vgg16_trunk(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: cannot read VGG16 weights ({err})") from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (torchvision vgg16)")
-    trunk = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    trunk = {key: value for key, value in state.items() if not key.startswith("classifier.")}
     check_layout(
-        {k: tuple(v.shape) for k, v in trunk.items()},
+        {key: tuple(value.shape) for key, value in trunk.items()},
         vgg16_trunk_layout(),
         f"{path}: VGG16 trunk (torchvision vgg16 state dict expected)",
     )
-    return {k: v.float() for k, v in trunk.items()}
+    return {key: value.float() for key, value in trunk.items()}
 
 
 def _lpips_trunk_key(key: str) -> str:
-    """`features.{i}.weight` -> lpips' `net.slice{k}.{i}.weight`."""
+    """`features.{i}.weight` -> lpips' `net.slice{j}.{i}.weight`."""
     _, index, name = key.split(".")
     slice_number = sum(int(index) >= start for start in _SLICE_STARTS)
     return f"net.slice{slice_number}.{index}.{name}"
@@ -145,7 +145,9 @@ def load_lpips(
         # torchvision deprecates the `pretrained=` argument lpips passes to it.
         warnings.simplefilter("ignore", UserWarning)
         net = lpips_package.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    net.load_state_dict({_lpips_trunk_key(k): v for k, v in trunk.items()}, strict=False)
+    net.load_state_dict(
+        {_lpips_trunk_key(key): value for key, value in trunk.items()}, strict=False
+    )
     net.requires_grad_(False)
     return net.to(device).eval()
 
@@ -155,15 +157,15 @@ def lpips_distance(
 ) -> Tensor:
     """LPIPS between images in [0, 1], as `net(pred, target, normalize=True)` computes it.
 
-    pred, target [n, 3, h, w] -> [n], or with `spatial` the per-pixel map [n, h, w] (each
+    pred, target [b, 3, h, w] -> [b], or with `spatial` the per-pixel map [b, h, w] (each
     layer's distance map upsampled bilinearly to h x w and summed, lpips' `spatial=True`).
     """
     scaled = [net.scaling_layer(2 * x - 1) for x in (pred, target)]
     features_pred, features_target = net.net(scaled[0]), net.net(scaled[1])
     total = 0
-    for layer, (a, b) in enumerate(zip(features_pred, features_target, strict=True)):
-        diff = (lpips_package.normalize_tensor(a) - lpips_package.normalize_tensor(b)) ** 2
-        distance = net.lins[layer](diff)  # (n, 1, h_l, w_l)
+    for layer, pair in enumerate(zip(features_pred, features_target, strict=True)):
+        normed_pred, normed_target = (lpips_package.normalize_tensor(f) for f in pair)
+        distance = net.lins[layer]((normed_pred - normed_target) ** 2)  # (b, 1, h_l, w_l)
         if spatial:
             distance = F.interpolate(distance, size=pred.shape[-2:], mode="bilinear")
         else:
@@ -214,5 +216,5 @@ class PerceptualLoss(nn.Module):
                 raise ValueError(f"mask must be [..., {hw[0]}, {hw[1]}], got {list(mask.shape)}")
             mask = mask.bool().expand(*leading, *hw).reshape(-1, *hw)
             composite = torch.where(mask[:, None], pred, target)
-            distance = lpips_distance(self.net, composite, target, spatial=True)  # (n, h, w)
+            distance = lpips_distance(self.net, composite, target, spatial=True)  # (b, h, w)
             return (distance * mask).sum() / mask.sum().clamp(min=1)

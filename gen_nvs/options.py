@@ -1,0 +1,241 @@
+"""Command-line options shared by `gen-nvs render`, `gen-nvs sample`, `gen-nvs eval` and
+the app: the argparse arguments for the sources, model, size, device, output, target
+cameras and videos, and the helpers that check their values and turn them into what
+`gen_nvs.inputs` and `gen_nvs.outputs` take (ValueError naming the option otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from gen_nvs.geometry.trajectories import DISTANCE_MEANING
+from gen_nvs.inputs import (
+    DEFAULT_RESOLUTION,
+    MAX_VIEWS,
+    TRAJECTORY_NAMES,
+    TargetSpec,
+    first_image_size,
+    render_size,
+)
+from gen_nvs.outputs import DEFAULT_CRF, VIDEO_FORMATS
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options for the sources, model, size, device and output of `render` and `sample`."""
+    group = parser.add_argument_group("inputs and output")
+    group.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help=f"1-{MAX_VIEWS} source images, or one directory of them",
+    )
+    group.add_argument(
+        "--cameras",
+        metavar="JSON",
+        help="source cameras, RealEstate10K metadata format (frames matched to the images by "
+        "file name); default: pose-free, the model estimates them",
+    )
+    add_model_arguments(group, default_size=None, size_default="default: the first image's aspect")
+    group.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        metavar="N",
+        help="without --size: render about N x N pixels at the first image's aspect ratio, "
+        f"sides multiples of the patch size (default {DEFAULT_RESOLUTION}, the embedded "
+        "model's training size)",
+    )
+    group.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    group.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out directory"
+    )
+
+
+def add_model_arguments(
+    group: argparse._ActionsContainer,
+    default_size: tuple[int, int] | None = (64, 64),
+    size_default: str = "default: as stored",
+) -> None:
+    """--checkpoint, --size and --device (to a parser or an argument group): which model
+    runs, at what size, where (see `check_render_size` and `resolve_device`).
+
+    default_size: --size when not given; None: the caller decides (`size_default` says how).
+    """
+    default = size_default
+    if default_size is not None:
+        default = f"default {default_size[0]} {default_size[1]}"
+    group.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="model export (directory or hf://org/repo[/subdir]); default: the embedded model",
+    )
+    group.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=None if default_size is None else list(default_size),
+        metavar=("H", "W"),
+        help=f"input and render size, multiples of the model's patch size ({default})",
+    )
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...",
+    )
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options choosing the target cameras (see `target_spec_from_args`)."""
+    group = parser.add_argument_group(
+        "target cameras",
+        "one of --trajectory, --target-cameras or a single view (--azimuth, --elevation, "
+        "--distance, --from-source); default: --trajectory orbit",
+    )
+    group.add_argument(
+        "--trajectory",
+        choices=TRAJECTORY_NAMES,
+        help="camera path around the first source camera (default orbit)",
+    )
+    group.add_argument(
+        "--frames", type=int, default=8, help="views along the trajectory (default 8)"
+    )
+    group.add_argument(
+        "--trajectory-distance",
+        type=float,
+        metavar="D",
+        help=f"how far the trajectory goes ({DISTANCE_MEANING}); default: the preset's",
+    )
+    group.add_argument(
+        "--keyframes",
+        metavar="JSON",
+        help="a smooth path of --frames cameras through the cameras of this metadata JSON "
+        "(RealEstate10K format, in the --cameras frame)",
+    )
+    group.add_argument(
+        "--target-cameras",
+        metavar="JSON",
+        help="explicit target cameras, RealEstate10K metadata format, in the --cameras frame",
+    )
+    group.add_argument(
+        "--azimuth", type=float, metavar="DEG", help="single view: degrees to the right"
+    )
+    group.add_argument("--elevation", type=float, metavar="DEG", help="single view: degrees up")
+    group.add_argument(
+        "--distance",
+        type=float,
+        help="single view: distance from the focus point (default: the source's)",
+    )
+    group.add_argument(
+        "--from-source",
+        type=int,
+        metavar="I",
+        help="single view: the source camera it turns from (default 0)",
+    )
+    group.add_argument(
+        "--focus",
+        type=float,
+        help="distance from the reference camera to the point orbits look at, normalised "
+        "scene units (default: the median depth the model sees from that camera)",
+    )
+
+
+def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
+    """The TargetSpec of the `add_target_arguments` options; ValueError on a conflict."""
+    view_options = {
+        "--azimuth": args.azimuth,
+        "--elevation": args.elevation,
+        "--distance": args.distance,
+        "--from-source": args.from_source,
+    }
+    view = [name for name, value in view_options.items() if value is not None]
+    others = [
+        name
+        for name, value in (
+            ("--trajectory", args.trajectory),
+            ("--target-cameras", args.target_cameras),
+            ("--keyframes", args.keyframes),
+        )
+        if value is not None
+    ]
+    if args.trajectory_distance is not None and args.trajectory is None:
+        raise ValueError("--trajectory-distance needs --trajectory")
+    if len(others) + bool(view) > 1:
+        raise ValueError(f"give one kind of target cameras, got {' and '.join(others + view)}")
+    if view:
+        return TargetSpec(
+            azimuth_deg=args.azimuth or 0.0,
+            elevation_deg=args.elevation or 0.0,
+            distance=args.distance,
+            from_source=args.from_source or 0,
+            focus=args.focus,
+        )
+    return TargetSpec(
+        trajectory=args.trajectory,
+        frames=args.frames,
+        cameras=args.target_cameras,
+        keyframes=args.keyframes,
+        trajectory_distance=args.trajectory_distance,
+        focus=args.focus,
+    )
+
+
+def source_render_size(args: argparse.Namespace, patch_size: int) -> tuple[int, int]:
+    """`--size`, or without it the first source image's aspect ratio at `--resolution`
+    (`render_size`)."""
+    if args.size is not None:
+        image_hw = (int(args.size[0]), int(args.size[1]))
+        check_render_size(image_hw, patch_size)
+        return image_hw
+    return render_size(first_image_size(args.images), args.resolution, patch_size)
+
+
+def check_render_size(image_hw: tuple[int, int], patch_size: int) -> None:
+    """ValueError unless `--size` is a multiple of the model's patch size."""
+    if image_hw[0] % patch_size or image_hw[1] % patch_size:
+        raise ValueError(
+            f"--size {image_hw[0]} {image_hw[1]} must be multiples of the model's patch size "
+            f"{patch_size}"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """A `--device` value -> torch.device ("auto": cuda when available, else cpu)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """--fps, --video and --video-quality, shared by `render` and `sample`."""
+    group = parser.add_argument_group("video (written when there is more than one target)")
+    group.add_argument("--fps", type=float, default=8.0, help="frame rate (default 8)")
+    group.add_argument(
+        "--video", nargs="+", choices=[*VIDEO_FORMATS, "none"], default=["mp4"],
+        help="video formats: mp4 (H.264), gif, both, or none (default mp4)",
+    )  # fmt: skip
+    group.add_argument(
+        "--video-quality", type=int, default=DEFAULT_CRF, metavar="CRF",
+        help=f"H.264 CRF, 0 (lossless) to 51 (worst) (default {DEFAULT_CRF})",
+    )  # fmt: skip
+
+
+def video_formats(args: argparse.Namespace) -> list[str]:
+    """The checked video options of `add_video_arguments` -> the formats to write."""
+    if not args.fps > 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+    if not 0 <= args.video_quality <= 51:
+        raise ValueError(f"--video-quality must be in 0..51, got {args.video_quality}")
+    if "none" in args.video:
+        if len(args.video) > 1:
+            raise ValueError(f"--video none cannot be combined with {args.video}")
+        return []
+    return list(dict.fromkeys(args.video))
