@@ -75,6 +75,22 @@ def resize_intrinsics(fxfycxcy: Tensor, in_hw: tuple[int, int], out_hw: tuple[in
     return fxfycxcy * fxfycxcy.new_tensor([sx, sy, sx, sy])
 
 
+def latent_intrinsics(fxfycxcy: Tensor, factor: int) -> Tensor:
+    """Pixel intrinsics [..., 4] -> intrinsics [..., 4] of the `factor`-times downsampled
+    latent grid of a VAE.
+
+    A plain division, with no half-pixel shift: latent pixel u covers image pixels
+    [f u, f u + f), so a continuous latent coordinate x' is the image coordinate x = f x'
+    for every point, the two grids sharing the image corner as origin. In particular
+    the latent pixel centre u + 0.5 lands on f u + f / 2, the centre of its f x f block,
+    because both grids put centres at +0.5 of their own pixels. Then x = fx X/Z + cx
+    becomes x' = (fx / f) X/Z + cx / f.
+    """
+    if factor < 1:
+        raise ValueError(f"the downsampling factor must be >= 1, got {factor}")
+    return fxfycxcy / factor
+
+
 def crop_resize_intrinsics(
     fxfycxcy: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]
 ) -> Tensor:
