@@ -59,13 +59,8 @@ from gen_nvs.outputs import (
     write_rgb,
 )
 from gen_nvs.rendering import Progress, no_progress, render_targets
-from gen_nvs.sampling import (
-    SamplingConfig,
-    check_sampling_options,
-    sample_views,
-    scene_to_world,
-    unseen_region,
-)
+from gen_nvs.sampling import SamplingConfig, check_sampling_options, sample_views, scene_to_world
+from gen_nvs.unseen import unseen_region
 
 MODES = ("Regression", "Sampling")
 TARGET_KINDS = ("Single view", "Trajectory video")

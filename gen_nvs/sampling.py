@@ -5,15 +5,16 @@
 
 1. The regression decoder renders the targets (rgb, points, confidence): the known
    region and the fallback output (or the caller passes the render it already has).
-2. A mask says which target pixels no source saw (1 = unseen, to generate): by geometry
-   (the sources' depth, rendered by the point head, tested by reprojection), by the
-   point head's confidence (both `unseen_region`, which the app's regression view shows
-   too), given by the caller, or none (generate everything).
-3. The diffusion decoder samples every target, RePaint-style where there is a mask: the
-   regression render is kept where the sources saw the scene and the rest is generated.
-   The scene's `diffusion_cache` holds the encoder tokens and the source stream, so one
-   encoding serves every step of every sample. Schedulers given by name follow the
-   model's training noise schedule (`model_scheduler`).
+2. A mask says which target pixels no source saw (1 = unseen, to generate): computed
+   (`gen_nvs.unseen.unseen_region`, by geometry or the point head's confidence), given
+   by the caller, or none (generate everything).
+3. The diffusion decoder, wrapped as a `samplers.Denoiser` with its prediction type and
+   the model's training noise schedule (`model_denoiser`), samples every target,
+   RePaint-style where there is a mask: the regression render is kept where the sources
+   saw the scene and the rest is generated. The scene's `diffusion_cache` holds the
+   encoder tokens and the source stream, so one encoding serves every step of every
+   sample. Schedulers given by name follow the model's training noise schedule
+   (`model_scheduler`). How many samples run at once comes from `gen_nvs.memory`.
 
 Randomness: sample k draws from a CPU generator seeded with `seed + k` (it seeds one
 sampler row per target view), so a sample does not change with `num_samples` or
@@ -33,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers import SchedulerMixin
 from einops import rearrange, repeat
 from torch import Tensor
@@ -41,34 +41,13 @@ from torch import Tensor
 import samplers
 from gen_nvs.geometry import rgbd
 from gen_nvs.geometry.cameras import invert_rigid, plucker_rays
-from gen_nvs.inputs import default_intrinsics
+from gen_nvs.memory import samples_per_batch
 from gen_nvs.models.decoder import DecoderOutput
-from gen_nvs.models.diffusion import (
-    DiffusionDecoder,
-    from_diffusion_space,
-    make_model_fn,
-    to_diffusion_space,
-)
+from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn, to_diffusion_space
 from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
+from gen_nvs.unseen import MASK_MODES, soft_edge, unseen_region
+from samplers.denoiser import ModelFn
 from samplers.guidance import check_guidance
-from samplers.sampling import ModelFn
-
-MASK_MODES = ("auto", "off", "confidence")
-# "confidence" without a threshold: unseen where the confidence falls below this share of
-# the median confidence of the sources' own renders (what the model gives a seen surface).
-CONFIDENCE_FRACTION = 0.5
-# Relative depth tolerance of the "auto" mask's reprojection test. The test compares the
-# model's *predicted* depths (targets against sources), which disagree by far more than
-# measured depths do (`gen_nvs.eval` keeps 0.02 for the dataset's true depth); chosen by
-# the IoU of the model's mask with the true unseen region on held-out procedural scenes
-# (the default model's card, "Unseen region").
-PREDICTED_REL_TOL = 0.5
-# The memory sampling may use off the GPU when no budget is given.
-DEFAULT_CPU_MEMORY_BUDGET = 8 * 2**30
-# Rough activation copies per token of a transformer block (residual, norm, q/k/v, out).
-_ACTIVATION_COPIES = 6
-# Rows of per-pixel state the sampling loop holds (sample, known, mask, noise, history).
-_SAMPLER_COPIES = 8
 
 StepCallback = Callable[[samplers.StepInfo], samplers.Signal | None]
 
@@ -202,11 +181,12 @@ def sample_views(
         scheduler name builds it on the model's noise schedule (`model_scheduler`).
     mask_mode: "off" generates everything; "confidence" generates where the point head's
         confidence of the regression render is below `conf_threshold` (None: a share
-        `CONFIDENCE_FRACTION` of the median confidence of the sources' renders, or of the
-        targets' when the source cameras are unknown); "auto" uses geometry when the source
-        cameras are known or estimated (the sources' depth, from the point head, tests the
-        targets' points by reprojection), else the confidence, else (no point head) off.
-        Computed masks (`unseen_region`) get a soft edge into the seen region.
+        `gen_nvs.unseen.CONFIDENCE_FRACTION` of the median confidence of the sources'
+        renders, or of the targets' when the source cameras are unknown); "auto" uses
+        geometry when the source cameras are known or estimated (the sources' depth, from
+        the point head, tests the targets' points by reprojection), else the confidence,
+        else (no point head) off. Computed masks (`gen_nvs.unseen.unseen_region`) get a
+        soft edge into the seen region.
     mask: [b, t, h, w] in [0, 1], 1 = generate; replaces the computed mask (with mask_mode
         "auto" only).
     callback: called after every solver step with a `samplers.StepInfo` whose `step` and
@@ -217,8 +197,8 @@ def sample_views(
         the geometry and confidence masks; None: a default field of view
         (`gen_nvs.inputs.DEFAULT_FOV_DEG`).
     memory_budget: bytes sampling may use; None: the free GPU memory, or
-        `DEFAULT_CPU_MEMORY_BUDGET` on the CPU. Not even one sample fitting, or `max_batch`
-        samples not fitting, is an error that says how many fit.
+        `gen_nvs.memory.DEFAULT_CPU_MEMORY_BUDGET` on the CPU. Not even one sample
+        fitting, or `max_batch` samples not fitting, is an error that says how many fit.
     regression: `model.render` of these targets (rgb [b, t, 3, h, w], points, conf, on the
         scene's device) when the caller has it; None: rendered here.
     sources: `model.render` of the source cameras, as for `unseen_region`; None: rendered
@@ -251,7 +231,8 @@ def sample_views(
         )
     if mask is not None and mask_mode != "auto":
         raise ValueError(f"give a mask or a mask mode, got a mask and mask mode {mask_mode!r}")
-    scheduler = _scheduler(scheduler, model)
+    if isinstance(scheduler, str):
+        scheduler = model_scheduler(model, scheduler)
     b, t = target_c2w.shape[:2]
     if regression is None:
         regression = model.render(
@@ -263,7 +244,7 @@ def sample_views(
             f"height, width), got {list(regression.rgb.shape)}"
         )
     target_c2w = scene.scene_frame(target_c2w, normalized)
-    batch = _samples_per_batch(
+    batch = samples_per_batch(
         diffusion, scene, image_hw, t, num_samples, max_batch, guidance_scale, memory_budget
     )
     if mask is not None:
@@ -275,7 +256,7 @@ def sample_views(
             sources=sources,
         )  # fmt: skip
         if unseen is not None:
-            unseen = _soft_edge(unseen.to(regression.rgb))
+            unseen = soft_edge(unseen.to(regression.rgb))
     points = regression.points if diffusion.noise_channels == 6 else None
     known = to_diffusion_space(regression.rgb, points)  # (b, t, k, h, w)
     null = None
@@ -283,7 +264,7 @@ def sample_views(
         context = scene.diffusion_cache.context
         null = diffusion.null_context(b, context.tokens.shape[1], context.rays)
     rays = plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
-    model_fn = make_model_fn(diffusion, scene.diffusion_cache, null, rays)
+    denoiser = model_denoiser(model, make_model_fn(diffusion, scene.diffusion_cache, null, rays))
     options = dict(
         scheduler=scheduler,
         steps=steps,
@@ -293,7 +274,7 @@ def sample_views(
         guidance_interval=guidance_interval,
         resample_jumps=resample_jumps,
     )
-    x = _draw(model_fn, known, unseen, num_samples, batch, seed, noise, callback, options)
+    x = _draw(denoiser, known, unseen, num_samples, batch, seed, noise, callback, options)
     return _views(x, num_samples, regression, unseen, target_c2w)
 
 
@@ -316,6 +297,15 @@ def model_scheduler(model: NVSModel, name: str) -> SchedulerMixin:
     return samplers.build_scheduler(name, **options)
 
 
+def model_denoiser(model: NVSModel, model_fn: ModelFn) -> samplers.Denoiser:
+    """`model_fn` (the diffusion decoder's, `make_model_fn`) as a `samplers.Denoiser`: with
+    the diffusion decoder's prediction type and the model's training noise schedule
+    (`model_scheduler`'s), which every scheduler that samples it must run."""
+    diffusion = require_diffusion(model, "the model")
+    alphas_cumprod = model_scheduler(model, "ddpm").alphas_cumprod
+    return samplers.Denoiser(model_fn, diffusion.prediction_type, alphas_cumprod)
+
+
 NOISE_MODES = ("independent", "shared")
 
 
@@ -334,42 +324,6 @@ def sample_seeds(seed: int, samples: range, views: int, noise: str = "independen
     return seeds
 
 
-def estimate_sample_bytes(
-    diffusion: DiffusionDecoder,
-    num_source_tokens: int,
-    image_hw: tuple[int, int],
-    num_targets: int,
-    guided: bool = False,
-) -> int:
-    """Rough peak memory (bytes, float32) one sample of `num_targets` target views of one
-    scene needs during a denoising step: the target stream's activations and attention
-    scores (for the variants that update the sources per target, their copies too), twice
-    with guidance, plus the sampling loop's per-pixel state. Errs on the high side."""
-    decoder = diffusion.decoder
-    config = decoder.config
-    h, w = image_hw
-    n = (h // decoder.patch_size) * (w // decoder.patch_size) + decoder.num_registers
-    m = num_source_tokens
-    c, heads = decoder.width, config["num_heads"]
-    hidden = int(c * config["mlp_ratio"])
-    per_view = _ACTIVATION_COPIES * n * (c + hidden) + heads * n * (n + m)
-    if not decoder.routing.cacheable_sources:
-        per_view += _ACTIVATION_COPIES * m * (c + hidden) + heads * m * (n + m)
-    network = per_view * (2 if guided else 1)
-    state = _SAMPLER_COPIES * diffusion.noise_channels * h * w
-    return 4 * num_targets * (network + state)
-
-
-def available_memory(device: torch.device, memory_budget: int | None = None) -> int:
-    """Bytes sampling may use on `device`: `memory_budget` when given, else the free GPU
-    memory, or `DEFAULT_CPU_MEMORY_BUDGET` off the GPU."""
-    if memory_budget is not None:
-        return memory_budget
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return DEFAULT_CPU_MEMORY_BUDGET
-
-
 def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
     """Points [b, ..., 3] in the normalised scene frame -> the input world frame (the
     inverse of `EncodedScene.normalize`; the identity for pose-free scenes)."""
@@ -380,79 +334,9 @@ def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
     return world.reshape(points.shape)
 
 
-def unseen_region(
-    model: NVSModel,
-    scene: EncodedScene,
-    regression: DecoderOutput,
-    target_c2w: Tensor,
-    target_fxfycxcy: Tensor,
-    image_hw: tuple[int, int],
-    *,
-    mode: str = "auto",
-    source_fxfycxcy: Tensor | None = None,
-    conf_threshold: float | None = None,
-    sources: DecoderOutput | None = None,
-    rel_tol: float = PREDICTED_REL_TOL,
-) -> Tensor | None:
-    """bool [b, t, h, w]: the target pixels no source saw, on the regression render's
-    device; None with mode "off", or "auto" for a model without a point head.
-
-    regression: `model.render` of the targets (rgb [b, t, 3, h, w], points, conf).
-    target_c2w [b, t, 4, 4] in the scene's normalised frame, target_fxfycxcy [b, t, 4] in
-        pixels of the `image_hw` renders.
-    mode: one of MASK_MODES, as `sample_views`' mask_mode: "auto" tests the targets'
-        regressed points by reprojection into the sources' depth when the source cameras
-        are known or estimated, else uses "confidence": the point head's confidence below
-        `conf_threshold` (None: a share `CONFIDENCE_FRACTION` of the median confidence of
-        the sources' renders, or of the targets' when the source cameras are unknown).
-    source_fxfycxcy: [b, s, 4] the sources' intrinsics in pixels of `image_hw` images; None:
-        a default field of view (`gen_nvs.inputs.DEFAULT_FOV_DEG`).
-    sources: `model.render` of the source cameras ([b, s, ...], normalised frame) when the
-        caller has it; None: rendered here when needed.
-    rel_tol: the geometry test's depth tolerance (`rgbd.unseen_mask`).
-
-    Raises ValueError for an unknown mode, or mode "confidence" without a point head.
-    """
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask mode must be one of {list(MASK_MODES)}, got {mode!r}")
-    if mode == "off" or (mode == "auto" and regression.points is None):
-        return None
-    if regression.points is None:
-        raise ValueError("mask mode 'confidence' needs a model with a point head")
-    source_c2w = scene.source_c2w
-    if source_c2w is None:
-        return _confidence_unseen(regression, conf_threshold, sources=None)
-    if source_fxfycxcy is None:
-        b, s = source_c2w.shape[:2]
-        source_fxfycxcy = default_intrinsics(image_hw).to(source_c2w).expand(b, s, 4)
-    source_fxfycxcy = source_fxfycxcy.to(source_c2w.device)
-    geometry = mode == "auto"
-    if sources is None and (geometry or conf_threshold is None):
-        sources = model.render(scene, source_c2w, source_fxfycxcy, image_hw, normalized=True)
-    if geometry:
-        return _geometry_unseen(
-            scene, regression, target_c2w, target_fxfycxcy, source_fxfycxcy, sources, rel_tol
-        )
-    return _confidence_unseen(regression, conf_threshold, sources)
-
-
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
-
-
-def _scheduler(scheduler: str | SchedulerMixin, model: NVSModel) -> SchedulerMixin:
-    """A scheduler for the model (built from a name by `model_scheduler`, or checked
-    against the diffusion decoder's prediction type)."""
-    if isinstance(scheduler, str):
-        return model_scheduler(model, scheduler)
-    diffusion = model.diffusion
-    if scheduler.config.prediction_type != diffusion.prediction_type:
-        raise ValueError(
-            f"the scheduler's prediction_type {scheduler.config.prediction_type!r} differs from "
-            f"the diffusion decoder's {diffusion.prediction_type!r}"
-        )
-    return scheduler
 
 
 def _checked_mask(mask: Tensor, expected: tuple[int, ...]) -> Tensor:
@@ -469,109 +353,8 @@ def _checked_mask(mask: Tensor, expected: tuple[int, ...]) -> Tensor:
     return mask
 
 
-def _geometry_unseen(
-    scene: EncodedScene,
-    regression: DecoderOutput,
-    target_c2w: Tensor,
-    target_fxfycxcy: Tensor,
-    source_fxfycxcy: Tensor,
-    sources: DecoderOutput,
-    rel_tol: float,
-) -> Tensor:
-    """bool [b, t, h, w]: target pixels whose regressed point no source saw, on the
-    device of the regression render."""
-    target_depth = rgbd.points_to_depth(regression.points, target_c2w)  # (b, t, h, w)
-    device = target_depth.device
-    source_c2w = scene.source_c2w.to(device)
-    source_fxfycxcy = source_fxfycxcy.to(device)
-    source_depth = rgbd.points_to_depth(sources.points.to(device), source_c2w)  # (b, s, h, w)
-    b, t = target_c2w.shape[:2]
-    return torch.stack(
-        [
-            torch.stack(
-                [
-                    rgbd.unseen_mask(
-                        target_c2w[i, j],
-                        target_fxfycxcy[i, j],
-                        target_depth[i, j],
-                        source_c2w[i],
-                        source_fxfycxcy[i],
-                        source_depth[i],
-                        rel_tol,
-                    )
-                    for j in range(t)
-                ]
-            )
-            for i in range(b)
-        ]
-    )
-
-
-def _confidence_unseen(
-    regression: DecoderOutput, conf_threshold: float | None, sources: DecoderOutput | None
-) -> Tensor:
-    """bool [b, t, h, w]: target pixels the point head is unsure of."""
-    if conf_threshold is not None:
-        return regression.conf < conf_threshold
-    reference = regression.conf if sources is None else sources.conf.to(regression.conf)
-    threshold = CONFIDENCE_FRACTION * reference.flatten(1).median(dim=1).values  # (b,)
-    return regression.conf < threshold[:, None, None, None]
-
-
-def _soft_edge(unseen: Tensor) -> Tensor:
-    """[b, t, h, w] in {0, 1} -> grown by a pixel, then a 3x3 box blur: every unseen pixel
-    stays 1 and the mask fades to 0 over two pixels of the seen region."""
-    x = rearrange(unseen, "b t h w -> (b t) 1 h w")
-    x = F.max_pool2d(x, 3, stride=1, padding=1)
-    x = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    return rearrange(x, "(b t) 1 h w -> b t h w", b=unseen.shape[0])
-
-
-def _samples_per_batch(
-    diffusion: DiffusionDecoder,
-    scene: EncodedScene,
-    image_hw: tuple[int, int],
-    num_targets: int,
-    num_samples: int,
-    max_batch: int | None,
-    guidance_scale: float,
-    memory_budget: int | None,
-) -> int:
-    """Samples per sampler call: `max_batch`, or (None) as many as fit the memory;
-    ValueError, saying how many fit, when not even one does or `max_batch` do not."""
-    cache = scene.diffusion_cache
-    per_sample = cache.num_scenes * estimate_sample_bytes(
-        diffusion, cache.num_source_tokens, image_hw, num_targets, guided=guidance_scale != 1
-    )
-    device = cache.context.tokens.device
-    available = available_memory(device, memory_budget)
-    fit = int(available // per_sample)
-    if max_batch is None:
-        batch = max(1, min(num_samples, fit))
-    else:
-        batch = min(max_batch, num_samples)
-    if batch > fit:
-        where = "free on the GPU" if device.type == "cuda" and memory_budget is None else "budget"
-        advice = (
-            "draw fewer target views or use a smaller size"
-            if fit == 0
-            else f"set max_batch (--max-batch) to at most {fit}, or leave it unset"
-        )
-        raise ValueError(
-            f"{batch} sample(s) of {num_targets} target view(s) per batch need about "
-            f"{_format_bytes(batch * per_sample)}, {_format_bytes(available)} {where}: "
-            f"{fit} sample(s) fit; {advice}"
-        )
-    return batch
-
-
-def _format_bytes(num: float) -> str:
-    """Bytes as GiB, or MiB below one GiB."""
-    return f"{num / 2**30:.2f} GiB" if num >= 2**30 else f"{num / 2**20:.1f} MiB"
-
-
 def _draw(
-    model_fn: ModelFn,
+    denoiser: samplers.Denoiser,
     known: Tensor,
     unseen: Tensor | None,
     num_samples: int,
@@ -598,7 +381,7 @@ def _draw(
             )
         x.append(
             samplers.sample(
-                model_fn,
+                denoiser,
                 shape=tuple(known.shape[2:]),
                 num_samples=len(chunk) * b * t,
                 seeds=sample_seeds(seed, chunk, b * t, noise),

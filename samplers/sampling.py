@@ -27,19 +27,17 @@ import torch
 from diffusers import SchedulerMixin
 from torch import Tensor
 
+from samplers.denoiser import Denoiser
 from samplers.guidance import check_guidance, guided_prediction, in_guidance_interval
 from samplers.schedulers import (
     DEFAULT_SCHEDULER,
     add_noise,
     model_levels,
     noise_levels,
-    predict_x0,
+    scheduler_for,
     set_steps,
     solver_steps,
 )
-
-ModelFn = Callable[[Tensor, Tensor, bool], Tensor]
-"""model_fn(x_t [n, c, h, w], t [n], conditional) -> prediction [n, c, h, w]."""
 
 
 class SamplingCancelled(Exception):
@@ -82,7 +80,7 @@ StepCallback = Callable[[StepInfo], Signal | None]
 
 @torch.no_grad()
 def sample(
-    model_fn: ModelFn,
+    denoiser: Denoiser,
     *,
     shape: tuple[int, int, int],
     num_samples: int = 1,
@@ -102,15 +100,17 @@ def sample(
 ) -> Tensor:
     """Draw `num_samples` samples of shape `shape` (c, h, w) -> [n, c, h, w].
 
-    model_fn: `model_fn(x_t, t, conditional)` returns the network's prediction, in the
-        scheduler's `prediction_type`, for the variance-preserving input `x_t` [n, c, h, w]
-        at the scheduler's timesteps `t` [n] (integer-valued except for fractional Euler/Heun
-        spacings); `conditional=False` drops the condition (for guidance). Runs without
-        autograd.
+    denoiser: the network with its prediction type and training schedule; called as
+        `denoiser(x_t, t, conditional)` on the variance-preserving input `x_t` [n, c, h, w]
+        at the scheduler's timesteps `t` [n] (integer-valued except for fractional
+        Euler/Heun spacings), `conditional=False` for guidance's unconditional branch.
+        Runs without autograd.
     seeds: one seed per sample, or a base seed `s` giving sample k the seed `s + k`. Sample k
         depends only on its seed, not on `num_samples`.
-    scheduler: a name from `SCHEDULER_NAMES` (default options, epsilon prediction) or a
-        scheduler from `build_scheduler`; it is copied, never modified.
+    scheduler: a name from `SCHEDULER_NAMES` (built for the denoiser's prediction type,
+        default options otherwise) or a scheduler from `build_scheduler`, which must expect
+        the denoiser's prediction type and run its schedule (`scheduler_for`); it is
+        copied, never modified.
     steps: solver steps (Heun evaluates the network about twice per step).
     eta: DDIM's stochasticity (0: deterministic DDIM, 1: DDPM-like); other schedulers only
         accept 0.
@@ -143,10 +143,10 @@ def sample(
     if resample_jumps > 0 and mask is None:
         raise ValueError(f"resample_jumps={resample_jumps} needs a mask, got mask=None")
 
-    scheduler = set_steps(scheduler, steps, device)
+    scheduler = set_steps(scheduler_for(denoiser, scheduler), steps, device)
     generators = [torch.Generator().manual_seed(seed) for seed in seed_list]
     loop = _Loop(
-        model_fn=model_fn,
+        denoiser=denoiser,
         generators=generators,
         step_kwargs=_step_kwargs(scheduler, eta, generators),
         guidance_scale=guidance_scale,
@@ -178,7 +178,7 @@ def sample(
 class _Loop:
     """What stays fixed during one `sample` run."""
 
-    model_fn: ModelFn
+    denoiser: Denoiser
     generators: list[torch.Generator]
     step_kwargs: dict
     guidance_scale: float
@@ -211,7 +211,6 @@ class _Loop:
         input, x0 prediction).
         """
         alpha, sigma = noise_levels(scheduler)
-        prediction_type = scheduler.config.prediction_type
         first_call = None
         for i in calls:
             if self.mask is not None:
@@ -225,23 +224,15 @@ class _Loop:
             noise_to_signal = sigma_in / alpha_in if alpha_in > 0 else math.inf
             guided = in_guidance_interval(noise_to_signal, self.guidance_interval)
             prediction = guided_prediction(
-                functools.partial(self._predict, x_in, t),
+                functools.partial(self.denoiser, x_in, t.repeat(x_in.shape[0])),
                 self.guidance_scale if guided else 1.0,
                 self.guidance_rescale,
             )
             if first_call is None:
-                x0_pred = predict_x0(prediction, x_in, alpha_in, sigma_in, prediction_type)
+                x0_pred = self.denoiser.to_x0(prediction, x_in, alpha_in, sigma_in)
                 first_call = (t.item(), noise_to_signal, x_in, x0_pred)
             x = scheduler.step(prediction, t, x, **self.step_kwargs).prev_sample
         return x, first_call
-
-    def _predict(self, x_in: Tensor, t: Tensor, conditional: bool) -> Tensor:
-        prediction = self.model_fn(x_in, t.repeat(x_in.shape[0]), conditional)
-        if prediction.shape != x_in.shape:
-            raise ValueError(
-                f"model_fn returned shape {tuple(prediction.shape)}, expected {tuple(x_in.shape)}"
-            )
-        return prediction
 
 
 def _seed_list(seeds: int | Sequence[int], num_samples: int) -> list[int]:

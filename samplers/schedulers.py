@@ -34,7 +34,8 @@ from diffusers import (
 )
 from torch import Tensor
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from samplers.denoiser import Denoiser, check_prediction_type
+
 DEFAULT_SCHEDULER = "dpmpp-2m"  # the one default of every sampling entry point
 
 # name -> (class, options fixed by the name)
@@ -74,7 +75,8 @@ def build_scheduler(
 ) -> SchedulerMixin:
     """A diffusers scheduler by name (see `SCHEDULER_NAMES`), configured for pixel-space data.
 
-    `prediction_type` must match the network's ("epsilon", "v_prediction" or "sample").
+    `prediction_type` must match the network's (`samplers.denoiser.PREDICTION_TYPES`);
+    `scheduler_for` builds the scheduler of a `Denoiser` with the denoiser's.
     `timestep_spacing` defaults to "trailing", which starts sampling at the last training
     timestep (Lin et al. 2023, Table 2); diffusers' own defaults differ per scheduler.
     `rescale_betas_zero_snr` rescales the betas to zero terminal SNR (same paper); it needs
@@ -121,10 +123,7 @@ def check_scheduler(scheduler: SchedulerMixin) -> None:
             f"{[c.__name__ for c in _SUPPORTED_CLASSES]}"
         )
     prediction_type = scheduler.config.prediction_type
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
-        )
+    check_prediction_type(prediction_type)
     if prediction_type == "sample" and isinstance(scheduler, EulerAncestralDiscreteScheduler):
         raise ValueError(
             "EulerAncestralDiscreteScheduler does not implement prediction_type 'sample', "
@@ -138,19 +137,50 @@ def check_scheduler(scheduler: SchedulerMixin) -> None:
         )
 
 
+def scheduler_for(denoiser: Denoiser, scheduler: str | SchedulerMixin) -> SchedulerMixin:
+    """The scheduler that drives `denoiser`: a name from `SCHEDULER_NAMES` is built with the
+    denoiser's prediction type (and default options otherwise); a scheduler instance is
+    returned as is. Either must expect the denoiser's prediction type and run its training
+    schedule (`alphas_cumprod`), else ValueError: for a network trained on another
+    schedule, build the scheduler with it (`build_scheduler(name, **schedule)`).
+    """
+    if isinstance(scheduler, str):
+        scheduler = build_scheduler(scheduler, prediction_type=denoiser.prediction_type)
+    check_scheduler(scheduler)
+    if scheduler.config.prediction_type != denoiser.prediction_type:
+        raise ValueError(
+            f"the scheduler expects prediction_type {scheduler.config.prediction_type!r}, "
+            f"the denoiser predicts {denoiser.prediction_type!r}"
+        )
+    ours, theirs = denoiser.alphas_cumprod.float().cpu(), scheduler.alphas_cumprod.float().cpu()
+    # Zero-SNR schedulers clamp the last alpha_bar from 0 to 2**-24: hence the atol.
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6):
+        raise ValueError(
+            f"{type(scheduler).__name__} runs another noise schedule than the denoiser's "
+            f"(alphas_cumprod of {len(theirs)} and {len(ours)} training timesteps differ); "
+            "build it with the network's training schedule, build_scheduler(name, **schedule)"
+        )
+    return scheduler
+
+
 def set_steps(
-    scheduler: str | SchedulerMixin,
+    scheduler: SchedulerMixin,
     steps: int,
     device: torch.device | str | None = None,
 ) -> SchedulerMixin:
-    """A fresh copy of `scheduler` (a name: default options) set to `steps` solver steps.
+    """A fresh copy of `scheduler` set to `steps` solver steps.
 
     The caller's instance is left untouched, so one configured scheduler can serve many runs.
+    A scheduler is given as an instance, never by name: a name alone does not say what the
+    network predicts (`scheduler_for` builds one for a denoiser).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if isinstance(scheduler, str):
-        scheduler = build_scheduler(scheduler)
+        raise ValueError(
+            f"set_steps needs a scheduler instance, got the name {scheduler!r}: build it for "
+            "the network with scheduler_for(denoiser, name)"
+        )
     check_scheduler(scheduler)
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(steps, device=device)
@@ -198,20 +228,6 @@ def solver_steps(scheduler: SchedulerMixin) -> list[range]:
     num_calls = len(scheduler.timesteps)
     ends = [i + 1 for i in range(num_calls) if (i + 1) % scheduler.order == 0 or i == num_calls - 1]
     return [range(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
-
-
-def predict_x0(
-    prediction: Tensor, x_in: Tensor, alpha: float, sigma: float, prediction_type: str
-) -> Tensor:
-    """x0 from the network's `prediction` for its (variance-preserving) input
-    `x_in = alpha * x0 + sigma * eps`; any shape."""
-    if prediction_type == "epsilon":
-        return (x_in - sigma * prediction) / alpha
-    if prediction_type == "v_prediction":
-        return alpha * x_in - sigma * prediction
-    if prediction_type == "sample":
-        return prediction
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def model_levels(alpha: float, sigma: float) -> tuple[float, float]:

@@ -25,7 +25,8 @@ from app.logic import (
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.geometry.rgbd import read_ply
 from gen_nvs.inputs import scene_focus
-from gen_nvs.models.nvs import NVSModel, model_config
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import NVSModel, build_model
 from gen_nvs.outputs import colorize_depth, to_pil
 from gen_nvs.rendering import render_targets
 
@@ -38,9 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 def _tiny(diffusion: bool) -> NVSModel:
     """The tiny preset at a small encoder resolution (it would resize inputs to 518)."""
     torch.manual_seed(0)
-    config = model_config("tiny")
-    config["encoder"]["image_size"] = 56
-    model = NVSModel.from_config(config)
+    config = model_config("tiny").override({"encoder": {"image_size": 56}})
+    model = build_model(config)
     if diffusion:
         model.add_diffusion()
     return model.eval()

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from gen_nvs.cli import main
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.data.re10k import write_re10k_scene
-from gen_nvs.models.nvs import NVSModel, model_config, save_model
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import build_model, save_model
 from gen_nvs.train.loop import main as train_main
 
 SIZE = ["--size", "32", "32"]
@@ -31,9 +32,8 @@ SIZE = ["--size", "32", "32"]
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    config = model_config("tiny")
-    config["encoder"]["image_size"] = 56
-    return save_model(NVSModel.from_config(config), tmp_path_factory.mktemp("tiny"))
+    config = model_config("tiny").override({"encoder": {"image_size": 56}})
+    return save_model(build_model(config), tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

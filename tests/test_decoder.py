@@ -12,6 +12,7 @@ from einops import rearrange, repeat
 from gen_nvs.geometry.cameras import quaternion_to_matrix, unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.models.cache import SceneCache
+from gen_nvs.models.config import model_config
 from gen_nvs.models.convert import convert_official, load_official_renderer
 from gen_nvs.models.decoder import VARIANT_CLASSES, VARIANTS, HighwayDecoder, patch_rays
 from gen_nvs.models.heads import PointHead
@@ -93,7 +94,9 @@ def test_full_size_key_layout_matches_official(variant):
         if k.startswith("decoder.")
     }
     with torch.device("meta"):
-        decoder = HighwayDecoder.from_preset("base", variant=variant)
+        decoder = HighwayDecoder(
+            **model_config("lagernvs", variant=variant, point_head=False).decoder.kwargs()
+        )
     ours = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in converted.items()} == ours
 
@@ -380,8 +383,6 @@ def test_bad_sources_config_and_chunks():
         HighwayDecoder(width=30, num_heads=4)
     with pytest.raises(ValueError, match="variant must be one of"):
         HighwayDecoder(variant="decoder_only")
-    with pytest.raises(ValueError, match="preset"):
-        HighwayDecoder.from_preset("huge")
 
 
 # --------------------------------------------------------------------------------------

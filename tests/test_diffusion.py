@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from einops import rearrange
 import samplers
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.models.cache import SceneCache
+from gen_nvs.models.config import DecoderConfig, model_config
 from gen_nvs.models.decoder import VARIANTS, HighwayDecoder
 from gen_nvs.models.diffusion import (
     DiffusionDecoder,
@@ -19,9 +21,9 @@ from gen_nvs.models.diffusion import (
     make_model_fn,
     to_diffusion_space,
 )
-from gen_nvs.models.encoder import build_encoder
+from gen_nvs.models.encoder import VGGTEncoder
 from gen_nvs.models.losses import DenoisingLoss
-from samplers.schedulers import predict_x0
+from samplers.denoiser import prediction_to_x0
 
 WIDTH, HW = 32, (8, 8)
 
@@ -46,6 +48,12 @@ def inputs(b: int = 2, t: int = 2, k: int = 6, seed: int = 2):
     timesteps = torch.randint(0, 1000, (b, t), generator=g).float()
     rays = torch.randn(b, t, 6, *HW, generator=g)
     return tokens, x_t, timesteps, rays
+
+
+def denoiser(model_fn, prediction_type: str) -> samplers.Denoiser:
+    """`model_fn` as a denoiser trained on the default noise schedule."""
+    alphas_cumprod = samplers.build_scheduler("ddpm").alphas_cumprod
+    return samplers.Denoiser(model_fn, prediction_type, alphas_cumprod)
 
 
 def perturb(model: DiffusionDecoder, *names: str, std: float = 0.1) -> None:
@@ -89,7 +97,9 @@ def test_conversion_copies_the_regression_decoder_and_rebuilds_from_its_config()
         model.decoder.tgt_embedder.proj.weight, regression.tgt_embedder.proj.weight
     )
 
-    rebuilt = DiffusionDecoder.from_config(model.config).eval()
+    options = model.config  # JSON, as an export holds it; typed again to rebuild
+    decoder = DecoderConfig.from_dict(options.pop("decoder"), "decoder")
+    rebuilt = DiffusionDecoder(decoder=decoder, **options).eval()
     rebuilt.load_state_dict(model.state_dict())
     tokens, x_t, timesteps, rays = inputs(k=3)
     with torch.no_grad():
@@ -154,7 +164,8 @@ def test_encoder_and_source_stream_run_once_for_all_samples_and_steps(variant):
     model = diffusion_decoder(variant, prediction_type="v_prediction")
     perturb(model, "block_modulation", "noise_embedder")
     torch.manual_seed(4)
-    encoder = build_encoder("tiny", out_dim=WIDTH, image_size=28).eval()
+    tiny = model_config("tiny").encoder
+    encoder = VGGTEncoder(**replace(tiny, out_dim=WIDTH, image_size=28).kwargs()).eval()
     calls = Counter()
     encoder.register_forward_hook(lambda *_: calls.update(["encoder"]))
     count_calls(model.decoder, "prepare_sources", calls, "prepare_sources")
@@ -179,7 +190,7 @@ def test_encoder_and_source_stream_run_once_for_all_samples_and_steps(variant):
         null = model.null_context(b, cache.num_source_tokens)
         rays = torch.randn(b, t, 6, *HW, generator=torch.Generator().manual_seed(5))
         out = samplers.sample(
-            make_model_fn(model, cache, null, rays),
+            denoiser(make_model_fn(model, cache, null, rays), "v_prediction"),
             shape=(6, *HW),
             num_samples=samples * b * t,
             scheduler=samplers.build_scheduler("ddim", prediction_type="v_prediction"),
@@ -251,7 +262,11 @@ def test_model_fn_layout_and_guidance_through_the_sampler():
         unguided = [lambda x, t, c: model_fn(x, t, True), model_fn]
         runs = [
             samplers.sample(
-                fn, shape=(6, *HW), num_samples=samples * b * t, steps=2, guidance_scale=scale
+                denoiser(fn, "epsilon"),
+                shape=(6, *HW),
+                num_samples=samples * b * t,
+                steps=2,
+                guidance_scale=scale,
             )
             for fn, scale in [(unguided[0], 1.0), (model_fn, 1.0), (model_fn, 3.0)]
         ]
@@ -266,7 +281,7 @@ def test_tiny_end_to_end_sampling_gives_finite_rgbd():
     with torch.no_grad():
         cache = SceneCache.build(model.decoder, tokens)
         out = samplers.sample(
-            make_model_fn(model, cache, None, rays),
+            denoiser(make_model_fn(model, cache, None, rays), "sample"),
             shape=(6, *HW),
             num_samples=2,
             seeds=[10, 11],
@@ -322,7 +337,7 @@ def test_invalid_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="needs a decoder with point_head=True"):
         DiffusionDecoder.from_regression(regression_decoder("causal", point_head=False))
     with pytest.raises(ValueError, match="prediction_type must be one of"):
-        DiffusionDecoder(decoder=model.decoder.config, prediction_type="x0")
+        DiffusionDecoder(decoder=DecoderConfig(**model.decoder.config), prediction_type="x0")
     with pytest.raises(ValueError, match="needs prediction_type 'sample'"):
         diffusion_decoder("causal", prediction_type="epsilon").denoise_views(
             context, x_t, timesteps, rays
@@ -352,10 +367,26 @@ def test_perfect_prediction_has_zero_loss(prediction_type, weighting):
     x_t = alpha[..., None, None, None] * x0 + sigma[..., None, None, None] * noise
     for i in range(2):
         a, s = alpha[i, 0].item(), sigma[i, 0].item()
-        recovered = predict_x0(perfect[i, 0], x_t[i, 0], a, s, prediction_type)
+        recovered = prediction_to_x0(prediction_type, perfect[i, 0], x_t[i, 0], a, s)
         assert torch.allclose(recovered, x0[i, 0], atol=1e-4)
     assert loss(perfect, x0, noise, alpha, sigma).item() == 0
     assert loss(perfect + 0.1, x0, noise, alpha, sigma).item() > 0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_loss_target_is_the_one_training_used(prediction_type):
+    """The denoising loss's target, now taken from `samplers.denoiser`, equals what the
+    training objective computed before, at the DDPM levels `noise_targets` draws."""
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.randn(2, 3, 6, 4, 4, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    alphas_cumprod = samplers.build_scheduler("ddpm").alphas_cumprod.float()
+    alpha_bar = alphas_cumprod[torch.tensor([[0, 250, 999], [10, 500, 998]])]
+    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    a, s = alpha[..., None, None, None], sigma[..., None, None, None]
+    before = {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}
+    target = DenoisingLoss(prediction_type=prediction_type).target(x0, noise, alpha, sigma)
+    assert torch.equal(target, before[prediction_type])
 
 
 def test_min_snr_weights_on_known_values():

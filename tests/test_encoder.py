@@ -4,6 +4,7 @@ layouts, input validation, batching, freezing and gradient checkpointing."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from gen_nvs.models.camera_head import CameraHead, build_camera_head
+from gen_nvs.models.camera_head import CameraHead
+from gen_nvs.models.config import model_config
 from gen_nvs.models.convert import convert_official, official_to_ours
-from gen_nvs.models.encoder import VGGTEncoder, build_encoder
+from gen_nvs.models.encoder import VGGTEncoder
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
 FIXTURES = sorted(p.stem for p in REFERENCE.glob("*.safetensors"))
@@ -106,7 +108,7 @@ def test_camera_head_matches_fixture(name: str) -> None:
 
 
 def test_target_size_keeps_aspect() -> None:
-    encoder = build_encoder("tiny")
+    encoder = VGGTEncoder(**model_config("tiny").encoder.kwargs())
     assert encoder.target_size(48, 80) == (308, 518)
     assert encoder.target_size(80, 48) == (518, 308)
     assert encoder.target_size(256, 256) == (518, 518)
@@ -139,15 +141,16 @@ def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 )
 def test_full_size_encoder_matches_lagernvs_layout(file: str) -> None:
     with torch.device("meta"):
-        encoder = build_encoder("vggt-1b")
+        encoder = VGGTEncoder(**model_config("lagernvs").encoder.kwargs())
     assert _mapped(_full_size_layout(file), "encoder") == _shapes(encoder)
 
 
 def test_full_size_matches_vggt_1b_layout() -> None:
     layout = _full_size_layout("vggt_1b_aggregator_camera_head.keys.json")
     with torch.device("meta"):
-        encoder = build_encoder("vggt-1b")
-        head = build_camera_head("vggt-1b")
+        config = model_config("lagernvs")
+        encoder = VGGTEncoder(**config.encoder.kwargs())
+        head = CameraHead(**config.camera_head.kwargs())
     aggregator = {k: v for k, v in _shapes(encoder).items() if k.startswith("aggregator.")}
     assert _mapped(layout, "encoder") == aggregator
     assert _mapped(layout, "camera_head") == _shapes(head)
@@ -158,7 +161,7 @@ def test_full_size_matches_vggt_1b_layout() -> None:
 @pytest.fixture
 def tiny_encoder() -> VGGTEncoder:
     torch.manual_seed(0)
-    return build_encoder("tiny").eval()
+    return VGGTEncoder(**model_config("tiny").encoder.kwargs()).eval()
 
 
 @pytest.mark.parametrize(
@@ -186,7 +189,7 @@ def test_resize_none_requires_patch_multiple(tiny_encoder: VGGTEncoder) -> None:
 
 
 def test_camera_head_rejects_bad_input() -> None:
-    head = build_camera_head("tiny")
+    head = CameraHead(**model_config("tiny").camera_head.kwargs())
     with pytest.raises(ValueError, match="aggregator tokens"):
         head(torch.zeros(5, 128))
     with pytest.raises(ValueError, match="num_iterations"):
@@ -197,7 +200,7 @@ def test_batched_matches_per_scene(tiny_encoder: VGGTEncoder) -> None:
     generator = torch.Generator().manual_seed(1)
     images = torch.rand(2, 3, 3, 28, 42, generator=generator)
     camera_tokens = torch.randn(2, 3, 11, generator=generator)
-    head = build_camera_head("tiny").eval()
+    head = CameraHead(**model_config("tiny").camera_head.kwargs()).eval()
     with torch.no_grad():
         batched = tiny_encoder(images, camera_tokens, resize="none")
         tokens = tiny_encoder.aggregate(images, camera_tokens, resize="none")
@@ -234,7 +237,10 @@ def test_freeze_stops_aggregator_gradients(tiny_encoder: VGGTEncoder) -> None:
     tiny_encoder.freeze(False)
     assert all(p.requires_grad for p in tiny_encoder.parameters())
     assert not any(
-        p.requires_grad for p in build_encoder("tiny", frozen=True).aggregator.parameters()
+        p.requires_grad
+        for p in VGGTEncoder(
+            **replace(model_config("tiny").encoder, frozen=True).kwargs()
+        ).aggregator.parameters()
     )
 
 

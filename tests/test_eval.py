@@ -27,7 +27,8 @@ from gen_nvs.eval.evaluate import (
     unseen_masks,
 )
 from gen_nvs.eval.metrics import mask_iou
-from gen_nvs.models.nvs import NVSModel, save_model
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import build_model, save_model
 from gen_nvs.models.perceptual import VGG16_WEIGHTS_ENV, vgg16_trunk_layout
 
 SIZE = 32
@@ -48,7 +49,7 @@ def workspace(tmp_path_factory):
     argv = ["make-scenes", "--out", str(root / "scenes"), "--scenes", "2", "--views", "4"]
     assert main([*argv, "--size", str(SIZE), str(SIZE)]) == 0
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny")
+    model = build_model("tiny")
     save_model(model, root / "regression")
     model.add_diffusion()
     # A freshly converted denoiser ignores its noise input; make samples differ.
@@ -101,7 +102,7 @@ def test_regression_eval_without_lpips_weights(workspace, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["lpips"]["available"] is False
     assert VGG16_WEIGHTS_ENV in results["lpips"]["reason"]
-    assert results["model"]["config"] == NVSModel.from_preset("tiny").config
+    assert results["model"]["config"] == build_model("tiny").config.to_dict()
     assert results["model"]["can_sample"] is False
     assert results["dataset"]["num_scenes"] == 2 and results["dataset"]["num_sources"] == 2
     assert results["settings"]["sampling"] is None
@@ -200,7 +201,7 @@ def test_copy_probe_targets_are_the_sources(workspace, tmp_path, capsys):
 
 def test_no_mask_score_without_a_point_head(workspace):
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny", point_head=False)
+    model = build_model(model_config("tiny", point_head=False))
     reader = RE10KReader(workspace / "scenes", None)
     dataset = FirstViewsDataset(reader, num_sources=2, max_targets=1)
     results = evaluate(model, dataset, max_scenes=1, progress=False)
@@ -262,7 +263,7 @@ def test_unseen_masks_from_depth_and_from_predicted_points(workspace):
     reader = RE10KReader(workspace / "scenes", None)
     # The target is source 0 again: every pixel with depth was seen.
     sample = reader.load(reader.scene_names[0], [0, 1, 0], num_sources=2)
-    model = NVSModel.from_preset("tiny").eval()
+    model = build_model("tiny").eval()
     with torch.no_grad():
         encoded = model.encode(
             sample.images[None, :2], sample.c2w[None, :2], sample.fxfycxcy[None, :2]
@@ -284,7 +285,7 @@ def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
     sample = reader.load(reader.scene_names[0], [0, 1, 2, 3], num_sources=1)
     no_depth = dataclasses.replace(sample, depth=None, depth_valid=None)
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny").eval()
+    model = build_model("tiny").eval()
     model.add_diffusion()
     calls = []
     render = model.render

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from einops import rearrange
@@ -11,14 +13,9 @@ from gen_nvs.cli import main
 from gen_nvs.fixtures import TOLERANCE, check_fixture, fixture_model, read_fixture
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.models import nvs
+from gen_nvs.models.config import MODEL_PRESETS, DepthHeadConfig, DiffusionConfig, model_config
 from gen_nvs.models.convert import check_official_layout, load_official_weights
-from gen_nvs.models.nvs import (
-    NVSModel,
-    load_model,
-    model_config,
-    require_diffusion,
-    save_model,
-)
+from gen_nvs.models.nvs import NVSModel, build_model, load_model, require_diffusion, save_model
 from tests.conftest import FIXTURES, REFERENCE_DIR
 
 MANIFESTS = {
@@ -65,7 +62,7 @@ def test_official_model_pt_files_load(tmp_path):
     lagernvs = {k.removeprefix("model."): v for k, v in t.items() if k.startswith("model.")}
     torch.save({"model": lagernvs}, tmp_path / "lagernvs.pt")
     torch.save({k: v for k, v in t.items() if k.startswith("camera_head.")}, tmp_path / "vggt.pt")
-    fresh = NVSModel.from_config(model.config).eval()
+    fresh = build_model(model.config).eval()
     untouched = load_official_weights(
         fresh, lagernvs=tmp_path / "lagernvs.pt", vggt=tmp_path / "vggt.pt"
     )
@@ -77,16 +74,13 @@ def test_official_model_pt_files_load(tmp_path):
 def test_wrong_variant_or_size_checkpoint_is_rejected():
     model, meta, t = fixture_model(FIXTURES[0])  # a bidirectional fixture
     lagernvs = {k.removeprefix("model."): v for k, v in t.items() if k.startswith("model.")}
-    other = NVSModel.from_config(
-        {**model.config, "decoder": {**model.config["decoder"], "variant": "full_attention"}}
-    )
+    other = build_model(model.config.override({"decoder": {"variant": "full_attention"}}))
     with pytest.raises(ValueError, match="does not fit"):
         load_official_weights(other, lagernvs=lagernvs)
-    wider = NVSModel.from_preset("tiny", variant=meta["variant"], point_head=False)
-    wider_config = wider.config
-    wider_config["decoder"]["width"] = wider_config["encoder"]["out_dim"] = 32
+    wider = model_config("tiny", variant=meta["variant"], point_head=False)
+    wider = wider.override({"decoder": {"width": 32}, "encoder": {"out_dim": 32}})
     with pytest.raises(ValueError, match="expected"):
-        load_official_weights(NVSModel.from_config(wider_config), lagernvs=lagernvs)
+        load_official_weights(build_model(wider), lagernvs=lagernvs)
 
 
 def small_scene(num_views: int = 4, hw=(32, 48), seed: int = 0):
@@ -105,7 +99,7 @@ def small_scene(num_views: int = 4, hw=(32, 48), seed: int = 0):
 )
 def test_encode_render_equals_forward(variant):
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny", variant=variant).eval()
+    model = build_model(model_config("tiny", variant=variant)).eval()
     images, c2w, k = small_scene()
     with torch.no_grad():
         expected = model(images, c2w, k, num_sources=2)
@@ -118,7 +112,7 @@ def test_encode_render_equals_forward(variant):
 
 def test_pose_free_encoding_uses_pose_free_tokens_and_estimates_cameras():
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny").eval()
+    model = build_model("tiny").eval()
     images, c2w, k = small_scene()
     with torch.no_grad():
         scene = model.encode(images[:, :3])
@@ -135,7 +129,7 @@ def test_pose_free_encoding_uses_pose_free_tokens_and_estimates_cameras():
 
 def test_export_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny", variant="causal").eval()
+    model = build_model(model_config("tiny", variant="causal")).eval()
     save_model(model, tmp_path / "export", kind="regression")
     loaded = load_model(tmp_path / "export")
     images, c2w, k = small_scene()
@@ -144,9 +138,9 @@ def test_export_round_trip(tmp_path):
 
 
 def test_export_with_wrong_weights_is_rejected(tmp_path):
-    model = NVSModel.from_preset("tiny", variant="causal")
+    model = build_model(model_config("tiny", variant="causal"))
     save_model(model, tmp_path, kind="regression")
-    other = NVSModel.from_preset("tiny", variant="cross_attention")
+    other = build_model(model_config("tiny", variant="cross_attention"))
     save_model(other, tmp_path / "other")
     (tmp_path / "other" / "config.json").write_text((tmp_path / "config.json").read_text())
     with pytest.raises(ValueError, match="weights vs config"):
@@ -172,7 +166,7 @@ def test_export_with_wrong_weights_is_rejected(tmp_path):
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, message):
-    model = NVSModel.from_preset("tiny").eval()
+    model = build_model("tiny").eval()
     images, c2w, k = small_scene()
     images, c2w, k = change(images, c2w, k)
     with pytest.raises(ValueError, match=message):
@@ -180,20 +174,18 @@ def test_bad_inputs_raise_clear_errors(change, message):
 
 
 def test_model_config_checks_widths():
-    config = model_config("tiny")
-    config["encoder"]["out_dim"] = 32
-    with pytest.raises(ValueError, match="must equal the decoder width"):
-        NVSModel.from_config(config)
+    with pytest.raises(ValueError, match="encoder out_dim 32 must equal the decoder width 64"):
+        model_config("tiny").override({"encoder": {"out_dim": 32}})
 
 
 def test_diffusion_model_export_round_trip_in_half_precision(tmp_path):
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny").eval()
+    model = build_model("tiny").eval()
     assert not model.can_sample
     with pytest.raises(ValueError, match="regression model .* cannot sample"):
         require_diffusion(model, "tiny")
     model.add_diffusion(prediction_type="sample", cond_dropout=0.2)
-    assert model.can_sample and model.config["diffusion"]["cond_dropout"] == 0.2
+    assert model.can_sample and model.config.diffusion.cond_dropout == 0.2
     model.noise_schedule = {"prediction_type": "sample", "beta_schedule": "scaled_linear"}
     save_model(model.half(), tmp_path / "export")
     loaded = load_model(tmp_path / "export")
@@ -206,7 +198,7 @@ def test_diffusion_model_export_round_trip_in_half_precision(tmp_path):
 
 def test_encode_builds_the_diffusion_cache_lazily_and_once(monkeypatch):
     torch.manual_seed(0)
-    model = NVSModel.from_preset("tiny").eval()
+    model = build_model("tiny").eval()
     images = torch.rand(1, 2, 3, 32, 32)
     assert model.encode(images).diffusion_cache is None
     model.add_diffusion()
@@ -237,15 +229,14 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
 
 def ray_model(seed: int = 0) -> NVSModel:
     """The tiny model with the `source_rays` encoder option."""
-    config = model_config("tiny")
-    config["encoder"]["source_rays"] = True
+    config = model_config("tiny").override({"encoder": {"source_rays": True}})
     torch.manual_seed(seed)
-    return NVSModel.from_config(config).eval()
+    return build_model(config).eval()
 
 
 def test_source_rays_start_as_the_published_encoder():
     with_rays = ray_model()
-    plain = NVSModel.from_preset("tiny").eval()
+    plain = build_model("tiny").eval()
     missing, unexpected = plain.load_state_dict(with_rays.state_dict(), strict=False)
     assert missing == [] and unexpected == ["encoder.ray_embed.weight"]
     images, c2w, k = small_scene()
@@ -314,13 +305,16 @@ def option_model(name: str, seed: int = 0, diffusion: bool = False) -> NVSModel:
     """The tiny model with one set of `SMALL_MODEL_OPTIONS`, every weight non-zero (the
     zero-initialised ray projection included, so that a path that drops it shows)."""
     encoder, decoder = SMALL_MODEL_OPTIONS[name]
-    config = model_config("tiny")
-    config["encoder"].update(image_size=48, patch_size=8, **encoder)
-    config["decoder"].update(decoder)
+    config = model_config("tiny").override(
+        {"encoder": {"image_size": 48, "patch_size": 8, **encoder}, "decoder": decoder}
+    )
     if diffusion:
-        config["diffusion"] = {"noise_channels": 6}
+        diffusion_config = DiffusionConfig(
+            prediction_type="sample", noise_channels=6, cond_dropout=0.1, frequency_dim=256
+        )
+        config = replace(config, diffusion=diffusion_config)
     torch.manual_seed(seed)
-    model = NVSModel.from_config(config).eval()
+    model = build_model(config).eval()
     if model.encoder.ray_embed is not None:
         torch.nn.init.normal_(model.encoder.ray_embed.weight, std=0.5)
     return model
@@ -453,14 +447,14 @@ def test_fourier_features_have_the_documented_layout():
 
 
 def test_small_model_options_are_off_in_every_official_preset():
-    for preset in nvs.MODEL_PRESETS:
-        model = NVSModel.from_preset(preset) if preset == "tiny" else None
+    for preset in MODEL_PRESETS:
+        model = build_model(preset) if preset == "tiny" else None
         config = model_config(preset)
-        assert not config["encoder"].get("source_rays")
-        assert not config["encoder"].get("source_skip")
-        assert not config["encoder"].get("ray_frequencies")
-        assert not config["decoder"].get("ray_frequencies")
-        assert not config["decoder"].get("ray_bias")
+        assert not config.encoder.source_rays
+        assert not config.encoder.source_skip
+        assert not config.encoder.ray_frequencies
+        assert not config.decoder.ray_frequencies
+        assert not config.decoder.ray_bias
         if model is not None:
             assert "ray_frequencies" not in model.decoder.config
             assert "ray_bias" not in model.decoder.config and model.decoder.ray_bias is None
@@ -496,16 +490,14 @@ def test_depth_head_unpatchifies_each_token_into_its_own_patch():
 
 
 def depth_model(seed: int = 0) -> NVSModel:
-    config = model_config("tiny")
-    config["encoder"].update(image_size=48, patch_size=8)
-    config["depth_head"] = {}
+    config = model_config("tiny").override({"encoder": {"image_size": 48, "patch_size": 8}})
     torch.manual_seed(seed)
-    return NVSModel.from_config(config).eval()
+    return build_model(replace(config, depth_head=DepthHeadConfig())).eval()
 
 
 def test_depth_head_is_optional_and_survives_the_export(tmp_path):
     model = depth_model()
-    assert model.config["depth_head"] == {"dim": 128, "patch_size": 8}  # the encoder's
+    assert model.config.to_dict()["depth_head"] == {"dim": 128, "patch_size": 8}  # the encoder's
     images = torch.rand(1, 3, 3, 16, 24)  # the encoder runs on 32x48: outputs resized
     save_model(model, tmp_path / "export")
     loaded = load_model(tmp_path / "export")
@@ -514,10 +506,10 @@ def test_depth_head_is_optional_and_survives_the_export(tmp_path):
         assert depth.shape == conf.shape == (1, 3, 16, 24)
         assert torch.equal(depth, loaded.estimate_depth(images)[0])
     # Without the option (every preset) nothing of it is in the model, config or weights.
-    plain = NVSModel.from_preset("tiny")
-    assert plain.depth_head is None and "depth_head" not in plain.config
+    plain = build_model("tiny")
+    assert plain.depth_head is None and "depth_head" not in plain.config.to_dict()
     assert not any(k.startswith("depth_head.") for k in plain.state_dict())
     with pytest.raises(ValueError, match="no depth head"):
         plain.estimate_depth(images)
     with pytest.raises(ValueError, match="must be the encoder's token width 128 and patch size 8"):
-        NVSModel.from_config({**model.config, "depth_head": {"patch_size": 4}})
+        build_model(model.config.override({"depth_head": {"patch_size": 4}}))

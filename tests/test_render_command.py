@@ -14,7 +14,8 @@ from gen_nvs.data.procedural import generate_scene
 from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.geometry.rgbd import read_ply
 from gen_nvs.inputs import load_source_views
-from gen_nvs.models.nvs import NVSModel, load_model, model_config, save_model
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import build_model, load_model, save_model
 
 SIZE = ["--size", "32", "32"]
 
@@ -23,9 +24,8 @@ SIZE = ["--size", "32", "32"]
 def checkpoint(tmp_path_factory):
     """A tiny export (small encoder resolution: the preset would resize inputs to 518)."""
     torch.manual_seed(0)
-    config = model_config("tiny")
-    config["encoder"]["image_size"] = 56
-    return save_model(NVSModel.from_config(config), tmp_path_factory.mktemp("tiny"))
+    config = model_config("tiny").override({"encoder": {"image_size": 56}})
+    return save_model(build_model(config), tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

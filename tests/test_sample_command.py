@@ -14,7 +14,8 @@ from gen_nvs.data.procedural import generate_scene
 from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.geometry.rgbd import read_ply
 from gen_nvs.inputs import TargetSpec, load_source_views, scene_targets
-from gen_nvs.models.nvs import NVSModel, load_model, model_config, save_model
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import build_model, load_model, save_model
 from gen_nvs.sampling import sample_views
 
 SIZE = ["--size", "32", "32"]
@@ -22,10 +23,9 @@ FAST = ["--steps", "2", "--sampler", "ddim", "--samples", "2"]
 
 
 def tiny_export(directory, diffusion: bool = True):
-    config = model_config("tiny")
-    config["encoder"]["image_size"] = 28
+    config = model_config("tiny").override({"encoder": {"image_size": 28}})
     torch.manual_seed(0)
-    model = NVSModel.from_config(config)
+    model = build_model(config)
     if diffusion:
         model.add_diffusion()
     return save_model(model, directory)

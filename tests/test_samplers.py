@@ -19,6 +19,7 @@ from samplers import (
     PREDICTION_TYPES,
     SCHEDULER_NAMES,
     STOP,
+    Denoiser,
     SamplingCancelled,
     add_noise,
     build_scheduler,
@@ -28,8 +29,10 @@ from samplers import (
     noise_levels,
     rescale_guidance,
     sample,
+    scheduler_for,
     set_steps,
 )
+from samplers.denoiser import prediction_target, prediction_to_x0
 
 # diffusers' set_timesteps calls np.array on torch tensors, which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -75,9 +78,10 @@ def _prediction(x0: torch.Tensor, x: torch.Tensor, alpha: float, sigma: float, k
 
 
 def optimal_model(scheduler, mean=X_STAR, std=0.0, offset=False, uncond_mean=None):
-    """model_fn of the optimal denoiser for Gaussian pixels N(mean, std^2) (point mass at
-    std 0) or, with `offset`, for mean + z * ones with z ~ N(0, std^2). The unconditional
-    branch uses `uncond_mean` (default: the same data). Records every call in `.calls`."""
+    """The optimal Denoiser, trained on `scheduler`'s schedule and prediction type, for
+    Gaussian pixels N(mean, std^2) (point mass at std 0) or, with `offset`, for
+    mean + z * ones with z ~ N(0, std^2). The unconditional branch uses `uncond_mean`
+    (default: the same data). Records every call in `.calls`."""
     kind = scheduler.config.prediction_type
 
     def model_fn(x, t, conditional):
@@ -92,8 +96,9 @@ def optimal_model(scheduler, mean=X_STAR, std=0.0, offset=False, uncond_mean=Non
             x0 = m + alpha * std**2 / (alpha**2 * std**2 + sigma**2) * residual
         return _prediction(x0, x, alpha, sigma, kind)
 
-    model_fn.calls = []
-    return model_fn
+    denoiser = Denoiser(model_fn, kind, scheduler.alphas_cumprod)
+    denoiser.calls = model_fn.calls = []
+    return denoiser
 
 
 # ------------------------------------------------------------------------------------
@@ -157,10 +162,90 @@ def test_add_noise_matches_diffusers(name, zero_snr):
 
 def test_noise_levels_follow_calls_where_timesteps_repeat():
     # Karras sigmas round to repeated timesteps at many steps; the levels must not repeat.
-    scheduler = set_steps("dpmpp-2m-karras", 200)
+    scheduler = set_steps(build_scheduler("dpmpp-2m-karras"), 200)
     assert len(torch.unique(scheduler.timesteps)) < len(scheduler.timesteps)
     alpha, sigma = noise_levels(scheduler)
     assert (torch.diff(sigma / alpha) < 0).all()
+
+
+# ------------------------------------------------------------------------------------
+# Denoiser: prediction types and the schedulers built for it
+# ------------------------------------------------------------------------------------
+
+
+def _levels():
+    """x0, eps [4, 3, 8, 8] and per-sample (alpha, sigma) [4, 1, 1, 1], from nearly clean
+    to nearly pure noise."""
+    alpha_bar = torch.tensor([0.999, 0.7, 0.2, 0.001]).view(4, 1, 1, 1)
+    x0 = torch.stack([_image(k) for k in range(4)])
+    eps = torch.stack([_image(10 + k) for k in range(4)])
+    return x0, eps, alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_denoiser_conversions_round_trip(prediction_type):
+    x0, eps, alpha, sigma = _levels()
+    x_t = alpha * x0 + sigma * eps
+    target = prediction_target(prediction_type, x0, eps, alpha, sigma)
+    denoiser = Denoiser(lambda x, t, c: target, prediction_type, torch.ones(10))
+    prediction = denoiser(x_t, torch.zeros(4))
+    torch.testing.assert_close(denoiser.to_x0(prediction, x_t, alpha, sigma), x0)
+    # Through every other type: x0 -> that type's prediction -> x0.
+    recovered = denoiser.to_x0(prediction, x_t, alpha, sigma)
+    for other in PREDICTION_TYPES:
+        implied_eps = (x_t - alpha * recovered) / sigma
+        as_other = prediction_target(other, recovered, implied_eps, alpha, sigma)
+        torch.testing.assert_close(
+            prediction_to_x0(other, as_other, x_t, alpha, sigma), x0, atol=1e-4, rtol=0
+        )
+
+
+def test_denoiser_conversions_are_the_closed_forms():
+    x0, eps, alpha, sigma = _levels()
+    x_t = alpha * x0 + sigma * eps
+    v = alpha * eps - sigma * x0
+    assert torch.equal(prediction_target("epsilon", x0, eps, alpha, sigma), eps)
+    assert torch.equal(prediction_target("v_prediction", x0, eps, alpha, sigma), v)
+    assert torch.equal(prediction_target("sample", x0, eps, alpha, sigma), x0)
+    expected = {"epsilon": (x_t - sigma * eps) / alpha, "v_prediction": alpha * x_t - sigma * v}
+    for kind, prediction in (("epsilon", eps), ("v_prediction", v)):
+        assert torch.equal(prediction_to_x0(kind, prediction, x_t, alpha, sigma), expected[kind])
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        prediction_to_x0("x0", x0, x_t, alpha, sigma)
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        Denoiser(lambda x, t, c: x, "flow_prediction", torch.ones(10))
+    with pytest.raises(ValueError, match=r"alphas_cumprod must be \[num_train_timesteps\]"):
+        Denoiser(lambda x, t, c: x, "sample", torch.ones(2, 5))
+
+
+def test_scheduler_is_built_for_the_denoisers_prediction_type():
+    x0_network = optimal_model(build_scheduler("ddim", prediction_type="sample"))
+    assert scheduler_for(x0_network, "ddim").config.prediction_type == "sample"
+    assert scheduler_for(x0_network, "unipc").config.prediction_type == "sample"
+    run = dict(shape=SHAPE, steps=5)
+    by_name = sample(x0_network, scheduler="dpmpp-2m", **run)
+    given = build_scheduler("dpmpp-2m", prediction_type="sample")
+    assert torch.equal(by_name, sample(x0_network, scheduler=given, **run))
+    # An epsilon scheduler cannot drive an x0 network, by name or instance.
+    with pytest.raises(ValueError, match="needs a scheduler instance, got the name 'ddim'"):
+        set_steps("ddim", 5)
+    with pytest.raises(ValueError, match="expects prediction_type 'epsilon'.* predicts 'sample'"):
+        sample(x0_network, scheduler=build_scheduler("ddim"), **run)
+    with pytest.raises(ValueError, match="does not implement prediction_type 'sample'"):
+        scheduler_for(x0_network, "euler-ancestral")
+
+
+def test_scheduler_must_run_the_denoisers_schedule():
+    scaled = build_scheduler("ddim", prediction_type="sample", beta_schedule="scaled_linear")
+    network = optimal_model(scaled)
+    assert scheduler_for(network, scaled) is scaled
+    with pytest.raises(ValueError, match="DDIMScheduler runs another noise schedule"):
+        scheduler_for(network, "ddim")  # by name: the default schedule
+    # Zero terminal SNR: diffusers' sigma schedulers clamp the last alpha_bar to 2**-24.
+    zero_snr = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    network = optimal_model(build_scheduler("ddpm", **zero_snr))
+    for name in ("euler", "dpmpp-2m", "unipc"):
+        scheduler_for(network, build_scheduler(name, **zero_snr))
 
 
 # ------------------------------------------------------------------------------------
@@ -228,6 +313,27 @@ def test_matches_plain_diffusers_loop(name, eta):
         extra["generator"] = generator
     for t in reference.timesteps:
         prediction = model_fn(reference.scale_model_input(x, t), t.repeat(1), True)
+        x = reference.step(prediction, t, x, **extra).prev_sample
+    assert torch.equal(ours, x)
+
+
+@pytest.mark.parametrize(
+    ("name", "prediction_type"),
+    [(n, p) for n, p in NAME_AND_TYPE if p in ("sample", "epsilon")],
+)
+def test_x0_and_epsilon_networks_match_plain_diffusers_loop(name, prediction_type):
+    """The denoiser hands the network's prediction to the scheduler unchanged: x0 and
+    epsilon networks sample as in a diffusers pipeline."""
+    scheduler = build_scheduler(name, prediction_type=prediction_type)
+    denoiser = optimal_model(scheduler, std=0.5)
+    ours = sample(denoiser, shape=SHAPE, seeds=3, scheduler=name, steps=6)
+
+    reference = set_steps(scheduler, 6)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn((1, *SHAPE), generator=generator) * reference.init_noise_sigma
+    extra = {} if name in ("heun", "unipc") else {"generator": generator}
+    for t in reference.timesteps:
+        prediction = denoiser.model_fn(reference.scale_model_input(x, t), t.repeat(1), True)
         x = reference.step(prediction, t, x, **extra).prev_sample
     assert torch.equal(ours, x)
 
@@ -481,4 +587,4 @@ def test_sample_errors():
     with pytest.raises(
         ValueError, match=r"model_fn returned shape \(1, 3, 4, 4\), expected \(1, 3, 8, 8\)"
     ):
-        sample(lambda x, t, c: x[..., :4, :4], **run)
+        sample(Denoiser(lambda x, t, c: x[..., :4, :4], "epsilon", model_fn.alphas_cumprod), **run)

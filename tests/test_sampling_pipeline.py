@@ -13,16 +13,17 @@ import samplers
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.geometry import rgbd
 from gen_nvs.inputs import default_intrinsics
-from gen_nvs.models.nvs import NVSModel, model_config
+from gen_nvs.memory import estimate_sample_bytes
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import NVSModel, build_model
 from gen_nvs.sampling import (
     SampledViews,
-    estimate_sample_bytes,
     model_scheduler,
     sample_seeds,
     sample_views,
     scene_to_world,
-    unseen_region,
 )
+from gen_nvs.unseen import unseen_region
 
 HW = (32, 32)
 FAST = dict(steps=2, scheduler="ddim")
@@ -31,10 +32,9 @@ FAST = dict(steps=2, scheduler="ddim")
 def tiny_model(diffusion: bool = True) -> NVSModel:
     """The tiny preset with 28 px encoder inputs; the diffusion decoder's zero-initialised
     layers perturbed so that samples depend on the noise, as a trained model's do."""
-    config = model_config("tiny")
-    config["encoder"]["image_size"] = 28
+    config = model_config("tiny").override({"encoder": {"image_size": 28}})
     torch.manual_seed(0)
-    model = NVSModel.from_config(config)
+    model = build_model(config)
     if diffusion:
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -312,6 +312,18 @@ def test_schedulers_follow_the_models_noise_schedule(model, scene, views, monkey
     monkeypatch.setattr(model, "noise_schedule", {"prediction_type": other})
     with pytest.raises(ValueError, match=f"noise schedule has prediction_type '{other}'"):
         draw(model, scene, views)
+
+
+def test_a_scheduler_must_run_the_models_prediction_type_and_schedule(model, scene, views):
+    prediction = model.diffusion.prediction_type
+    other = "epsilon" if prediction != "epsilon" else "v_prediction"
+    with pytest.raises(ValueError, match=f"expects prediction_type '{other}'"):
+        draw(model, scene, views, scheduler=samplers.build_scheduler("ddim", prediction_type=other))
+    scaled = samplers.build_scheduler(
+        "ddim", prediction_type=prediction, beta_schedule="scaled_linear"
+    )
+    with pytest.raises(ValueError, match="runs another noise schedule"):
+        draw(model, scene, views, scheduler=scaled)
 
 
 def test_scene_to_world_inverts_the_normalisation(scene, views):

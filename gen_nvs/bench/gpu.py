@@ -77,7 +77,7 @@ def _render() -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats()
     report = bench_render(
         variants=VARIANTS, source_counts=[1, 4, 9], image_hw=(512, 512), num_targets=8,
-        encoder_preset="vggt-1b", decoder_preset="base", device="cuda", dtype="bfloat16",
+        encoder_preset="lagernvs", decoder_preset="lagernvs", device="cuda", dtype="bfloat16",
         repeats=3, warmup=1,
     )  # fmt: skip
     fps = {

@@ -43,19 +43,21 @@ from torch import Tensor
 from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
 from gen_nvs.bench.reference import REFERENCE_VARIANTS, reference_render
 from gen_nvs.models.cache import SceneCache
-from gen_nvs.models.decoder import DECODER_PRESETS, VARIANTS, HighwayDecoder
-from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder, build_encoder
+from gen_nvs.models.config import MODEL_PRESETS, model_config
+from gen_nvs.models.decoder import VARIANTS, HighwayDecoder
+from gen_nvs.models.encoder import VGGTEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Defaults per device: the published sizes on GPU, small ones on CPU; `--fast` is the
 # smoke-test setting. Options given on the command line override all of them.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "cuda": dict(
-        encoder_preset="vggt-1b", decoder_preset="base", size=[256, 256], sources=[1, 2, 4, 9],
+        encoder_preset="lagernvs", decoder_preset="lagernvs", size=[256, 256],
+        sources=[1, 2, 4, 9],
         targets=8, repeats=5, warmup=1,
     ),
     "cpu": dict(
-        encoder_preset="vggt-small", decoder_preset="small", size=[256, 256],
+        encoder_preset="small", decoder_preset="small", size=[256, 256],
         sources=[1, 2, 4, 9], targets=8, repeats=3, warmup=1,
     ),
     "fast": dict(
@@ -106,13 +108,13 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", type=int, help="target views per scene (default: 8)")
     parser.add_argument(
         "--encoder-preset",
-        choices=list(ENCODER_PRESETS),
-        help="encoder size (default: vggt-1b on GPU, vggt-small on CPU)",
+        choices=list(MODEL_PRESETS),
+        help="the encoder of this model size (default: lagernvs on GPU, small on CPU)",
     )
     parser.add_argument(
         "--decoder-preset",
-        choices=list(DECODER_PRESETS),
-        help="decoder size (default: base on GPU, small on CPU)",
+        choices=list(MODEL_PRESETS),
+        help="the decoder of this model size (default: lagernvs on GPU, small on CPU)",
     )
     parser.add_argument(
         "--device",
@@ -343,8 +345,13 @@ def _build_models(
     # Module initialisers draw from the global RNG: seed it without leaking the state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = build_encoder(encoder_preset)
-        decoders = {v: HighwayDecoder.from_preset(decoder_preset, variant=v) for v in variants}
+        encoder = VGGTEncoder(**model_config(encoder_preset).encoder.kwargs())
+        decoders = {
+            v: HighwayDecoder(
+                **model_config(decoder_preset, variant=v, point_head=False).decoder.kwargs()
+            )
+            for v in variants
+        }
     width = next(iter(decoders.values())).width
     if encoder.geo_feature_connector.out_features != width:
         raise ValueError(

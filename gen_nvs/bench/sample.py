@@ -32,9 +32,10 @@ from torch import Tensor
 
 import samplers
 from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
+from gen_nvs.models.config import MODEL_PRESETS, model_config
 from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
-from gen_nvs.models.nvs import MODEL_PRESETS, NVSModel, model_config
-from gen_nvs.sampling import model_scheduler, sample_seeds, sample_views
+from gen_nvs.models.nvs import NVSModel, build_model
+from gen_nvs.sampling import model_denoiser, model_scheduler, sample_seeds, sample_views
 from gen_nvs.threads import configure_threads
 
 # Defaults per device; `--fast` is the smoke-test setting. Options given override them.
@@ -257,7 +258,7 @@ def _naive_samples(
         return make_model_fn(diffusion, context, null, rays)(x_t, timesteps, conditional)
 
     x = samplers.sample(
-        model_fn,
+        model_denoiser(model, model_fn),
         shape=(diffusion.noise_channels, h, w),
         num_samples=num_samples * t,
         seeds=sample_seeds(seed, range(num_samples), t),
@@ -278,12 +279,11 @@ def _build_model(preset: str, encoder_size: int, device: torch.device, seed: int
     its prediction depends on the noise and the timestep (as a trained one's does) and
     the cached and naive samples are a real comparison.
     """
-    config = model_config(preset)
-    config["encoder"]["image_size"] = encoder_size
+    config = model_config(preset).override({"encoder": {"image_size": encoder_size}})
     # Module initialisers draw from the global RNG: seed it without leaking the state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = NVSModel.from_config(config)
+        model = build_model(config)
         diffusion = model.add_diffusion()
         with torch.no_grad():
             for name, param in diffusion.named_parameters():

@@ -34,7 +34,8 @@ from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSetti
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model_or_default
 from gen_nvs.models.perceptual import load_lpips
 from gen_nvs.options import add_model_arguments, check_render_size, resolve_device
-from gen_nvs.sampling import MASK_MODES, SamplingConfig, check_sampling_options
+from gen_nvs.sampling import SamplingConfig, check_sampling_options
+from gen_nvs.unseen import MASK_MODES
 
 DEFAULT_SAMPLES = SamplingConfig().samples
 DEFAULT_MAX_TARGETS = 4

@@ -61,7 +61,6 @@ from gen_nvs.outputs import (
     write_video,
 )
 from gen_nvs.sampling import (
-    MASK_MODES,
     NOISE_MODES,
     SampledViews,
     SamplingConfig,
@@ -69,6 +68,7 @@ from gen_nvs.sampling import (
     sample_views,
     scene_to_world,
 )
+from gen_nvs.unseen import MASK_MODES
 
 DEFAULTS = SamplingConfig()  # the project's one set of sampling defaults
 

@@ -5,7 +5,7 @@ For every scene (a `SceneSample`, sources first) the model encodes the sources o
 renders the targets once (a few per decoder call), and the sources once where their
 predicted geometry is needed. Targets are split into the region some source saw and the
 unseen region: from the dataset's depth when it has depth (`rgbd.unseen_mask` with the
-ground truth), else from the model's own predicted points (`gen_nvs.sampling.
+ground truth), else from the model's own predicted points (`gen_nvs.unseen.
 unseen_region`, as the sampler's "auto" mask). A target may be its own source (the
 copy probe, `configs/eval/procedural64-copy.json`): its unseen region is then empty, and
 so has no metrics. When the split comes from depth and the model has a point head, the
@@ -56,13 +56,8 @@ from gen_nvs.inputs import TargetCameras
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import EncodedScene, NVSModel
 from gen_nvs.rendering import render_targets
-from gen_nvs.sampling import (
-    PREDICTED_REL_TOL,
-    SamplingConfig,
-    check_sampling_options,
-    sample_views,
-    unseen_region,
-)
+from gen_nvs.sampling import SamplingConfig, check_sampling_options, sample_views
+from gen_nvs.unseen import PREDICTED_REL_TOL, unseen_region
 
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
@@ -73,7 +68,7 @@ EMPTY_REGION_REASON = (
     "sources) has no metrics: null there and left out of the means"
 )
 MASK_ESTIMATE = (
-    "the model's unseen region as the sampler's 'auto' mask finds it (gen_nvs.sampling."
+    "the model's unseen region as the sampler's 'auto' mask finds it (gen_nvs.unseen."
     "unseen_region, before its soft edge) against the one the dataset's depth gives"
 )
 # Best of N: the direction in which each metric improves.
@@ -176,7 +171,7 @@ def unseen_masks(
     "depth": the sample's depth (invalid pixels count as unseen in the target and as
     seeing nothing in the sources), tested with `rel_tol`. "predicted_points": the
     model's point maps of the targets tested against the sources'
-    (`gen_nvs.sampling.unseen_region`, mode "auto", with its own tolerance for predicted
+    (`gen_nvs.unseen.unseen_region`, mode "auto", with its own tolerance for predicted
     depth, `PREDICTED_REL_TOL`).
     (None, None) without depth and without a point head.
 
@@ -207,7 +202,7 @@ def predicted_unseen_masks(
     sources: DecoderOutput | None = None,
 ) -> Tensor | None:
     """The target pixels the model finds no source saw -> bool [t, h, w], or None without
-    a point head: the sampler's "auto" mask (`gen_nvs.sampling.unseen_region`; sampling
+    a point head: the sampler's "auto" mask (`gen_nvs.unseen.unseen_region`; sampling
     then softens its edge), from the model's point maps of the targets tested against the
     sources'. Arguments as for `unseen_masks`; the sample's depth is not used.
     """
@@ -591,7 +586,11 @@ def evaluate(
             scenes.append(result)
 
     results: Tree = {
-        "model": {**(model_info or {}), "can_sample": model.can_sample, "config": model.config},
+        "model": {
+            **(model_info or {}),
+            "can_sample": model.can_sample,
+            "config": model.config.to_dict(),
+        },
         "dataset": {**(dataset_info or {}), "num_scenes": num_scenes},
         "settings": {
             "psnr_max_db": PSNR_MAX_DB,

@@ -97,20 +97,3 @@ class CameraHead(nn.Module):
         if unbatched:
             result = result[:, 0] if return_all else result[0]
         return result
-
-
-CAMERA_HEAD_PRESETS: dict[str, dict[str, int]] = {
-    "vggt-1b": dict(dim=2048, num_heads=16, trunk_depth=4),
-    "vggt-small": dict(dim=768, num_heads=6, trunk_depth=4),
-    "tiny": dict(dim=128, num_heads=2, trunk_depth=4),
-    "embedded": dict(dim=256, num_heads=4, trunk_depth=2),
-}
-
-
-def build_camera_head(preset: str, **overrides: int | float) -> CameraHead:
-    """`CameraHead` from a named preset in `CAMERA_HEAD_PRESETS`, with keyword overrides."""
-    if preset not in CAMERA_HEAD_PRESETS:
-        raise ValueError(
-            f"unknown camera-head preset {preset!r}, expected one of {list(CAMERA_HEAD_PRESETS)}"
-        )
-    return CameraHead(**{**CAMERA_HEAD_PRESETS[preset], **overrides})

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from gen_nvs.models import checkpoint as ckpt
+from gen_nvs.models.config import model_config
 from gen_nvs.models.decoder import HighwayDecoder
-from gen_nvs.models.nvs import NVSModel, model_config
+from gen_nvs.models.nvs import NVSModel, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def check_official_layout(variant: str, manifest: str | Path) -> None:
     """Build the full-size model on the meta device and check that it converts to exactly
     the keys and shapes of an official manifest (`*.keys.json`); ValueError otherwise."""
     with torch.device("meta"):
-        model = NVSModel.from_config(model_config("lagernvs", variant=variant))
+        model = build_model(model_config("lagernvs", variant=variant))
     expected = ckpt.read_key_manifest(manifest)
     kind = (
         "vggt"

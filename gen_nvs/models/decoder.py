@@ -52,15 +52,6 @@ Variant = Literal["full_attention", "cross_attention", "bidirectional_cross_atte
 VARIANTS: tuple[str, ...] = get_args(Variant)  # the names of `VARIANT_CLASSES`
 T = TypeVar("T")
 
-# Named sizes; "base" is the published EncDecVitB/8, "tiny" the golden fixtures' size.
-DECODER_PRESETS: dict[str, dict[str, int]] = {
-    "base": {"width": 768, "depth": 12, "num_heads": 12, "patch_size": 8},
-    "small": {"width": 384, "depth": 12, "num_heads": 6, "patch_size": 8},
-    "tiny": {"width": 64, "depth": 3, "num_heads": 2, "patch_size": 8},
-    "embedded": {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 8},
-}
-
-
 # --------------------------------------------------------------------------------------
 # Building blocks (all bias-free, as published)
 # --------------------------------------------------------------------------------------
@@ -624,15 +615,6 @@ class HighwayDecoder(nn.Module):
             PointHead(dim=width, patch_size=patch_size, norm_eps=norm_eps) if point_head else None
         )
         self._init_weights()
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> HighwayDecoder:
-        """A named size from DECODER_PRESETS; keyword arguments override or add to it."""
-        if name not in DECODER_PRESETS:
-            raise ValueError(
-                f"decoder preset must be one of {sorted(DECODER_PRESETS)}, got {name!r}"
-            )
-        return cls(**{**DECODER_PRESETS[name], **overrides})
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.per_view_register_tokens, std=0.02)

@@ -21,8 +21,8 @@ the noisy target and the timestep, so that fine-tuning begins at the regression 
   of every sample. For `full_attention` and `bidirectional_cross_attention` the sources
   are updated by each target, so only the target tokens' norms are modulated, the cache
   holds the encoder tokens only, and the source blocks rerun at every network call.
-- Prediction. The network does not know the noise schedule; its output is read by the
-  scheduler according to `prediction_type` (use the same string for both):
+- Prediction. The network does not know the noise schedule; `samplers.Denoiser` wraps
+  it with its `prediction_type` and training schedule, and builds the schedulers for it:
   "sample" (the default) predicts x0 as `[sigmoid(rgb_raw) * 2 - 1, xyz_raw]`, the
   regression heads' outputs in diffusion space, so at conversion the x0 prediction is
   exactly the regression render (`denoise_views` gives it as rgb, points and
@@ -51,7 +51,7 @@ import copy
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from gen_nvs.models.cache import SceneCache
+from gen_nvs.models.config import DecoderConfig
 from gen_nvs.models.decoder import (
     BlockModulation,
     DecoderOutput,
@@ -68,12 +69,9 @@ from gen_nvs.models.decoder import (
     modulate,
 )
 from gen_nvs.models.heads import compress_points, expand_points
+from samplers.denoiser import ModelFn, PredictionType, check_prediction_type
 
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 NOISE_CHANNELS = (3, 6)  # rgb, or rgb + xyz
-
-ModelFn = Callable[[Tensor, Tensor, bool], Tensor]
 
 
 # --------------------------------------------------------------------------------------
@@ -158,15 +156,15 @@ def _zero_linear(in_dim: int, out_dim: int) -> nn.Linear:
 class DiffusionDecoder(nn.Module):
     """A HighwayDecoder as a denoiser: `denoise(sources, x_t, timesteps, target_rays)`.
 
-    Build it from a trained regression decoder with `from_regression`, or from its
-    `config` (exports) with `from_config`. `decoder` holds the HighwayDecoder's keyword
-    arguments; the renderer itself is `self.decoder`.
+    Build it from a trained regression decoder with `from_regression`; exports rebuild
+    it with their model (`gen_nvs.models.nvs.build_model`). `decoder` is the renderer's
+    config; the renderer itself is `self.decoder`.
     """
 
     def __init__(
         self,
         *,
-        decoder: dict[str, Any],
+        decoder: DecoderConfig,
         prediction_type: PredictionType = "sample",
         noise_channels: int = 6,
         cond_dropout: float = 0.1,
@@ -174,19 +172,17 @@ class DiffusionDecoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(decoder, prediction_type, noise_channels, cond_dropout, frequency_dim)
-        self._config = copy.deepcopy(
-            {
-                "decoder": decoder,
-                "prediction_type": prediction_type,
-                "noise_channels": noise_channels,
-                "cond_dropout": cond_dropout,
-                "frequency_dim": frequency_dim,
-            }
-        )
         self.prediction_type = prediction_type
         self.noise_channels = noise_channels
         self.cond_dropout = cond_dropout
-        self.decoder = HighwayDecoder(**decoder)
+        self.decoder = HighwayDecoder(**decoder.kwargs())
+        self._config = {
+            "decoder": self.decoder.config,
+            "prediction_type": prediction_type,
+            "noise_channels": noise_channels,
+            "cond_dropout": cond_dropout,
+            "frequency_dim": frequency_dim,
+        }
         width, patch = self.decoder.width, self.decoder.patch_size
         self.noise_embedder = nn.Conv2d(noise_channels, width, patch, stride=patch, bias=False)
         nn.init.zeros_(self.noise_embedder.weight)
@@ -220,7 +216,7 @@ class DiffusionDecoder(nn.Module):
                 f"from_regression needs a regression HighwayDecoder, got {type(decoder).__name__}"
             )
         model = cls(
-            decoder=decoder.config,
+            decoder=DecoderConfig(**decoder.config),
             prediction_type=prediction_type,
             noise_channels=noise_channels,
             cond_dropout=cond_dropout,
@@ -230,13 +226,9 @@ class DiffusionDecoder(nn.Module):
         weight = decoder.final_layer.linear.weight
         return model.to(device=weight.device, dtype=weight.dtype)
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DiffusionDecoder:
-        """Rebuild from `model.config` (as saved next to every export)."""
-        return cls(**config)
-
     @property
     def config(self) -> dict[str, Any]:
+        """The keyword arguments as JSON (`decoder`: the HighwayDecoder's `config`)."""
         return copy.deepcopy(self._config)
 
     # ----------------------------------------------------------------------------------
@@ -449,22 +441,19 @@ class DiffusionDecoder(nn.Module):
 
 
 def _check_config(
-    decoder: dict[str, Any],
+    decoder: DecoderConfig,
     prediction_type: str,
     noise_channels: int,
     cond_dropout: float,
     frequency_dim: int,
 ) -> None:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
-        )
+    check_prediction_type(prediction_type)
     if noise_channels not in NOISE_CHANNELS:
         raise ValueError(f"noise_channels must be one of {NOISE_CHANNELS}, got {noise_channels}")
-    if noise_channels == 6 and not decoder.get("point_head", False):
+    if noise_channels == 6 and not decoder.point_head:
         raise ValueError(
             "noise_channels 6 (rgb + points) needs a decoder with point_head=True, got "
-            f"point_head={decoder.get('point_head', False)}"
+            f"point_head={decoder.point_head}"
         )
     if not 0 <= cond_dropout <= 1:
         raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")
@@ -483,7 +472,8 @@ def make_model_fn(
     null_context: SourceContext | None,
     target_rays: Tensor,
 ) -> ModelFn:
-    """The `model_fn(x_t, t, conditional)` of `samplers.sample` for b scenes' t targets.
+    """The network `model_fn(x_t, t, conditional)` that a `samplers.Denoiser` wraps, for b
+    scenes' t targets.
 
     context: the scenes' sources (built once); null_context: `decoder.null_context(b, m)`
         (built once), needed for guidance (conditional=False calls), else may be None.

@@ -529,36 +529,3 @@ class VGGTEncoder(nn.Module):
         features = self.geo_feature_norm(features)
         grid_hw = (resized.shape[-2] // self.patch_size, resized.shape[-1] // self.patch_size)
         return EncoderOutput(features[0] if unbatched else features, grid_hw)
-
-
-ENCODER_PRESETS: dict[str, dict[str, int | float]] = {
-    # VGGT-1B aggregator (DINOv2 ViT-L/14 patch embedding) with LagerNVS's ViT-B decoder width.
-    "vggt-1b": dict(
-        embed_dim=1024, depth=24, num_heads=16, patch_embed_depth=24, patch_embed_heads=16,
-        out_dim=768,
-    ),
-    # ViT-S/14-sized variant for experiments from scratch.
-    "vggt-small": dict(
-        embed_dim=384, depth=12, num_heads=6, patch_embed_depth=12, patch_embed_heads=6,
-        out_dim=384,
-    ),
-    # The reduced configuration of the golden fixtures.
-    "tiny": dict(
-        embed_dim=64, depth=2, num_heads=2, patch_embed_depth=2, patch_embed_heads=2,
-        out_dim=64,
-    ),
-    # The embedded default model (CPU-trainable, a few MB): 8x8 patches of 112x112 inputs.
-    "embedded": dict(
-        embed_dim=128, depth=4, num_heads=4, patch_embed_depth=4, patch_embed_heads=4,
-        out_dim=128, image_size=112,
-    ),
-}  # fmt: skip
-
-
-def build_encoder(preset: str, **overrides: int | float | bool) -> VGGTEncoder:
-    """`VGGTEncoder` from a named preset in `ENCODER_PRESETS`, with keyword overrides."""
-    if preset not in ENCODER_PRESETS:
-        raise ValueError(
-            f"unknown encoder preset {preset!r}, expected one of {list(ENCODER_PRESETS)}"
-        )
-    return VGGTEncoder(**{**ENCODER_PRESETS[preset], **overrides})

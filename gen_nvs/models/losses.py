@@ -12,7 +12,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from samplers.schedulers import PREDICTION_TYPES
+from samplers.denoiser import (
+    PredictionType,
+    check_prediction_type,
+    min_snr_weights,
+    prediction_target,
+)
 
 
 class ConfidencePointLoss:
@@ -69,31 +74,23 @@ class DenoisingLoss:
     The loss is schedule-agnostic: the caller passes each sample's noise level (alpha,
     sigma) with `x_t = alpha * x0 + sigma * noise` (from a discrete schedule,
     alpha = sqrt(alphas_cumprod[t]) and sigma = sqrt(1 - alphas_cumprod[t])). The target
-    is `noise` ("epsilon"), `alpha * noise - sigma * x0` ("v_prediction") or `x0`
-    ("sample"). Per sample the squared error is averaged over its valid elements, then
-    weighted, then averaged over samples.
+    is what a perfect network of `prediction_type` predicts
+    (`samplers.denoiser.prediction_target`). Per sample the squared error is averaged over
+    its valid elements, then weighted, then averaged over samples.
 
     weighting "min_snr": Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training
-    via Min-SNR Weighting Strategy"), SNR = alpha^2 / sigma^2. Its x0-loss weight
-    min(SNR, gamma) becomes min(SNR, gamma) / SNR for epsilon and
-    min(SNR, gamma) / (SNR + 1) for v, whose squared errors are SNR and SNR + 1 times the
-    x0 error. Clean samples (sigma 0) get weight 0 for epsilon and v, pure noise (alpha 0)
-    weight 1 for epsilon.
+    via Min-SNR Weighting Strategy"), in the prediction type's scale
+    (`samplers.denoiser.min_snr_weights`).
     """
-
-    PREDICTION_TYPES = PREDICTION_TYPES  # samplers' list, the only one
 
     def __init__(
         self,
         *,
-        prediction_type: Literal["epsilon", "v_prediction", "sample"],
+        prediction_type: PredictionType,
         weighting: Literal["none", "min_snr"] = "none",
         min_snr_gamma: float = 5.0,
     ) -> None:
-        if prediction_type not in self.PREDICTION_TYPES:
-            raise ValueError(
-                f"prediction_type must be one of {self.PREDICTION_TYPES}, got {prediction_type!r}"
-            )
+        check_prediction_type(prediction_type)
         if weighting not in ("none", "min_snr"):
             raise ValueError(f"weighting must be 'none' or 'min_snr', got {weighting!r}")
         if min_snr_gamma <= 0:
@@ -104,22 +101,14 @@ class DenoisingLoss:
 
     def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """What a perfect prediction is: x0, noise [b..., ...]; alpha, sigma [b...]."""
-        if self.prediction_type == "epsilon":
-            return noise
-        if self.prediction_type == "sample":
-            return x0
-        return _per_sample(alpha, x0) * noise - _per_sample(sigma, x0) * x0
+        alpha, sigma = _per_sample(alpha, x0), _per_sample(sigma, x0)
+        return prediction_target(self.prediction_type, x0, noise, alpha, sigma)
 
     def weights(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         """Per-sample loss weights [b...] for noise levels alpha, sigma [b...]."""
         if self.weighting == "none":
             return torch.ones_like(alpha)
-        snr = (alpha / sigma) ** 2
-        gamma = self.min_snr_gamma
-        if self.prediction_type == "epsilon":  # min(snr, gamma) / snr, finite at snr 0
-            return (gamma / snr).clamp(max=1)
-        clipped = snr.clamp(max=gamma)
-        return clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped
+        return min_snr_weights(self.prediction_type, alpha, sigma, self.min_snr_gamma)
 
     def __call__(
         self,

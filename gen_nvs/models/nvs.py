@@ -17,9 +17,8 @@ Dimension legend:
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,38 +28,23 @@ from torch import Tensor, nn
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.cache import SceneCache
-from gen_nvs.models.camera_head import CAMERA_HEAD_PRESETS, CameraHead
-from gen_nvs.models.decoder import DECODER_PRESETS, DecoderOutput, HighwayDecoder, patch_rays
+from gen_nvs.models.camera_head import CameraHead
+from gen_nvs.models.config import (
+    CameraHeadConfig,
+    DecoderConfig,
+    DepthHeadConfig,
+    DiffusionConfig,
+    EncoderConfig,
+    ModelConfig,
+    model_config,
+)
+from gen_nvs.models.decoder import DecoderOutput, HighwayDecoder, patch_rays
 from gen_nvs.models.depth_head import DepthHead
 from gen_nvs.models.diffusion import DiffusionDecoder
-from gen_nvs.models.encoder import ENCODER_PRESETS, VGGTEncoder
+from gen_nvs.models.encoder import VGGTEncoder
 
 # The embedded default model's inference export, shipped inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
-
-# Named whole-model sizes: (encoder preset, decoder preset, camera-head preset).
-MODEL_PRESETS: dict[str, tuple[str, str, str]] = {
-    "lagernvs": ("vggt-1b", "base", "vggt-1b"),  # the published size
-    "small": ("vggt-small", "small", "vggt-small"),
-    "tiny": ("tiny", "tiny", "tiny"),  # the golden fixtures' size
-    "embedded": ("embedded", "embedded", "embedded"),  # the default model shipped inside
-}
-
-
-def model_config(
-    preset: str, *, variant: str = "causal", point_head: bool = True, **decoder_overrides
-) -> dict[str, Any]:
-    """A full model config (plain dict, JSON-serialisable) from a named preset."""
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}, expected one of {list(MODEL_PRESETS)}")
-    enc, dec, head = MODEL_PRESETS[preset]
-    decoder = {**DECODER_PRESETS[dec], "variant": variant, "point_head": point_head}
-    encoder = {**ENCODER_PRESETS[enc], "out_dim": decoder["width"]}
-    return {
-        "encoder": encoder,
-        "decoder": {**decoder, **decoder_overrides},
-        "camera_head": dict(CAMERA_HEAD_PRESETS[head]),
-    }
 
 
 @dataclass
@@ -116,76 +100,50 @@ class NVSModel(nn.Module):
     """Source images (+ cameras) -> novel views (RGB, and points + confidence with a point
     head) for any target camera.
 
+    Built from typed configs (`build_model` turns a preset name or a JSON/YAML tree into
+    them): `encoder` and `decoder`, and optionally `camera_head` (pose-free use),
+    `depth_head` and `diffusion`.
+
     With a `diffusion` config the model also holds a DiffusionDecoder (`self.diffusion`,
     its own copy of the renderer, fine-tuned as a denoiser) beside the regression decoder,
     which stays for fast rendering and for the known region of occlusion-aware sampling.
-    `diffusion` holds DiffusionDecoder's options except `decoder` (always the model's).
 
-    With a `depth_head` config (DepthHead options; `dim` and `patch_size` default to the
-    encoder's) the model also estimates per-pixel depth from pose-free aggregator tokens
-    (`estimate_depth`), what the geometry training stage learns. Without one (every
-    preset) the model, its config and its weights are exactly those of a model before
-    the option existed.
+    With a `depth_head` config (`dim` and `patch_size` default to the encoder's) the model
+    also estimates per-pixel depth from pose-free aggregator tokens (`estimate_depth`),
+    what the geometry training stage learns. Without one (every preset) the model, its
+    config and its weights are exactly those of a model before the option existed.
     """
 
     def __init__(
         self,
         *,
-        encoder: dict[str, Any],
-        decoder: dict[str, Any],
-        camera_head: dict[str, Any] | None = None,
-        depth_head: dict[str, Any] | None = None,
-        diffusion: dict[str, Any] | None = None,
+        encoder: EncoderConfig,
+        decoder: DecoderConfig,
+        camera_head: CameraHeadConfig | None = None,
+        depth_head: DepthHeadConfig | None = None,
+        diffusion: DiffusionConfig | None = None,
     ) -> None:
         super().__init__()
-        if encoder.get("out_dim") != decoder.get("width"):
-            raise ValueError(
-                f"encoder out_dim {encoder.get('out_dim')} must equal the decoder width "
-                f"{decoder.get('width')}"
-            )
-        if diffusion is not None and "decoder" in diffusion:
-            raise ValueError("the diffusion config must not hold 'decoder' (the model's is used)")
-        self._config = copy.deepcopy(
-            {"encoder": encoder, "decoder": decoder, "camera_head": camera_head}
-        )
-        self.encoder = VGGTEncoder(**encoder)
-        self.decoder = HighwayDecoder(**decoder)
-        self.camera_head = CameraHead(**camera_head) if camera_head is not None else None
+        # Checks the parts' types and that the encoder's output fits the decoder.
+        self._config = ModelConfig(encoder=encoder, decoder=decoder, camera_head=camera_head)
+        self.encoder = VGGTEncoder(**encoder.kwargs())
+        self.decoder = HighwayDecoder(**decoder.kwargs())
+        self.camera_head = None if camera_head is None else CameraHead(**camera_head.kwargs())
         self.depth_head: DepthHead | None = None
         if depth_head is not None:
-            self.add_depth_head(**depth_head)
+            self.add_depth_head(depth_head)
         self.diffusion: DiffusionDecoder | None = None
         # The training noise schedule (`samplers.build_scheduler` options, prediction type
         # included) that exports carry for the samplers; the network never reads it.
         self.noise_schedule: dict[str, Any] | None = None
         if diffusion is not None:
-            self._config["diffusion"] = copy.deepcopy(diffusion)
-            self.diffusion = DiffusionDecoder(decoder=decoder, **diffusion)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> NVSModel:
-        """Rebuild from `model.config` (as saved next to every export)."""
-        unknown = set(config) - {"encoder", "decoder", "camera_head", "depth_head", "diffusion"}
-        if unknown or "encoder" not in config or "decoder" not in config:
-            raise ValueError(
-                f"model config needs 'encoder' and 'decoder' (and optional 'camera_head', "
-                f"'depth_head', 'diffusion'), got keys {sorted(config)}"
-            )
-        return cls(
-            encoder=config["encoder"],
-            decoder=config["decoder"],
-            camera_head=config.get("camera_head"),
-            depth_head=config.get("depth_head"),
-            diffusion=config.get("diffusion"),
-        )
-
-    @classmethod
-    def from_preset(cls, preset: str, **kwargs) -> NVSModel:
-        return cls.from_config(model_config(preset, **kwargs))
+            self._config = replace(self._config, diffusion=diffusion)
+            self.diffusion = DiffusionDecoder(decoder=decoder, **diffusion.kwargs())
 
     @property
-    def config(self) -> dict[str, Any]:
-        return copy.deepcopy(self._config)
+    def config(self) -> ModelConfig:
+        """What `build_model` rebuilds the model from (`to_dict()`: its config.json tree)."""
+        return self._config
 
     @property
     def patch_size(self) -> int:
@@ -201,24 +159,32 @@ class NVSModel(nn.Module):
         regression decoder (`DiffusionDecoder.from_regression` options), held as
         `self.diffusion` and recorded in the config. Replaces an existing one."""
         self.diffusion = DiffusionDecoder.from_regression(self.decoder, **options)
-        config = self.diffusion.config
-        del config["decoder"]
-        self._config["diffusion"] = config
+        saved = self.diffusion.config
+        del saved["decoder"]  # always the model's
+        self._config = replace(self._config, diffusion=DiffusionConfig(**saved))
         return self.diffusion
 
-    def add_depth_head(self, **options: Any) -> DepthHead:
-        """A new DepthHead (`options`: its arguments; `dim` and `patch_size` default to
-        the encoder's), held as `self.depth_head` and recorded in the config (with those
-        defaults filled in, so the export rebuilds it). Replaces an existing one."""
+    def add_depth_head(self, config: DepthHeadConfig | None = None) -> DepthHead:
+        """A new DepthHead (`config`: its options, default all defaults; `dim` and
+        `patch_size` None are the encoder's), held as `self.depth_head` and recorded in
+        the config with those filled in, so the export rebuilds it. Replaces an existing
+        one."""
         dim = self.encoder.geo_feature_connector.in_features  # 2 x the aggregator width
-        options = {"dim": dim, "patch_size": self.encoder.patch_size, **options}
-        if options["dim"] != dim or options["patch_size"] != self.encoder.patch_size:
+        patch = self.encoder.patch_size
+        if config is None:
+            config = DepthHeadConfig()
+        config = replace(
+            config,
+            dim=dim if config.dim is None else config.dim,
+            patch_size=patch if config.patch_size is None else config.patch_size,
+        )
+        if config.dim != dim or config.patch_size != patch:
             raise ValueError(
-                f"depth_head dim {options['dim']} and patch_size {options['patch_size']} must "
-                f"be the encoder's token width {dim} and patch size {self.encoder.patch_size}"
+                f"depth_head dim {config.dim} and patch_size {config.patch_size} must be the "
+                f"encoder's token width {dim} and patch size {patch}"
             )
-        self.depth_head = DepthHead(**options)
-        self._config["depth_head"] = copy.deepcopy(options)
+        self.depth_head = DepthHead(**config.kwargs())
+        self._config = replace(self._config, depth_head=config)
         return self.depth_head
 
     # ----------------------------------------------------------------------------------
@@ -483,7 +449,27 @@ def save_model(model: NVSModel, directory: str | Path, **info: Any) -> Path:
     with the model's `noise_schedule` unless `info` gives one."""
     if model.noise_schedule is not None:
         info.setdefault("noise_schedule", model.noise_schedule)
-    return ckpt.save_export(directory, model.state_dict(), {"model": model.config, **info})
+    return ckpt.save_export(
+        directory, model.state_dict(), {"model": model.config.to_dict(), **info}
+    )
+
+
+def build_model(config: ModelConfig | Mapping[str, Any] | str) -> NVSModel:
+    """The one way to a model: from its typed config, a tree of one (an export's
+    config.json `model` entry or a training config's, parsed strictly by
+    `ModelConfig.from_dict`: ValueError naming an unknown or ill-typed key), or a preset
+    name (`model_config`'s defaults). Weights are freshly initialised."""
+    if isinstance(config, str):
+        config = model_config(config)
+    elif not isinstance(config, ModelConfig):
+        config = ModelConfig.from_dict(config)
+    return NVSModel(
+        encoder=config.encoder,
+        decoder=config.decoder,
+        camera_head=config.camera_head,
+        depth_head=config.depth_head,
+        diffusion=config.diffusion,
+    )
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NVSModel:
@@ -496,10 +482,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> NV
     if "model" not in config:
         raise ValueError(f"{path}: config.json has no 'model' entry; not a gen-nvs model export")
     try:
-        model = NVSModel.from_config(config["model"])
-    except TypeError as err:  # an option this version does not have
+        model = build_model(ModelConfig.from_dict(config["model"], "model"))
+    except ValueError as err:  # an option this version does not have, a bad value
         raise ValueError(
-            f"{path}: config.json's model does not fit this version of gen-nvs ({err})"
+            f"{path}: config.json does not fit this version of gen-nvs: {err}"
         ) from None
     ckpt.check_layout(
         {key: tuple(value.shape) for key, value in state_dict.items()},

@@ -29,6 +29,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gen_nvs.models.config import ModelConfig
+
 STATE_NAME = re.compile(r"^step_(\d+)$")
 MODEL_CONFIG = "model_config.json"
 TRAINING_STATE = "training_state.json"
@@ -66,15 +68,20 @@ def resolve_resume(resume: str | None, directory: Path) -> Path | None:
     return path
 
 
-def check_compatible(path: Path, stage: str, model_config: dict) -> None:
-    """ValueError unless the state at `path` was saved for this stage and model."""
+def check_compatible(path: Path, stage: str, model_config: ModelConfig) -> None:
+    """ValueError unless the state at `path` was saved for this stage and model (the
+    configs are compared parsed, so a key written out at its default changes nothing)."""
     saved = json.loads((path / MODEL_CONFIG).read_text())
     if saved["stage"] != stage:
         raise ValueError(
             f"cannot resume {path}: it is a {saved['stage']!r} state, this run's stage is "
             f"{stage!r} (start the diffusion stage with model.init_from=<regression export>)"
         )
-    differences = _differences(saved["model"], model_config)
+    try:
+        saved_model = ModelConfig.from_dict(saved["model"], MODEL_CONFIG)
+    except ValueError as err:
+        raise ValueError(f"cannot resume {path}: {err}") from None
+    differences = _differences(saved_model.to_dict(), model_config.to_dict())
     if differences:
         shown = "; ".join(differences[:8])
         raise ValueError(

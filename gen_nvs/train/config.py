@@ -5,7 +5,7 @@ key; an experiment file and `key.sub=value` overrides may only set keys that exi
 (a mistyped key is an error naming the nearest valid one), except the free-named entries
 under `data.datasets`, whose keys are checked per dataset type by `gen_nvs.train.data`,
 and the module options under `model.encoder`/`decoder`/`camera_head`/`depth_head`,
-checked by the modules themselves.
+checked (names and types) by the model builder's typed configs (`gen_nvs.models.config`).
 Override values are parsed as YAML scalars (`train.lr=1e-4`, `data.image_size=[32,32]`,
 `model.init_from=null`).
 """

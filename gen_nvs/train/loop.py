@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 from gen_nvs.data import SceneBatch
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.models import checkpoint as ckpt
+from gen_nvs.models.config import DepthHeadConfig, model_config
 from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
 from gen_nvs.models.losses import DenoisingLoss
-from gen_nvs.models.nvs import NVSModel, load_model, model_config
+from gen_nvs.models.nvs import NVSModel, load_model
+from gen_nvs.models.nvs import build_model as build_nvs_model
 from gen_nvs.outputs import write_rgb
 from gen_nvs.train import checkpoints, objectives
 from gen_nvs.train.config import dump, git_revision, load_config
@@ -139,14 +141,14 @@ class LossMeans:
 
 
 def build_model(config: dict) -> NVSModel:
-    """The model to train: an export (`model.init_from`) or a preset (optionally from
-    official checkpoints), with a depth head when `model.depth_head` asks for one and it
-    has none; the diffusion stage adds its diffusion decoder."""
+    """The model to train: an export (`model.init_from`) or a preset with the config's
+    module options over it (optionally from official checkpoints), with a depth head
+    when `model.depth_head` asks for one and it has none; the diffusion stage adds its
+    diffusion decoder. Bad module options are one-line ValueErrors naming the key."""
     m, stage = config["model"], config["stage"]
-    if m["depth_head"] is not None and not isinstance(m["depth_head"], dict):
-        raise ValueError(
-            f"model.depth_head must be DepthHead options or null, got {m['depth_head']!r}"
-        )
+    depth_head = None
+    if m["depth_head"] is not None:
+        depth_head = DepthHeadConfig.from_dict(m["depth_head"], "model.depth_head")
     if m["init_from"]:
         model = load_model(m["init_from"]).train()
     elif stage == "diffusion":
@@ -155,24 +157,16 @@ def build_model(config: dict) -> NVSModel:
             "model.init_from=<regression export>"
         )
     else:
-        model_cfg = model_config(m["preset"], variant=m["variant"], point_head=m["point_head"])
-        for part in ("encoder", "decoder", "camera_head"):
-            model_cfg[part].update(m[part])
-        if m["depth_head"] is not None:
-            model_cfg["depth_head"] = dict(m["depth_head"])
-        try:
-            model = NVSModel.from_config(model_cfg)
-        except TypeError as err:  # an unknown module option in model.encoder/decoder/...
-            raise ValueError(f"model options: {err}") from err
+        preset = model_config(m["preset"], variant=m["variant"], point_head=m["point_head"])
+        options = {part: m[part] for part in ("encoder", "decoder", "camera_head")}
+        model_cfg = preset.override(options)
+        model = build_nvs_model(replace(model_cfg, depth_head=depth_head))
         if m["official_vggt"] or m["official_lagernvs"]:
             from gen_nvs.models.convert import load_official_weights
 
             load_official_weights(model, lagernvs=m["official_lagernvs"], vggt=m["official_vggt"])
-    if m["depth_head"] is not None and model.depth_head is None:  # an export without one
-        try:
-            model.add_depth_head(**m["depth_head"])
-        except TypeError as err:
-            raise ValueError(f"model.depth_head: {err}") from err
+    if depth_head is not None and model.depth_head is None:  # an export without one
+        model.add_depth_head(depth_head)
     if stage == "diffusion":
         d = config["diffusion"]
         if model.diffusion is None:
@@ -488,15 +482,17 @@ def evaluation_grid(model: NVSModel, batch: SceneBatch, sample_steps: int) -> to
     scene = model.encode(images[:, :s], c2w[:, :s], k[:, :s])
     columns = [images, model.render(scene, c2w[:, s:], k[:, s:], (h, w)).rgb]
     if model.diffusion is not None and model.noise_schedule is not None:
-        from samplers import build_scheduler, sample
+        from gen_nvs.sampling import model_denoiser, model_scheduler
+        from samplers import sample
 
         rays = cam.plucker_rays(scene.normalize(c2w[:, s:]), k[:, s:], h, w)
+        model_fn = make_model_fn(model.diffusion, scene.diffusion_cache, None, rays)
         x = sample(
-            make_model_fn(model.diffusion, scene.diffusion_cache, None, rays),
+            model_denoiser(model, model_fn),
             shape=(model.diffusion.noise_channels, h, w),
             num_samples=b * (v - s),
             seeds=0,
-            scheduler=build_scheduler("ddim", **model.noise_schedule),
+            scheduler=model_scheduler(model, "ddim"),
             steps=sample_steps,
             device=images.device,
         )
@@ -559,7 +555,7 @@ def write_export(
         info["noise_schedule"] = model.noise_schedule
     dtype = EXPORT_DTYPES[config["checkpoint"]["export_dtype"]]
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    ckpt.save_export(directory, weights, {"model": model.config, **info})
+    ckpt.save_export(directory, weights, {"model": model.config.to_dict(), **info})
 
 
 # --------------------------------------------------------------------------------------
@@ -630,7 +626,7 @@ def train(config: dict) -> Path:
 
         def write_extras(directory: Path) -> None:
             (directory / "config.yaml").write_text(dump(config))
-            checkpoints.write_model_config(directory, stage, model.config)
+            checkpoints.write_model_config(directory, stage, model.config.to_dict())
             write_export(directory / "export", weights, model, config, state)
 
         def write_training_state(directory: Path) -> None:
