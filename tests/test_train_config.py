@@ -166,3 +166,19 @@ def test_recipe_warm_starts_from_an_export_and_sets_stage_options(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--from", str(tmp_path / "nothing"), "--runs", str(runs), "--data", str(data)])
     assert exit_info.value.code == 2 and not runs.exists() and not data.exists()
+
+
+def test_recipe_skips_only_finished_stages(tmp_path):
+    """Training writes its export at every checkpoint: the recipe treats a stage as done
+    only when its export reached the stage's last step (a part-way export resumes)."""
+    import json
+
+    from gen_nvs.train.recipe import exported_step
+
+    export = tmp_path / "export"
+    assert exported_step(export) == -1
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps({"model": {}, "training": {"step": 1000}}))
+    assert exported_step(export) == 1000
+    (export / "config.json").write_text("{not json")
+    assert exported_step(export) == -1

@@ -9,8 +9,9 @@ the last export on the held-out set (`gen-nvs eval`, novel views and the copy pr
 `--scale K` multiplies every stage's steps and batch size by K (a GPU does in minutes
 what the CPU does in an hour: K = 4 to 16 there) and the learning rates by sqrt(K);
 `--install` copies the final export over the shipped default model
-(gen_nvs/assets/default/). A stage whose export exists is skipped unless `--fresh`, so
-an interrupted recipe continues where it stopped.
+(gen_nvs/assets/default/). A stage whose export has reached the stage's last step is
+skipped unless `--fresh`, and a stage stopped part-way resumes from its latest training
+state, so an interrupted recipe continues where it stopped.
 
 Work carries over between sessions and machines: `--from EXPORT` starts the first stage
 from an export (the shipped default, `--from default`) instead of from scratch, and
@@ -21,6 +22,7 @@ from an export (the shipped default, `--from default`) instead of from scratch, 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model
+from gen_nvs.train.checkpoints import list_states
 from gen_nvs.train.config import CONFIG_DIR, load_config
 from gen_nvs.train.loop import train
 
@@ -100,6 +103,16 @@ def parse_stage_overrides(items: Sequence[str]) -> dict[str, list[str]]:
     return by_stage
 
 
+def exported_step(export: Path) -> int:
+    """The training step an export was written at (-1 when there is none). Training
+    writes its export at every checkpoint, so an export alone does not mean finished."""
+    try:
+        info = json.loads((export / "config.json").read_text())
+        return int(info.get("training", {}).get("step", -1))
+    except (OSError, ValueError, TypeError):
+        return -1
+
+
 def _run_name(stage: str) -> str:
     return load_config(CONFIG_DIR / STAGES[stage][0])["run"]["name"]
 
@@ -153,13 +166,17 @@ def main(argv: list[str] | None = None) -> int:
             init_from=init_from if i == 0 else None,
             overrides=overrides[stage],
         )
-        export = args.runs / config["run"]["name"] / "export"
-        if (export / "config.json").is_file() and not args.fresh:
-            print(f"recipe: {stage}: {export} exists, skipped (--fresh reruns it)")
-            continue
+        run_dir = args.runs / config["run"]["name"]
+        steps = config["train"]["steps"]
         if args.fresh:
-            shutil.rmtree(export.parent, ignore_errors=True)
-        print(f"recipe: {stage}: {config['train']['steps']} steps", flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif exported_step(run_dir / "export") >= steps:
+            print(f"recipe: {stage}: {run_dir / 'export'} is finished, skipped (--fresh reruns it)")
+            continue
+        elif list_states(run_dir / "checkpoints"):
+            config["checkpoint"]["resume"] = "latest"
+            print(f"recipe: {stage}: resuming from the latest state in {run_dir}", flush=True)
+        print(f"recipe: {stage}: {steps} steps", flush=True)
         train(config)
     final = args.runs / _run_name(args.stages[-1]) / "export"
     test = args.data / TEST_SET[0]
