@@ -32,14 +32,14 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: gradio is slow to import and only this command needs it.
     from app.logic import Engine
     from app.ui import launch
-    from gen_nvs.models.nvs import load_model_or_default
+    from gen_nvs.pipeline import NVSPipeline
 
-    model = load_model_or_default(args.checkpoint, device)
+    pipe = NVSPipeline.from_pretrained(args.checkpoint, device)
     # A terminated server (as by a test or a service manager) still removes its files.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with tempfile.TemporaryDirectory(prefix="gen-nvs-app-") as workdir:
         where = args.checkpoint or "the embedded default model"
-        engine = Engine(model, workdir, device=device, image_hw=tuple(args.size), model_name=where)
+        engine = Engine(pipe, workdir, image_hw=tuple(args.size), model_name=where)
         sampling = "regression and sampling" if engine.can_sample else "regression only"
         print(f"gen-nvs app: {where} on {device} ({sampling}), http://{args.host}:{args.port}")
         launch(engine, host=args.host, port=args.port)

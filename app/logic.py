@@ -1,9 +1,11 @@
 """What the app does, apart from its layout, so that it can be tested without a browser.
 
-An `Engine` holds the model (shared by every visitor) and the example scenes; a `Session`
-holds one visitor's encoded scene. Sources are encoded once per input set (the bytes of
-the images and the cameras, and the pose-free switch) and kept in the session, so that
-changing the target camera, the mode or the sampling options re-renders from the cache.
+An `Engine` holds the pipeline (`gen_nvs.pipeline.NVSPipeline`: the model, shared by every
+visitor, which does all the model work) and the example scenes; a `Session` holds one
+visitor's encoded scene (the pipeline's `Scene`). Sources are encoded once per input set
+(the bytes of the images and the cameras, and the pose-free switch) and kept in the
+session, so that changing the target camera, the mode or the sampling options re-renders
+from the cache.
 
 Anything a visitor can get wrong raises ValueError (or FileNotFoundError) with a message
 fit for the page; the layout shows it and keeps the earlier results. A cancelled sampling
@@ -37,15 +39,12 @@ from gen_nvs.inputs import (
     SourceViews,
     TargetCameras,
     TargetSpec,
-    default_intrinsics,
     first_image_size,
     load_source_views,
     render_size,
-    scene_focus,
-    target_cameras,
 )
 from gen_nvs.models.decoder import DecoderOutput
-from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
+from gen_nvs.models.nvs import NVSModel, require_diffusion
 from gen_nvs.outputs import (
     colorize_depth,
     fit_depth_scale,
@@ -58,9 +57,9 @@ from gen_nvs.outputs import (
     write_regression,
     write_rgb,
 )
-from gen_nvs.rendering import Progress, no_progress, render_targets
-from gen_nvs.sampling import SamplingConfig, check_sampling_options, sample_views, scene_to_world
-from gen_nvs.unseen import unseen_region
+from gen_nvs.pipeline import NVSPipeline, Scene, Views
+from gen_nvs.rendering import Progress, no_progress
+from gen_nvs.sampling import SamplingConfig, scene_to_world
 
 MODES = ("Regression", "Sampling")
 TARGET_KINDS = ("Single view", "Trajectory video")
@@ -157,38 +156,57 @@ class SamplingControls:
         return COMPLETION[self.completion]
 
     def check(self) -> None:
-        check_sampling_options(
-            scheduler=self.scheduler,
+        """ValueError naming an option sampling cannot run with."""
+        self.config()
+
+    def config(self, num_views: int = 1) -> SamplingConfig:
+        """The pipeline's sampling options (checked): `num_samples` samples of a single
+        view, one sample of every frame of a video."""
+        return SamplingConfig(
+            sampler=self.scheduler,
             steps=self.steps,
-            num_samples=self.num_samples,
-            guidance_scale=self.guidance_scale,
-            mask_mode=self.mask_mode,
+            guidance=self.guidance_scale,
+            samples=self.num_samples if num_views == 1 else 1,
+            seed=self.seed,
+            mask=self.mask_mode,
         )
 
 
 @dataclass
 class LoadedScene:
-    """One input set, encoded (batch of one scene).
+    """One input set, encoded.
 
-    key: the input set's identity (content hash); views: the loaded sources;
-    source_fxfycxcy: [s, 4] in pixels of the renders (a default camera when pose-free);
-    sources: the model's render of the source cameras ([1, s, ...]; None when the source
-        cameras are unknown or the model has no point head), for the unseen mask and the
-        point cloud; focus: the median depth seen from source 0 (normalised units);
-        seconds: how long encoding took; cameras_name: the cameras file's name (None when
-        pose-free); image_hw: the render size (the first photo's aspect, see
-        `Engine.render_size`).
+    key: the input set's identity (content hash); scene: the pipeline's Scene (the encoded
+    sources, their cameras, the render size: the first photo's aspect, see
+    `Engine.render_size`); focus: the median depth seen from source 0 (normalised units);
+    seconds: how long encoding took (the sources' render included); cameras_name: the
+    cameras file's name (None when pose-free).
     """
 
     key: str
-    views: SourceViews
-    scene: EncodedScene
-    source_fxfycxcy: Tensor
-    sources: DecoderOutput | None
+    scene: Scene
     focus: float
     seconds: float
     cameras_name: str | None = None
-    image_hw: tuple[int, int] = (64, 64)
+
+    @property
+    def views(self) -> SourceViews:
+        return self.scene.views
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.scene.image_hw
+
+    @property
+    def source_fxfycxcy(self) -> Tensor | None:
+        """[s, 4] in pixels of the renders (the camera head's estimate when pose-free)."""
+        return self.scene.source_fxfycxcy
+
+    @property
+    def sources(self) -> DecoderOutput | None:
+        """The render of the source cameras ([1, s, ...]) for the unseen mask and the point
+        cloud; None when the source cameras are unknown or the model has no point head."""
+        return self.scene.source_render
 
     @property
     def source_c2w(self) -> Tensor:
@@ -196,7 +214,7 @@ class LoadedScene:
         identity, when unknown)."""
         if self.scene.source_c2w is None:
             return torch.eye(4)[None]
-        return self.scene.source_c2w[0].cpu()
+        return self.scene.source_c2w
 
 
 @dataclass
@@ -233,31 +251,34 @@ class Outputs:
 
 
 class Engine:
-    """The model and the example scenes, shared by all sessions.
+    """The pipeline and the example scenes, shared by all sessions.
 
-    model: an NVSModel (eval mode) on `device`; image_hw: the size sources are resized
+    pipe: the NVSPipeline (its model and device); image_hw: the size sources are resized
     to and views rendered at (multiples of the patch size); workdir: where examples and
     each session's output files go.
     """
 
     def __init__(
         self,
-        model: NVSModel,
+        pipe: NVSPipeline,
         workdir: str | Path,
         *,
-        device: torch.device | str = "cpu",
         image_hw: tuple[int, int] = (64, 64),
         model_name: str = "the embedded default model",
     ) -> None:
-        patch = model.patch_size
+        patch = pipe.model.patch_size
         if image_hw[0] % patch or image_hw[1] % patch:
             raise ValueError(f"image size {list(image_hw)} is not a multiple of the patch {patch}")
-        self.model = model.eval()
-        self.device = torch.device(device)
+        self.pipe = pipe
+        self.device = pipe.device
         self.image_hw = tuple(image_hw)
         self.workdir = Path(workdir)
         self.examples = make_examples(self.workdir / "examples", self.image_hw)
         self.model_name = model_name
+
+    @property
+    def model(self) -> NVSModel:
+        return self.pipe.model
 
     @property
     def can_sample(self) -> bool:
@@ -311,29 +332,16 @@ class Engine:
         s = views.images.shape[0]
         progress(0.05, f"encoding {s} source view{'s' * (s > 1)}")
         start = time.perf_counter()
-        scene = self.model.encode(*views.batch(self.device))
-        if views.posed:
-            source_fxfycxcy = views.fxfycxcy
-        else:
-            source_fxfycxcy = default_intrinsics(image_hw).expand(s, 4).clone()
-        sources = None
-        if scene.source_c2w is not None and self.model.decoder.point_head is not None:
-            progress(0.7, "rendering the source views' geometry")
-            k = source_fxfycxcy[None].to(self.device)
-            sources = self.model.render(scene, scene.source_c2w, k, image_hw, normalized=True)
-        # Without the sources' render there is no depth to measure: the default focus.
-        focus = scene_focus(self.model, scene, image_hw, source_fxfycxcy, sources=sources)
+        scene = self.pipe.encode(views)
+        progress(0.7, "rendering the source views' geometry")
+        focus = scene.focus  # renders the sources once: the focus, unseen masks, point cloud
         progress(1.0, "encoded")
         session.loaded = LoadedScene(
             key=key,
-            views=views,
             scene=scene,
-            source_fxfycxcy=source_fxfycxcy,
-            sources=sources,
             focus=focus,
             seconds=time.perf_counter() - start,
             cameras_name=None if cameras is None else Path(cameras).name,
-            image_hw=image_hw,
         )
         return session.loaded
 
@@ -364,13 +372,7 @@ class Engine:
 
     def targets(self, loaded: LoadedScene, controls: CameraControls) -> TargetCameras:
         """The target cameras of `controls`, in the scene's normalised frame."""
-        source_c2w = None if loaded.scene.source_c2w is None else loaded.source_c2w
-        return target_cameras(
-            controls.spec(loaded.focus),
-            loaded.image_hw,
-            source_c2w=source_c2w,
-            source_fxfycxcy=loaded.source_fxfycxcy,
-        )
+        return self.pipe.targets(loaded.scene, controls.spec(loaded.focus))
 
     def plot(self, session: Session, controls: CameraControls) -> Image.Image | None:
         """The camera sketch of the session's scene and targets (None before a scene).
@@ -419,12 +421,9 @@ class Engine:
         if mode == "Sampling":
             views = self._sample(session, loaded, targets, sampling, progress)
         else:
-            regression = render_targets(
-                self.model, loaded.scene, targets, loaded.image_hw, self.device, progress
-            )
-            views = _Views.of_regression(regression, targets)
+            views = _Views.of_regression(self.pipe.render(loaded.scene, targets, progress), targets)
         if views.mask is None:
-            views.mask = self._unseen(loaded, targets, views.regression)
+            views.mask = self.pipe.unseen(loaded.scene, targets, views.regression)
         seconds = time.perf_counter() - start
 
         out = Outputs(plot=self.plot(session, controls))
@@ -459,51 +458,17 @@ class Engine:
             return samplers.STOP if session.cancel_requested else None
 
         progress(0.0, "sampling")
-        c2w, fxfycxcy = targets.batch(self.device)
-        sampled = sample_views(
-            self.model,
-            loaded.scene,
-            c2w,
-            fxfycxcy,
-            loaded.image_hw,
-            normalized=True,
-            num_samples=sampling.num_samples if targets.num_views == 1 else 1,
-            seed=sampling.seed,
-            scheduler=sampling.scheduler,
-            steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
-            mask_mode=sampling.mask_mode,
-            callback=callback,
-            source_fxfycxcy=loaded.source_fxfycxcy[None].to(self.device),
-        )
+        config = sampling.config(targets.num_views)
+        sampled = self.pipe.sample(loaded.scene, targets, config, callback=callback)
         return _Views(
             rgb=sampled.rgb[:, 0].cpu(),
             points=None if sampled.points is None else sampled.points[:, 0].cpu(),
             depth=None if sampled.depth is None else sampled.depth[:, 0].cpu(),
             conf=None,
-            regression=sampled.regression.to("cpu"),
+            regression=Views.of(sampled.regression.to("cpu"), loaded.scene, targets),
             mask=None if sampled.mask is None else sampled.mask[0].cpu(),
+            sampled=True,
         )
-
-    def _unseen(
-        self, loaded: LoadedScene, targets: TargetCameras, regression: DecoderOutput
-    ) -> Tensor | None:
-        """bool [t, h, w]: target pixels no source saw (their regressed points reprojected
-        into the sources' depth, as sampling's "auto" mask does), or None without source
-        geometry."""
-        if loaded.sources is None:
-            return None
-        unseen = unseen_region(
-            self.model,
-            loaded.scene,
-            regression,
-            targets.c2w[None],
-            targets.fxfycxcy[None],
-            loaded.image_hw,
-            source_fxfycxcy=loaded.source_fxfycxcy[None],
-            sources=loaded.sources,
-        )
-        return None if unseen is None else unseen[0]
 
     def _export(
         self, loaded: LoadedScene, stem: Path, views: _Views, targets: TargetCameras, out: Outputs
@@ -512,24 +477,25 @@ class Engine:
         and coloured) and unseen mask, the point cloud, the target cameras (RealEstate10K
         JSON, the --target-cameras format) and the run's videos."""
         folder = stem.parent / f"{stem.name}-export"
-        c2w = targets.scene_c2w(loaded.scene)
+        encoded = loaded.scene.encoded
         depth = views.depth[0] if views.depth is not None else None
-        scale = loaded.scene.scale[0].item()
         if depth is not None:
-            depth = depth * scale
+            depth = depth * encoded.scale[0].item()  # units of the given cameras
         depth_scale = None if depth is None else fit_depth_scale(depth.flatten())
         folder.mkdir(parents=True, exist_ok=True)
-        folders = write_regression(folder, views.regression.rgb[0], None, None)
+        folders = write_regression(folder, views.regression.rgb, None, None)
         for j, target in enumerate(folders):
             if depth is not None:
                 write_depth(target / "depth.png", depth[j], depth_scale)
                 colorize_depth(depth[j]).save(target / "depth_color.png")
             if views.mask is not None:
                 write_gray(target / "unseen.png", views.mask[j].float())
-            if views.rgb is not views.regression.rgb:  # sampled: the samples too
+            if views.sampled:
                 for k in range(views.rgb.shape[0]):
                     write_rgb(target / f"sample_{k:02d}_rgb.png", views.rgb[k, j])
-        write_cameras(folder / "cameras.json", loaded.scene, c2w, targets.fxfycxcy)
+        write_cameras(
+            folder / "cameras.json", encoded, targets.scene_c2w(encoded), targets.fxfycxcy
+        )
         extras = [out.cloud_ply, out.video, out.video and out.video.with_suffix(".gif")]
         for extra in extras:
             if extra is not None and extra.is_file():
@@ -566,12 +532,13 @@ class Engine:
             conf_quantile=None if conf is None else 0.1,
             max_points=MAX_CLOUD_POINTS,
         )
-        world = scene_to_world(loaded.scene, xyz[None].to(loaded.scene.scale.device))[0].cpu()
+        encoded = loaded.scene.encoded
+        world = scene_to_world(encoded, xyz[None].to(encoded.scale.device))[0].cpu()
         ply = rgbd.write_ply(stem.parent / f"{stem.name}-points.ply", world, rgb)
         shown_xyz, shown_rgb = [xyz], [rgb]
         h, w = loaded.image_hw
         size = 0.15 * loaded.focus
-        target_c2w = targets.scene_c2w(loaded.scene)
+        target_c2w = targets.scene_c2w(encoded)
         for c2w, color in ((loaded.source_c2w, SOURCE_COLOR), (target_c2w, TARGET_COLOR)):
             frusta = visuals.frustum_points(c2w.cpu(), size, w / h, color)
             shown_xyz.append(frusta[0])
@@ -586,34 +553,35 @@ class Engine:
 @dataclass
 class _Views:
     """One run's views on the CPU: rgb [n, t, 3, h, w] (n samples, or 1: the regression
-    render), points [n, t, h, w, 3] | None, depth [n, t, h, w] | None, conf [t, h, w] |
-    None (regression only), the regression render ([1, t, ...]) and the unseen mask
-    [t, h, w] (bool, or weights with a soft edge) | None."""
+    render), points [n, t, h, w, 3] and depth [n, t, h, w] (normalised frame) | None, conf
+    [t, h, w] | None (regression only), the regression render, the unseen mask [t, h, w]
+    (bool, or weights with a soft edge) | None, and whether the views were sampled."""
 
     rgb: Tensor
     points: Tensor | None
     depth: Tensor | None
     conf: Tensor | None
-    regression: DecoderOutput
+    regression: Views
     mask: Tensor | None
+    sampled: bool = False
 
     @classmethod
-    def of_regression(cls, regression: DecoderOutput, targets: TargetCameras) -> _Views:
-        points = regression.points
+    def of_regression(cls, views: Views, targets: TargetCameras) -> _Views:
+        points = None if views.points is None else views.points[None]
         depth = None if points is None else rgbd.points_to_depth(points, targets.c2w[None])
         return cls(
-            rgb=regression.rgb,
+            rgb=views.rgb[None],
             points=points,
             depth=depth,
-            conf=None if regression.conf is None else regression.conf[0],
-            regression=regression,
+            conf=views.confidence,
+            regression=views,
             mask=None,
         )
 
 
 def _view_pictures(views: _Views, mode: str, seed: int):
     """(gallery, depth picture | None, unseen overlay | None) of a single-view run."""
-    regression = views.regression.rgb[0, 0]
+    regression = views.regression.rgb[0]
     gallery = [(visuals.enlarge(to_pil(regression)), "regression")]
     if mode == "Sampling":
         samples = [

@@ -26,7 +26,6 @@ Dimension legend:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -545,24 +544,6 @@ def _stored_image_size(metadata: Path, stored: str) -> tuple[int, int] | None:
             except (UnidentifiedImageError, OSError) as err:
                 raise ValueError(f"{metadata}: cannot read image {candidate}: {err}") from err
     return None
-
-
-def scene_targets(
-    model: NVSModel,
-    scene: EncodedScene,
-    spec: TargetSpec,
-    image_hw: tuple[int, int],
-    source_fxfycxcy: Tensor | None = None,
-) -> tuple[TargetSpec, TargetCameras]:
-    """The target cameras of `spec` for the first encoded scene -> (the spec with its focus
-    measured by `scene_focus` when it had none and needs one, the cameras).
-
-    source_fxfycxcy: [s, 4] in pixels of `image_hw` images; None: a `DEFAULT_FOV_DEG` camera.
-    """
-    if spec.focus is None and spec.kind not in ("cameras", "keyframes"):
-        spec = dataclasses.replace(spec, focus=scene_focus(model, scene, image_hw, source_fxfycxcy))
-    source_c2w = None if scene.source_c2w is None else scene.source_c2w[0]
-    return spec, target_cameras(spec, image_hw, source_c2w, source_fxfycxcy)
 
 
 def scene_focus(

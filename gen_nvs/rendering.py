@@ -1,4 +1,4 @@
-"""Regression renders of many target views, as `gen-nvs render` and the app make them.
+"""Regression renders of many target views, as `NVSPipeline.render` makes them.
 
 `render_targets` renders the targets of one encoded scene a few views per decoder call,
 so that memory stays bounded and progress is steady however long the trajectory.
@@ -33,10 +33,11 @@ def render_targets(
     image_hw: tuple[int, int],
     device: torch.device | str,
     progress: Progress = no_progress,
+    out_device: torch.device | str = "cpu",
 ) -> DecoderOutput:
     """The regression render of every target of one encoded scene, `RENDER_CHUNK` views
-    per decoder call; on the CPU, rgb [1, t, 3, h, w], points [1, t, h, w, 3] and conf
-    [1, t, h, w] (None without a point head)."""
+    per decoder call; on `out_device`, rgb [1, t, 3, h, w], points [1, t, h, w, 3] and
+    conf [1, t, h, w] (None without a point head)."""
     c2w, fxfycxcy = targets.batch(device)
     t = targets.num_views
     what = f"rendering {t} view{'s' * (t > 1)}"
@@ -44,7 +45,7 @@ def render_targets(
         out = model.render(
             scene, c2w, fxfycxcy, image_hw, normalized=targets.normalized,
             chunk_size=RENDER_CHUNK, progress=lambda fraction: progress(fraction, what),
-            out_device="cpu",
+            out_device=out_device,
         )  # fmt: skip
     progress(1.0, "rendered")
     return out

@@ -16,14 +16,22 @@
    sample. Schedulers given by name follow the model's training noise schedule
    (`model_scheduler`). How many samples run at once comes from `gen_nvs.memory`.
 
+In the latent mode (a model with an image VAE, `NVSModel.codec`) the same steps run on
+the latent grid: the known region is the regression render's latents (and its points
+taken back to the latent grid), the mask is brought to the latent grid (a latent pixel
+is generated as much as the most generated pixel of its f x f block) and the samples
+are decoded to RGB, their points upsampled; `SampledViews` keeps the pixel mode's shapes.
+
 Randomness: sample k draws from a CPU generator seeded with `seed + k` (it seeds one
 sampler row per target view), so a sample does not change with `num_samples` or
 `max_batch`.
 
 Dimension legend:
     n   samples             b   scenes (batch)      t   target views per scene
-    s   source views        k   diffusion channels (3 rgb + 3 xyz, or 3 rgb)
-    h, w    render height / width
+    s   source views        k   diffusion channels (3 rgb + 3 xyz, or 3 rgb; in the
+                                latent mode the VAE's latent channels, + 3 xyz)
+    h, w    render height / width       gh, gw  the decoder's grid (h/f, w/f in the
+                                                latent mode, f the VAE's downsampling)
 """
 
 from __future__ import annotations
@@ -34,16 +42,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import SchedulerMixin
 from einops import rearrange, repeat
 from torch import Tensor
 
 import samplers
 from gen_nvs.geometry import rgbd
-from gen_nvs.geometry.cameras import invert_rigid, plucker_rays
+from gen_nvs.geometry.cameras import invert_rigid
 from gen_nvs.memory import samples_per_batch
 from gen_nvs.models.decoder import DecoderOutput
-from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn, to_diffusion_space
+from gen_nvs.models.diffusion import DiffusionDecoder, make_model_fn
 from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
 from gen_nvs.unseen import MASK_MODES, soft_edge, unseen_region
 from samplers.denoiser import ModelFn
@@ -243,9 +252,15 @@ def sample_views(
             f"the regression render must be {[b, t, 3, *image_hw]} (scenes, targets, rgb, "
             f"height, width), got {list(regression.rgb.shape)}"
         )
+    if diffusion.latent and regression.latents is None:
+        raise ValueError(
+            "the regression render of a latent-mode model must hold its latents "
+            "(as model.render gives them)"
+        )
     target_c2w = scene.scene_frame(target_c2w, normalized)
+    grid_hw = model.grid_size(image_hw)
     batch = samples_per_batch(
-        diffusion, scene, image_hw, t, num_samples, max_batch, guidance_scale, memory_budget
+        diffusion, scene, grid_hw, t, num_samples, max_batch, guidance_scale, memory_budget
     )
     if mask is not None:
         unseen = _checked_mask(mask, (b, t, *image_hw)).to(regression.rgb)
@@ -257,13 +272,12 @@ def sample_views(
         )  # fmt: skip
         if unseen is not None:
             unseen = soft_edge(unseen.to(regression.rgb))
-    points = regression.points if diffusion.noise_channels == 6 else None
-    known = to_diffusion_space(regression.rgb, points)  # (b, t, k, h, w)
+    known = _known(model, diffusion, regression)  # (b, t, k, gh, gw)
     null = None
     if guidance_scale != 1:
         context = scene.diffusion_cache.context
         null = diffusion.null_context(b, context.tokens.shape[1], context.rays)
-    rays = plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
+    rays = model.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, gh, gw)
     denoiser = model_denoiser(model, make_model_fn(diffusion, scene.diffusion_cache, null, rays))
     options = dict(
         scheduler=scheduler,
@@ -274,8 +288,9 @@ def sample_views(
         guidance_interval=guidance_interval,
         resample_jumps=resample_jumps,
     )
-    x = _draw(denoiser, known, unseen, num_samples, batch, seed, noise, callback, options)
-    return _views(x, num_samples, regression, unseen, target_c2w)
+    generate = None if unseen is None else _grid_mask(unseen, model.downsample)
+    x = _draw(denoiser, known, generate, num_samples, batch, seed, noise, callback, options)
+    return _views(model, x, num_samples, regression, unseen, target_c2w, image_hw)
 
 
 def model_scheduler(model: NVSModel, name: str) -> SchedulerMixin:
@@ -324,6 +339,25 @@ def sample_seeds(seed: int, samples: range, views: int, noise: str = "independen
     return seeds
 
 
+def samples_to_views(
+    model: NVSModel, x: Tensor, image_hw: tuple[int, int]
+) -> tuple[Tensor, Tensor | None]:
+    """Diffusion samples x [b, t, k, gh, gw] of the model's diffusion decoder -> (rgb
+    [b, t, 3, h, w] in [0, 1], points [b, t, h, w, 3] in the scene frame or None): in the
+    latent mode the latents decoded by the VAE, one scene at a time, and the points
+    upsampled from the latent grid."""
+    diffusion = require_diffusion(model, "the model")
+    image, points = diffusion.from_sample(x)
+    if not diffusion.latent:
+        return image, points
+    views = [
+        model.to_views(DecoderOutput(latents=image[i : i + 1], points=_row(points, i)), image_hw)
+        for i in range(image.shape[0])
+    ]
+    rgb = torch.cat([view.rgb for view in views])
+    return rgb, None if points is None else torch.cat([view.points for view in views])
+
+
 def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
     """Points [b, ..., 3] in the normalised scene frame -> the input world frame (the
     inverse of `EncodedScene.normalize`; the identity for pose-free scenes)."""
@@ -337,6 +371,33 @@ def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
+
+
+def _row(x: Tensor | None, i: int) -> Tensor | None:
+    return None if x is None else x[i : i + 1]
+
+
+def _known(model: NVSModel, diffusion: DiffusionDecoder, regression: DecoderOutput) -> Tensor:
+    """The regression render in diffusion space on the decoder's grid [b, t, k, gh, gw]:
+    its rgb, or in the latent mode its latents with its points taken back to the latent
+    grid (`NVSModel.render` upsampled them by repetition)."""
+    points = regression.points if diffusion.with_points else None
+    if not diffusion.latent:
+        return diffusion.to_sample(regression.rgb, points)
+    f = model.downsample
+    if points is not None:
+        points = points[:, :, ::f, ::f]
+    return diffusion.to_sample(regression.latents, points)
+
+
+def _grid_mask(unseen: Tensor, factor: int) -> Tensor:
+    """The generation mask [b, t, h, w] on the decoder's grid [b, t, h/f, w/f]: each cell
+    the largest value of its f x f block (the mask itself in pixel mode)."""
+    if factor == 1:
+        return unseen
+    b = unseen.shape[0]
+    pooled = F.max_pool2d(rearrange(unseen, "b t h w -> (b t) h w"), factor)
+    return rearrange(pooled, "(b t) h w -> b t h w", b=b)
 
 
 def _checked_mask(mask: Tensor, expected: tuple[int, ...]) -> Tensor:
@@ -415,15 +476,18 @@ def _chunk_callback(
 
 
 def _views(
+    model: NVSModel,
     x: Tensor,
     num_samples: int,
     regression: DecoderOutput,
     unseen: Tensor | None,
     target_c2w: Tensor,
+    image_hw: tuple[int, int],
 ) -> SampledViews:
-    """Sampler rows x [(n b t), k, h, w] -> SampledViews."""
+    """Sampler rows x [(n b t), k, gh, gw] -> SampledViews (images of `image_hw`)."""
     b, t = target_c2w.shape[:2]
-    rgb, points = from_diffusion_space(rearrange(x, "(n b t) k h w -> (n b) t k h w", b=b, t=t))
+    rows = rearrange(x, "(n b t) k h w -> (n b) t k h w", b=b, t=t)
+    rgb, points = samples_to_views(model, rows, image_hw)
     rgb = rearrange(rgb, "(n b) t c h w -> n b t c h w", n=num_samples)
     depth = None
     if points is not None:

@@ -28,6 +28,7 @@ from gen_nvs.inputs import scene_focus
 from gen_nvs.models.config import model_config
 from gen_nvs.models.nvs import NVSModel, build_model
 from gen_nvs.outputs import colorize_depth, to_pil
+from gen_nvs.pipeline import NVSPipeline
 from gen_nvs.rendering import render_targets
 
 HW = (32, 32)
@@ -48,12 +49,12 @@ def _tiny(diffusion: bool) -> NVSModel:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    return Engine(_tiny(diffusion=True), tmp_path_factory.mktemp("app"), image_hw=HW)
+    return Engine(NVSPipeline(_tiny(diffusion=True)), tmp_path_factory.mktemp("app"), image_hw=HW)
 
 
 @pytest.fixture(scope="module")
 def regression_engine(tmp_path_factory):
-    return Engine(_tiny(diffusion=False), tmp_path_factory.mktemp("app"), image_hw=HW)
+    return Engine(NVSPipeline(_tiny(diffusion=False)), tmp_path_factory.mktemp("app"), image_hw=HW)
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def test_loading_renders_the_sources_once(engine, monkeypatch):
     monkeypatch.undo()
     # The focus is the one scene_focus measures by rendering source 0 alone.
     with torch.no_grad():
-        focus = scene_focus(engine.model, loaded.scene, HW, loaded.source_fxfycxcy)
+        focus = scene_focus(engine.model, loaded.scene.encoded, HW, loaded.source_fxfycxcy)
     assert loaded.focus == pytest.approx(focus, rel=1e-5)
 
 
@@ -135,7 +136,7 @@ def test_pose_free_uses_the_camera_head(engine):
     example = engine.examples[2]
     loaded = engine.load(Session(), example.images, None)
     assert not loaded.scene.posed
-    assert loaded.scene.source_c2w.shape == (1, 3, 4, 4)  # the camera head's estimate
+    assert loaded.scene.encoded.source_c2w.shape == (1, 3, 4, 4)  # the camera head's estimate
     torch.testing.assert_close(loaded.source_c2w[0], torch.eye(4), atol=1e-5, rtol=0)
     assert "pose-free" in engine.describe(loaded)
 
@@ -152,7 +153,7 @@ def test_regression_view_matches_the_model_render(engine, session):
     targets = engine.targets(loaded, controls)
     with torch.no_grad():
         c2w, k = targets.batch("cpu")
-        direct = engine.model.render(loaded.scene, c2w, k, HW, normalized=True)
+        direct = engine.model.render(loaded.scene.encoded, c2w, k, HW, normalized=True)
     assert [caption for _, caption in out.gallery] == ["regression"]
     expected = visuals.enlarge(to_pil(direct.rgb[0, 0]))
     assert np.array_equal(np.asarray(out.gallery[0][0]), np.asarray(expected))
@@ -238,9 +239,11 @@ def test_presets_set_known_controls():
 def test_render_targets_chunks_agree_with_one_call(engine, session):
     loaded = session.loaded
     targets = engine.targets(loaded, CameraControls(kind="Trajectory video", frames=6))
-    chunked = render_targets(engine.model, loaded.scene, targets, HW, "cpu")
+    chunked = render_targets(engine.model, loaded.scene.encoded, targets, HW, "cpu")
     with torch.no_grad():
-        whole = engine.model.render(loaded.scene, *targets.batch("cpu"), HW, normalized=True)
+        whole = engine.model.render(
+            loaded.scene.encoded, *targets.batch("cpu"), HW, normalized=True
+        )
     torch.testing.assert_close(chunked.rgb, whole.rgb, atol=1e-5, rtol=0)
     torch.testing.assert_close(chunked.points, whole.points, atol=1e-5, rtol=0)
 

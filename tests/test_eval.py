@@ -27,9 +27,11 @@ from gen_nvs.eval.evaluate import (
     unseen_masks,
 )
 from gen_nvs.eval.metrics import mask_iou
+from gen_nvs.inputs import SourceViews
 from gen_nvs.models.config import model_config
 from gen_nvs.models.nvs import build_model, save_model
 from gen_nvs.models.perceptual import VGG16_WEIGHTS_ENV, vgg16_trunk_layout
+from gen_nvs.pipeline import NVSPipeline
 
 SIZE = 32
 
@@ -204,7 +206,7 @@ def test_no_mask_score_without_a_point_head(workspace):
     model = build_model(model_config("tiny", point_head=False))
     reader = RE10KReader(workspace / "scenes", None)
     dataset = FirstViewsDataset(reader, num_sources=2, max_targets=1)
-    results = evaluate(model, dataset, max_scenes=1, progress=False)
+    results = evaluate(NVSPipeline(model), dataset, max_scenes=1, progress=False)
     assert results["mask"]["available"] is False
     assert "point head" in results["mask"]["reason"]
     assert results["means"]["mask"] is None
@@ -263,17 +265,16 @@ def test_unseen_masks_from_depth_and_from_predicted_points(workspace):
     reader = RE10KReader(workspace / "scenes", None)
     # The target is source 0 again: every pixel with depth was seen.
     sample = reader.load(reader.scene_names[0], [0, 1, 0], num_sources=2)
-    model = build_model("tiny").eval()
+    pipe = NVSPipeline(build_model("tiny"))
+    sources = SourceViews(sample.images[:2], sample.c2w[:2], sample.fxfycxcy[:2], ["0", "1"])
     with torch.no_grad():
-        encoded = model.encode(
-            sample.images[None, :2], sample.c2w[None, :2], sample.fxfycxcy[None, :2]
-        )
-        unseen, source = unseen_masks(model, encoded, sample)
+        scene = pipe.encode(sources)
+        unseen, source = unseen_masks(pipe, scene, sample)
         assert source == "depth" and unseen.shape == (1, SIZE, SIZE)
         assert torch.equal(unseen[0], ~sample.depth_valid[0])
 
         no_depth = dataclasses.replace(sample, depth=None, depth_valid=None)
-        unseen, source = unseen_masks(model, encoded, no_depth)
+        unseen, source = unseen_masks(pipe, scene, no_depth)
         assert source == "predicted_points" and unseen.shape == (1, SIZE, SIZE)
         assert unseen.dtype == torch.bool
         # The model's points at source 0's camera are what source 0 sees.
@@ -297,13 +298,13 @@ def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
     monkeypatch.setattr(model, "render", counted)
     sampling = SamplingSettings(num_samples=2, steps=1, scheduler="ddim", mask_mode="auto")
     with torch.inference_mode():
-        result, _ = evaluate_scene(model, no_depth, 0, sampling=sampling)
+        result, _ = evaluate_scene(NVSPipeline(model), no_depth, 0, sampling=sampling)
     assert result["region_source"] == "predicted_points"
     assert calls == [3, 1]  # the three targets, then the source
     calls.clear()
     off = dataclasses.replace(sampling, mask_mode="off")
     with torch.inference_mode():
-        evaluate_scene(model, sample, 0, sampling=off)  # depth splits the regions
+        evaluate_scene(NVSPipeline(model), sample, 0, sampling=off)  # depth splits the regions
     assert calls == [3, 1]  # the source for the model's unseen estimate, scored
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from gen_nvs.cli import main
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.geometry.rgbd import read_ply
-from gen_nvs.inputs import TargetSpec, load_source_views, scene_targets
+from gen_nvs.inputs import TargetSpec, load_source_views, scene_focus, target_cameras
 from gen_nvs.models.config import model_config
 from gen_nvs.models.nvs import build_model, load_model, save_model
 from gen_nvs.sampling import sample_views
@@ -65,7 +66,9 @@ def expected_masks(setup, spec: TargetSpec) -> np.ndarray:
     sources = load_source_views(images, meta, (32, 32))
     with torch.no_grad():
         scene = model.encode(*sources.batch("cpu"))
-    _, targets = scene_targets(model, scene, spec, (32, 32), sources.fxfycxcy)
+    focus = scene_focus(model, scene, (32, 32), sources.fxfycxcy)
+    spec = dataclasses.replace(spec, focus=focus)
+    targets = target_cameras(spec, (32, 32), scene.source_c2w[0], sources.fxfycxcy)
     views = sample_views(
         model, scene, *targets.batch("cpu"), (32, 32), normalized=targets.normalized,
         source_fxfycxcy=sources.fxfycxcy[None], steps=1, scheduler="ddim",

@@ -34,14 +34,14 @@ def add_flicker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_flicker_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from gen_nvs.models.nvs import load_model_or_default
+    from gen_nvs.pipeline import NVSPipeline
 
     if args.scenes < 1 or args.frames < 2 or args.steps < 1:
         raise ValueError("need --scenes >= 1, --frames >= 2 and --steps >= 1")
-    model = load_model_or_default(args.checkpoint)
-    if not model.can_sample:
+    pipe = NVSPipeline.from_pretrained(args.checkpoint)
+    if not pipe.model.can_sample:
         raise ValueError("bench flicker needs a model with a diffusion decoder")
-    rows = [_scene_flicker(model, TEST_SEEDS + i, args) for i in range(args.scenes)]
+    rows = [_scene_flicker(pipe, TEST_SEEDS + i, args) for i in range(args.scenes)]
     mean = {key: statistics.fmean(row[key] for row in rows) for key in rows[0]}
     return {
         "settings": {
@@ -54,7 +54,7 @@ def run_flicker_bench(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _scene_flicker(model, seed: int, args: argparse.Namespace) -> dict[str, float]:
+def _scene_flicker(pipe, seed: int, args: argparse.Namespace) -> dict[str, float]:
     from gen_nvs.data.procedural import (
         SceneConfig,
         render_views,
@@ -62,7 +62,7 @@ def _scene_flicker(model, seed: int, args: argparse.Namespace) -> dict[str, floa
         sample_scene,
     )
     from gen_nvs.geometry.trajectories import orbit
-    from gen_nvs.sampling import sample_views
+    from gen_nvs.inputs import SourceViews, TargetCameras
 
     hw = (args.size, args.size)
     config = SceneConfig()
@@ -75,16 +75,13 @@ def _scene_flicker(model, seed: int, args: argparse.Namespace) -> dict[str, floa
     path = orbit(c2w[0], args.frames, focus=focus, degrees=args.degrees)
     path_k = k[:1].expand(args.frames, 4)
     truth, _, _, _ = render_views(scene, path, path_k, hw)
-    with torch.no_grad():
-        encoded = model.encode(images[None], c2w[None], k[None])
-        targets = dict(target_c2w=path[None], target_fxfycxcy=path_k[None])
-        regression = model.render(encoded, image_hw=hw, **targets).rgb[0]
-        drawn = {}
-        for noise in ("independent", "shared"):
-            views = sample_views(
-                model, encoded, **targets, image_hw=hw, steps=args.steps, noise=noise
-            )
-            drawn[noise] = views.rgb[0, 0]  # sample 0, scene 0: [t, 3, h, w]
+    encoded = pipe.encode(SourceViews(images, c2w, k, names=["0", "1"]))
+    targets = TargetCameras(path, path_k, normalized=False)
+    regression = pipe.render(encoded, targets).rgb
+    drawn = {}
+    for noise in ("independent", "shared"):
+        sampling = SamplingConfig(steps=args.steps, samples=1, noise=noise)
+        drawn[noise] = pipe.sample(encoded, targets, sampling).rgb[0, 0]  # sample 0: [t, 3, h, w]
     return {
         "truth": _change(truth),
         "regression": _change(regression),

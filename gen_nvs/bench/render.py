@@ -19,6 +19,9 @@ images, source cameras on an arc, targets on an orbit around the scene):
   `speed_vs_reference = ms_per_view_reference / ms_per_view_uncached` (>= 1: ours is at
   least as fast) and `max_abs_diff_reference` between the two renders.
 
+With `--latent`, pixel against latent rendering (LVSM-VAE) instead: time and peak
+memory per target view for 2, 4, 8 and 16 source views (`gen_nvs.bench.latent`).
+
 Times are medians over repeats, taken with `time.perf_counter` under
 `torch.inference_mode` (and `torch.cuda.synchronize` on GPU). Within a repeat the cache
 build, the cached and the uncached renders take turns, so that load from other processes
@@ -41,6 +44,7 @@ import torch
 from torch import Tensor
 
 from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
+from gen_nvs.bench.latent import VAES, bench_latent
 from gen_nvs.bench.reference import REFERENCE_VARIANTS, reference_render
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.config import MODEL_PRESETS, model_config
@@ -63,6 +67,22 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "fast": dict(
         encoder_preset="tiny", decoder_preset="tiny", size=[32, 32], sources=[1, 2],
         targets=2, repeats=1, warmup=0,
+    ),
+}  # fmt: skip
+# The same for `--latent` (pixel vs latent rendering; `vae`: a `gen_nvs.bench.latent.VAES`
+# name or a VAE folder).
+LATENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cuda": dict(
+        encoder_preset="lagernvs", decoder_preset="lagernvs", size=[512, 512],
+        sources=[2, 4, 8, 16], targets=8, repeats=5, warmup=2, vae="flux",
+    ),
+    "cpu": dict(
+        encoder_preset="embedded", decoder_preset="small", size=[256, 256],
+        sources=[2, 4, 8, 16], targets=2, repeats=2, warmup=1, vae="flux",
+    ),
+    "fast": dict(
+        encoder_preset="tiny", decoder_preset="tiny", size=[32, 32], sources=[2, 4],
+        targets=1, repeats=1, warmup=0, vae="tiny",
     ),
 }  # fmt: skip
 NOTES = [
@@ -88,15 +108,15 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants",
         nargs="+",
         choices=VARIANTS,
-        default=list(VARIANTS),
-        help="decoder variants to time (default: all four)",
+        help="decoder variants to time (default: all four; with --latent one, causal)",
     )
     parser.add_argument(
         "--sources",
         nargs="+",
         type=int,
         metavar="S",
-        help="numbers of source views, 1-9 (default: 1 2 4 9)",
+        help="numbers of source views, 1-9 (default: 1 2 4 9; with --latent 1-64, "
+        "default 2 4 8 16)",
     )
     parser.add_argument(
         "--size",
@@ -145,19 +165,58 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smoke test: tiny models, 32x32, sources 1 2, 2 targets, 1 repeat, no warmup",
     )
+    latent = parser.add_argument_group("pixel vs latent rendering (LVSM-VAE)")
+    latent.add_argument(
+        "--latent",
+        action="store_true",
+        help="time and peak memory per target view, pixel vs latent rendering with the same "
+        "transformer, for 2 4 8 16 source views (CPU default: small decoder, 256x256, "
+        "embedded encoder's token count; GPU: the published sizes at 512x512)",
+    )
+    latent.add_argument(
+        "--vae",
+        help=f"with --latent: {' or '.join(VAES)} (an architecture with random weights; "
+        "default flux: 16 channels, 8x, as the FLUX.1 VAE), or a diffusers AutoencoderKL "
+        "folder or hf://",
+    )
+    latent.add_argument(
+        "--latent-patch",
+        type=int,
+        default=2,
+        help="with --latent: the latent decoder's patch size on the latent grid (default 2)",
+    )
 
 
 def run_render_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve the options of `add_render_arguments` and run `bench_render`."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    defaults = DEFAULTS["fast" if args.fast else device]
+    defaults = (LATENT_DEFAULTS if args.latent else DEFAULTS)["fast" if args.fast else device]
 
     def option(name: str) -> Any:
         value = getattr(args, name)
         return defaults[name] if value is None else value
 
+    if args.latent:
+        variants = args.variants or ["causal"]
+        if len(variants) != 1 or args.reference:
+            raise ValueError("--latent times one variant and has no --reference")
+        return bench_latent(
+            source_counts=option("sources"),
+            image_hw=tuple(option("size")),
+            num_targets=option("targets"),
+            encoder_preset=option("encoder_preset"),
+            decoder_preset=option("decoder_preset"),
+            vae=option("vae"),
+            latent_patch=args.latent_patch,
+            device=device,
+            dtype=args.dtype,
+            repeats=option("repeats"),
+            warmup=option("warmup"),
+            variant=variants[0],
+            seed=args.seed,
+        )
     return bench_render(
-        variants=args.variants,
+        variants=args.variants or list(VARIANTS),
         source_counts=option("sources"),
         image_hw=tuple(option("size")),
         num_targets=option("targets"),

@@ -4,7 +4,7 @@ On one synthetic scene (random source images, source cameras on an arc, targets 
 orbit) and a randomly initialised model with a diffusion decoder, both paths draw the same
 samples (same seeds, scheduler and steps, mask off):
 
-- `cached`: `model.encode` once, then `gen_nvs.sampling.sample_views`: the encoder and the
+- `cached`: `NVSPipeline.encode` once, then `NVSPipeline.sample`: the encoder and the
   source stream run once, every network call runs the target stream only.
 - `naive`: the same sampling loop whose network call reruns the whole model, the encoder,
   the source stream and the target stream (the null sources too, with guidance).
@@ -32,10 +32,12 @@ from torch import Tensor
 
 import samplers
 from gen_nvs.bench.common import check_settings, device_name, synthetic_scene, time_calls
+from gen_nvs.inputs import SourceViews, TargetCameras
 from gen_nvs.models.config import MODEL_PRESETS, model_config
 from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
 from gen_nvs.models.nvs import NVSModel, build_model
-from gen_nvs.sampling import model_denoiser, model_scheduler, sample_seeds, sample_views
+from gen_nvs.pipeline import NVSPipeline, SamplingConfig
+from gen_nvs.sampling import model_denoiser, model_scheduler, sample_seeds
 from gen_nvs.threads import configure_threads
 
 # Defaults per device; `--fast` is the smoke-test setting. Options given override them.
@@ -58,8 +60,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 TARGET_SPEEDUP = 5.0
 NOTES = [
     "random weights: a speed benchmark, the sampled images are not meaningful",
-    "cached: model.encode once + sample_views (mask off); the encoder and the source "
-    "stream run once, each network call runs the target stream",
+    "cached: NVSPipeline.encode once + NVSPipeline.sample (mask off); the encoder and the "
+    "source stream run once, each network call runs the target stream",
     "naive: each network call reruns the encoder, the source stream and the target stream",
     "seconds_per_view = seconds / (samples x targets); speedup = seconds_naive / "
     "seconds_cached (wall clock); speedup_cpu_time: the same with this process's CPU time, "
@@ -175,18 +177,21 @@ def bench_sample(
         sources=num_sources, targets=num_targets, samples=num_samples, steps=steps,
     )  # fmt: skip
     model = _build_model(preset, encoder_size, device, seed)
+    pipe = NVSPipeline(model, device)
     generator = torch.Generator().manual_seed(seed)
     scene = synthetic_scene(num_sources, num_targets, image_hw, generator).to(device)
     images, c2w, fxfycxcy = scene.images, scene.c2w, scene.fxfycxcy
     s = num_sources
     options = dict(scheduler=scheduler, steps=steps, guidance_scale=guidance_scale)
+    sources = SourceViews(images[0, :s], c2w[0, :s], fxfycxcy[0, :s], [str(i) for i in range(s)])
+    targets = TargetCameras(c2w[0, s:], fxfycxcy[0, s:], normalized=False)
+    config = SamplingConfig(
+        sampler=scheduler, steps=steps, guidance=guidance_scale, samples=num_samples,
+        seed=seed, mask="off",
+    )  # fmt: skip
 
     def cached() -> Tensor:
-        encoded = model.encode(images[:, :s], c2w[:, :s], fxfycxcy[:, :s])
-        views = sample_views(
-            model, encoded, c2w[:, s:], fxfycxcy[:, s:], image_hw,
-            num_samples=num_samples, seed=seed, mask_mode="off", **options,
-        )  # fmt: skip
+        views = pipe.sample(pipe.encode(sources), targets, config)
         return views.rgb  # (n, 1, t, 3, h, w)
 
     def naive() -> Tensor:
@@ -245,7 +250,7 @@ def _naive_samples(
     seed: int,
     options: dict[str, Any],
 ) -> Tensor:
-    """The samples of `sample_views` (mask off) with the whole model rerun per network
+    """The samples of `NVSPipeline.sample` (mask off) with the whole model rerun per network
     call: images [1, s, 3, h, w], their camera tokens [1, s, 11], target rays
     [1, t, 6, h, w] -> rgb [n, 1, t, 3, h, w]."""
     diffusion = model.diffusion

@@ -83,26 +83,27 @@ def _worker(steps: int, threads: int | None) -> dict:
     from gen_nvs.threads import configure_threads, set_passive_wait
 
     set_passive_wait()  # a no-op when the parent set a policy
-    import torch
 
     from gen_nvs.data.procedural import generate_scene
-    from gen_nvs.models.nvs import load_model_or_default
-    from gen_nvs.sampling import sample_views
+    from gen_nvs.inputs import SourceViews, TargetCameras
+    from gen_nvs.pipeline import NVSPipeline, SamplingConfig
 
     count = configure_threads(threads)
-    model = load_model_or_default(None)
+    pipe = NVSPipeline.from_pretrained()
     views = generate_scene(0, 3, (64, 64))
-    with torch.no_grad():
-        scene = model.encode(views.images[None, :2], views.c2w[None, :2], views.fxfycxcy[None, :2])
-        target = dict(target_c2w=views.c2w[None, 2:], target_fxfycxcy=views.fxfycxcy[None, 2:])
+    scene = pipe.encode(
+        SourceViews(views.images[:2], views.c2w[:2], views.fxfycxcy[:2], ["0", "1"])
+    )
+    targets = TargetCameras(views.c2w[2:], views.fxfycxcy[2:], normalized=False)
+    config = SamplingConfig(steps=steps, samples=1, mask="off")
 
-        def run() -> float:
-            start = time.perf_counter()
-            sample_views(model, scene, **target, image_hw=(64, 64), steps=steps, mask_mode="off")
-            return time.perf_counter() - start
+    def run() -> float:
+        start = time.perf_counter()
+        pipe.sample(scene, targets, config)
+        return time.perf_counter() - start
 
-        run()  # warm-up
-        seconds = run()
+    run()  # warm-up
+    seconds = run()
     return {"threads": count, "steps_per_second": round(steps / seconds, 2)}
 
 

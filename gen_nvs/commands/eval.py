@@ -31,9 +31,10 @@ from gen_nvs.cli import CommandError
 from gen_nvs.data.eval_index import EvalDataset, EvalIndex
 from gen_nvs.data.re10k import FULL_LIST, RE10KReader
 from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSettings, evaluate
-from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model_or_default
+from gen_nvs.models.nvs import DEFAULT_MODEL_DIR
 from gen_nvs.models.perceptual import load_lpips
 from gen_nvs.options import add_model_arguments, check_render_size, resolve_device
+from gen_nvs.pipeline import NVSPipeline
 from gen_nvs.sampling import SamplingConfig, check_sampling_options
 from gen_nvs.unseen import MASK_MODES
 
@@ -233,13 +234,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     reader = _reader(args)
     dataset = _dataset(args, reader)
-    model = load_model_or_default(args.checkpoint, device)
+    pipe = NVSPipeline.from_pretrained(args.checkpoint, device)
     if args.size is not None:
-        check_render_size(tuple(args.size), model.patch_size)
-    sampling = _sampling(args, model.can_sample)
+        check_render_size(tuple(args.size), pipe.model.patch_size)
+    sampling = _sampling(args, pipe.model.can_sample)
     lpips_net, lpips_reason = _lpips(args, device)
     results = evaluate(
-        model,
+        pipe,
         dataset,
         out_dir=args.out,
         lpips_net=lpips_net,

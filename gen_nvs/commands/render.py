@@ -22,13 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from gen_nvs.geometry import rgbd
-from gen_nvs.inputs import TargetCameras, load_source_views, scene_targets
-from gen_nvs.models.decoder import DecoderOutput
-from gen_nvs.models.nvs import EncodedScene, load_model_or_default
+from gen_nvs.inputs import TargetCameras, load_source_views
 from gen_nvs.options import (
     add_input_arguments,
     add_target_arguments,
@@ -51,7 +47,7 @@ from gen_nvs.outputs import (
     write_summary,
     write_video,
 )
-from gen_nvs.rendering import render_targets
+from gen_nvs.pipeline import NVSPipeline, Scene, Views
 from gen_nvs.sampling import scene_to_world
 
 
@@ -65,55 +61,51 @@ def run(args: argparse.Namespace) -> int:
     videos = video_formats(args)
     spec = target_spec_from_args(args)
     check_output_dir(args.out, args.overwrite)  # before any loading
-    device = resolve_device(args.device)
-    model = load_model_or_default(args.checkpoint, device)
-    image_hw = source_render_size(args, model.patch_size)
-    sources = load_source_views(args.images, args.cameras, image_hw)
+    pipe = NVSPipeline.from_pretrained(args.checkpoint, resolve_device(args.device))
+    sources = load_source_views(
+        args.images, args.cameras, source_render_size(args, pipe.model.patch_size)
+    )
     with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
-        with torch.no_grad():
-            scene = model.encode(*sources.batch(device))
-        spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
+        scene = pipe.encode(sources)
+        spec = scene.focused(spec)
+        targets = pipe.targets(scene, spec)
         with tqdm(total=targets.num_views, desc="rendering", unit="view") as bar:
 
             def progress(fraction: float, desc: str) -> None:
                 bar.update(round(fraction * targets.num_views) - bar.n)
 
-            views = render_targets(model, scene, targets, image_hw, device, progress)
+            views = pipe.render(scene, targets, progress)
         files = _write_outputs(out, scene, targets, views, videos, args)
         summary = out / "render.json"
-        write_summary(summary, args, sources, scene, spec.focus, targets.num_views, files)
+        write_summary(summary, args, sources, scene.encoded, spec.focus, targets.num_views, files)
     print(f"wrote {targets.num_views} view(s) to {out} (see {summary})")
     return 0
 
 
 def _write_outputs(
     out: Path,
-    scene: EncodedScene,
+    scene: Scene,
     targets: TargetCameras,
-    views: DecoderOutput,
+    views: Views,
     videos: list[str],
     args: argparse.Namespace,
 ) -> dict:
     """Write the PNGs, PLY, video and cameras; -> what render.json lists. Without a point
     head there is no depth and no point cloud."""
-    c2w = targets.scene_c2w(scene)  # (t, 4, 4)
-    depth = depth_scale = None
-    if views.points is not None:
-        depth = rgbd.points_to_depth(views.points[0], c2w.cpu()) * scene.scale[0].item()
-        depth_scale = fit_depth_scale(depth.flatten())
-    folders = write_regression(out, views.rgb[0], depth, depth_scale)
+    encoded = scene.encoded
+    depth = views.depth
+    depth_scale = None if depth is None else fit_depth_scale(depth.flatten())
+    folders = write_regression(out, views.rgb, depth, depth_scale)
     if depth is not None:
         for folder, view_depth in zip(folders, depth, strict=True):
             colorize_depth(view_depth).save(folder / "depth_color.png")
     files = {"depth_scale": depth_scale, "depth": DEPTH_FORMAT, "cameras": "cameras.json"}
     if views.points is not None:
-        points = scene_to_world(scene, views.points.to(scene.scale))[0].cpu()  # (t, h, w, 3)
-        files["point_cloud"] = write_point_cloud(
-            out / "points.ply", points, views.rgb[0], depth
-        ).name
+        points = scene_to_world(encoded, views.points[None].to(encoded.scale))[0].cpu()
+        files["point_cloud"] = write_point_cloud(out / "points.ply", points, views.rgb, depth).name
     if targets.num_views > 1 and videos:
-        frames = [to_pil(frame) for frame in views.rgb[0]]
+        frames = [to_pil(frame) for frame in views.rgb]
         written = write_video(frames, out, videos, args.fps, args.video_quality)
         files["video"] = written[0] if len(written) == 1 else written
-    write_cameras(out / "cameras.json", scene, c2w, targets.fxfycxcy)
+    write_cameras(out / "cameras.json", encoded, targets.scene_c2w(encoded), targets.fxfycxcy)
     return files

@@ -2,8 +2,8 @@
 
 Sources come with cameras (a RealEstate10K metadata JSON) or pose-free; the targets are a
 trajectory preset, explicit cameras or one view (see `gen_nvs.inputs`). Each target view
-is sampled `--samples` times (`gen_nvs.sampling.sample_views`), keeping what the sources
-saw (`--mask`). Written under --out:
+is sampled `--samples` times (`NVSPipeline.sample`), keeping what the sources saw
+(`--mask`). Written under --out:
 
     sample.json                   settings, depth scale, source names, what each file is
     cameras.json                  the target cameras (RealEstate10K metadata format)
@@ -23,6 +23,7 @@ else in the first source camera's frame at the normalised scale.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -32,8 +33,8 @@ from tqdm import tqdm
 import samplers
 from gen_nvs.data.scene import load_image
 from gen_nvs.geometry import rgbd
-from gen_nvs.inputs import load_source_views, scene_targets
-from gen_nvs.models.nvs import EncodedScene, load_model_or_default, require_diffusion
+from gen_nvs.inputs import load_source_views
+from gen_nvs.models.nvs import EncodedScene, require_diffusion
 from gen_nvs.options import (
     add_input_arguments,
     add_target_arguments,
@@ -60,12 +61,12 @@ from gen_nvs.outputs import (
     write_summary,
     write_video,
 )
+from gen_nvs.pipeline import NVSPipeline
 from gen_nvs.sampling import (
     NOISE_MODES,
     SampledViews,
     SamplingConfig,
     check_sampling_options,
-    sample_views,
     scene_to_world,
 )
 from gen_nvs.unseen import MASK_MODES
@@ -152,28 +153,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = _sampling_options(args)
-    check_sampling_options(**options)
+    config, options = _sampling(args)  # checked before any loading
     videos = video_formats(args)
     if args.mask_file is not None and args.mask != "auto":
         raise ValueError(f"give --mask-file or --mask, got both (--mask {args.mask})")
     check_output_dir(args.out, args.overwrite)  # before any loading
     device = resolve_device(args.device)
     spec = target_spec_from_args(args)
-    model = load_model_or_default(args.checkpoint, device)
-    require_diffusion(model, f"checkpoint {args.checkpoint or '(the embedded default)'}")
-    image_hw = source_render_size(args, model.patch_size)
+    pipe = NVSPipeline.from_pretrained(args.checkpoint, device)
+    require_diffusion(pipe.model, f"checkpoint {args.checkpoint or '(the embedded default)'}")
+    image_hw = source_render_size(args, pipe.model.patch_size)
     sources = load_source_views(args.images, args.cameras, image_hw)
     mask = None if args.mask_file is None else _read_mask(Path(args.mask_file), image_hw)
 
-    images, c2w, fxfycxcy = sources.batch(device)
     with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
-        with torch.no_grad():
-            scene = model.encode(images, c2w, fxfycxcy)
-        spec, targets = scene_targets(model, scene, spec, image_hw, sources.fxfycxcy)
-        target_c2w, target_fxfycxcy = targets.batch(device)
+        scene = pipe.encode(sources)
+        spec = scene.focused(spec)
+        targets = pipe.targets(scene, spec)
         if mask is not None:
             mask = mask.expand(1, targets.num_views, *image_hw).to(device)
+        config = dataclasses.replace(config, noise=_noise(args, targets.num_views))
 
         with tqdm(desc="sampling", unit="step") as bar:
 
@@ -181,18 +180,12 @@ def run(args: argparse.Namespace) -> int:
                 bar.total = info.num_steps
                 bar.update(1)
 
-            views = sample_views(
-                model, scene, target_c2w, target_fxfycxcy, image_hw,
-                normalized=targets.normalized, seed=args.seed, eta=args.eta, mask=mask,
-                callback=progress, source_fxfycxcy=fxfycxcy,
-                conf_threshold=args.conf_threshold, noise=_noise(args, targets.num_views),
-                **options,
-            )  # fmt: skip
-        files = _write_outputs(out, scene, views, target_fxfycxcy[0])
+            views = pipe.sample(scene, targets, config, callback=progress, mask=mask, **options)
+        files = _write_outputs(out, scene.encoded, views, targets.fxfycxcy)
         if targets.num_views > 1 and videos:
             files["videos"] = _write_videos(out, views, videos, args)
         summary = out / "sample.json"
-        write_summary(summary, args, sources, scene, spec.focus, targets.num_views, files)
+        write_summary(summary, args, sources, scene.encoded, spec.focus, targets.num_views, files)
     print(
         f"wrote {args.samples} sample(s) of {targets.num_views} target view(s) to {out} "
         f"(see {summary})"
@@ -232,20 +225,25 @@ def _noise(args: argparse.Namespace, num_views: int) -> str:
     return "shared" if num_views > 1 else "independent"
 
 
-def _sampling_options(args: argparse.Namespace) -> dict:
-    """The `sample_views` options `check_sampling_options` checks, from the command line."""
-    return dict(
-        scheduler=args.sampler,
-        steps=args.steps,
-        num_samples=args.samples,
-        guidance_scale=args.guidance,
+def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, dict]:
+    """The sampling options of the command line, checked (`check_sampling_options`) ->
+    (SamplingConfig, the further options of `NVSPipeline.sample`)."""
+    options = dict(
         guidance_rescale=args.guidance_rescale,
         guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
-        mask_mode=args.mask,
         resample_jumps=args.resample_jumps,
         max_batch=args.max_batch,
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30),
     )
+    check_sampling_options(
+        scheduler=args.sampler, steps=args.steps, num_samples=args.samples,
+        guidance_scale=args.guidance, mask_mode=args.mask, **options,
+    )  # fmt: skip
+    config = SamplingConfig(
+        sampler=args.sampler, steps=args.steps, guidance=args.guidance, samples=args.samples,
+        seed=args.seed, mask=args.mask, eta=args.eta,
+    )  # fmt: skip
+    return config, {**options, "conf_threshold": args.conf_threshold}
 
 
 def _read_mask(path: Path, image_hw: tuple[int, int]) -> Tensor:

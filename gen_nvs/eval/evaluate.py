@@ -1,22 +1,22 @@
 """Evaluate a model on a dataset of scenes: regression metrics, diffusion samples, and
 both split by what the source views saw.
 
-For every scene (a `SceneSample`, sources first) the model encodes the sources once and
-renders the targets once (a few per decoder call), and the sources once where their
-predicted geometry is needed. Targets are split into the region some source saw and the
-unseen region: from the dataset's depth when it has depth (`rgbd.unseen_mask` with the
-ground truth), else from the model's own predicted points (`gen_nvs.unseen.
-unseen_region`, as the sampler's "auto" mask). A target may be its own source (the
-copy probe, `configs/eval/procedural64-copy.json`): its unseen region is then empty, and
-so has no metrics. When the split comes from depth and the model has a point head, the
-model's own unseen estimate (the sampler's "auto" mask) is also scored against it: IoU
-and the share of pixels each marks unseen. A model that can sample also draws N
-samples per target from the same renders; they are scored
-one by one, then summarised as the mean over samples, the best of N (per metric:
-highest PSNR / SSIM, lowest LPIPS), and the samples' diversity (mean pairwise LPIPS and
-RMS pixel distance). `generated_fraction` records how much of each target the sampler
-generated: with mask mode "auto" it keeps the regression render where the model itself
-finds the target seen, so the samples differ only in the rest.
+For every scene (a `SceneSample`, sources first) the pipeline (`gen_nvs.pipeline.
+NVSPipeline`) encodes the sources once and renders the targets once (a few per decoder
+call), and the sources once where their predicted geometry is needed. Targets are split
+into the region some source saw and the unseen region: from the dataset's depth when it
+has depth (`rgbd.unseen_mask` with the ground truth), else from the model's own
+predicted points (`NVSPipeline.unseen`, as the sampler's "auto" mask). A target may be
+its own source (the copy probe, `configs/eval/procedural64-copy.json`): its unseen
+region is then empty, and so has no metrics. When the split comes from depth and the
+model has a point head, the model's own unseen estimate (the sampler's "auto" mask) is
+also scored against it: IoU and the share of pixels each marks unseen. A model that can
+sample also draws N samples per target from the same renders; they are scored one by
+one, then summarised as the mean over samples, the best of N (per metric: highest PSNR /
+SSIM, lowest LPIPS), and the samples' diversity (mean pairwise LPIPS and RMS pixel
+distance). `generated_fraction` records how much of each target the sampler generated:
+with mask mode "auto" it keeps the regression render where the model itself finds the
+target seen, so the samples differ only in the rest.
 
 Results: one JSON (`results.json`) with the per-target values, per-scene means (over
 targets) and overall means (over scenes, as LVSM averages its per-scene summaries),
@@ -52,12 +52,11 @@ from tqdm import tqdm
 from gen_nvs.data.scene import SceneReader, SceneSample
 from gen_nvs.eval import metrics
 from gen_nvs.geometry.rgbd import unseen_mask
-from gen_nvs.inputs import TargetCameras
-from gen_nvs.models.decoder import DecoderOutput
-from gen_nvs.models.nvs import EncodedScene, NVSModel
-from gen_nvs.rendering import render_targets
-from gen_nvs.sampling import SamplingConfig, check_sampling_options, sample_views
-from gen_nvs.unseen import PREDICTED_REL_TOL, unseen_region
+from gen_nvs.inputs import SourceViews, TargetCameras
+from gen_nvs.models.nvs import NVSModel
+from gen_nvs.pipeline import NVSPipeline, Scene, Views
+from gen_nvs.sampling import SamplingConfig, check_sampling_options
+from gen_nvs.unseen import PREDICTED_REL_TOL
 
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
@@ -79,7 +78,7 @@ Tree = dict[str, Any]  # nested dicts whose leaves are tensors, floats or None
 
 @dataclass
 class SamplingSettings:
-    """How the diffusion samples are drawn (arguments of `gen_nvs.sampling.sample_views`).
+    """How the diffusion samples are drawn (`NVSPipeline.sample`'s config and max_batch).
 
     Scene i's samples use seed `seed + i * num_samples`, so a scene's samples do not
     depend on which other scenes are evaluated after it.
@@ -92,6 +91,17 @@ class SamplingSettings:
     mask_mode: str = SamplingConfig.mask
     seed: int = SamplingConfig.seed
     max_batch: int | None = None
+
+    def config(self, seed: int) -> SamplingConfig:
+        """The pipeline's sampling options, with sample k at seed `seed + k`."""
+        return SamplingConfig(
+            sampler=self.scheduler,
+            steps=self.steps,
+            guidance=self.guidance_scale,
+            samples=self.num_samples,
+            seed=seed,
+            mask=self.mask_mode,
+        )
 
     def __post_init__(self) -> None:
         check_sampling_options(
@@ -158,26 +168,24 @@ def evenly_spaced(count: int, total: int) -> list[int]:
 
 
 def unseen_masks(
-    model: NVSModel,
-    encoded: EncodedScene,
+    pipe: NVSPipeline,
+    scene: Scene,
     sample: SceneSample,
     rel_tol: float = 0.02,
     *,
-    regression: DecoderOutput | None = None,
-    sources: DecoderOutput | None = None,
+    views: Views | None = None,
 ) -> tuple[Tensor | None, str | None]:
     """Which target pixels no source saw -> (bool [t, h, w] or None, how it was found).
 
     "depth": the sample's depth (invalid pixels count as unseen in the target and as
     seeing nothing in the sources), tested with `rel_tol`. "predicted_points": the
     model's point maps of the targets tested against the sources'
-    (`gen_nvs.unseen.unseen_region`, mode "auto", with its own tolerance for predicted
-    depth, `PREDICTED_REL_TOL`).
+    (`NVSPipeline.unseen`, the sampler's "auto" mask, with its own tolerance for
+    predicted depth, `PREDICTED_REL_TOL`).
     (None, None) without depth and without a point head.
 
-    encoded: `model.encode` of the sample's sources. regression: `model.render` of the
-    targets ([1, t, ...]), sources: of the source cameras ([1, s, ...], normalised frame),
-    when the caller has them; None: rendered here when needed.
+    scene: `pipe.encode` of the sample's sources. views: `pipe.render` of the targets
+    when the caller has it; None: rendered here when needed.
     """
     s = sample.num_sources
     c2w, fxfycxcy = sample.c2w, sample.fxfycxcy
@@ -188,41 +196,40 @@ def unseen_masks(
             for k in range(s, sample.num_views)
         ]
         return torch.stack(masks), "depth"
-    unseen = predicted_unseen_masks(model, encoded, sample, regression=regression, sources=sources)
+    unseen = predicted_unseen_masks(pipe, scene, sample, views=views)
     return (None, None) if unseen is None else (unseen, "predicted_points")
 
 
 def predicted_unseen_masks(
-    model: NVSModel,
-    encoded: EncodedScene,
+    pipe: NVSPipeline,
+    scene: Scene,
     sample: SceneSample,
     rel_tol: float = PREDICTED_REL_TOL,
     *,
-    regression: DecoderOutput | None = None,
-    sources: DecoderOutput | None = None,
+    views: Views | None = None,
 ) -> Tensor | None:
     """The target pixels the model finds no source saw -> bool [t, h, w], or None without
-    a point head: the sampler's "auto" mask (`gen_nvs.unseen.unseen_region`; sampling
-    then softens its edge), from the model's point maps of the targets tested against the
-    sources'. Arguments as for `unseen_masks`; the sample's depth is not used.
+    a point head: the sampler's "auto" mask (`NVSPipeline.unseen`; sampling then softens
+    its edge), from the model's point maps of the targets tested against the sources'.
+    Arguments as for `unseen_masks`; the sample's depth is not used.
     """
-    source_views, targets = sample.split()
-    if regression is None:
-        regression = model.render(
-            encoded, targets.c2w[None], targets.fxfycxcy[None], sample.image_hw
-        )
-    unseen = unseen_region(
-        model,
-        encoded,
-        regression,
-        encoded.normalize(targets.c2w[None]),
-        targets.fxfycxcy[None],
-        sample.image_hw,
-        source_fxfycxcy=source_views.fxfycxcy[None],
-        sources=sources,
-        rel_tol=rel_tol,
-    )
-    return None if unseen is None else unseen[0]
+    targets = _targets(sample)
+    if views is None:
+        views = pipe.render(scene, targets, out_device=pipe.device)
+    return pipe.unseen(scene, targets, views, rel_tol)
+
+
+def _sources(sample: SceneSample) -> SourceViews:
+    """The sample's sources as the pipeline encodes them (named by frame index)."""
+    s = sample.num_sources
+    names = [str(int(i)) for i in sample.frame_indices[:s]]
+    return SourceViews(sample.images[:s], sample.c2w[:s], sample.fxfycxcy[:s], names)
+
+
+def _targets(sample: SceneSample) -> TargetCameras:
+    """The sample's target cameras (in its world frame)."""
+    s = sample.num_sources
+    return TargetCameras(sample.c2w[s:], sample.fxfycxcy[s:], normalized=False)
 
 
 def mask_quality(estimate: Tensor, truth: Tensor) -> Tree:
@@ -380,55 +387,26 @@ def _grid_name(index: int, scene: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _render_sources(
-    model: NVSModel, encoded: EncodedScene, sample: SceneSample
-) -> DecoderOutput | None:
-    """`model.render` of the source cameras ([1, s, ...], normalised frame) for the model's
-    unseen estimate (the region split without depth, the mask's score with depth, the
-    sampling mask); None without a point head."""
-    if model.decoder.point_head is None:
-        return None
-    fxfycxcy = sample.fxfycxcy[None, : sample.num_sources]
-    return model.render(encoded, encoded.source_c2w, fxfycxcy, sample.image_hw, normalized=True)
-
-
 def _sample(
-    model: NVSModel,
-    encoded: EncodedScene,
-    sources: SceneSample,
-    targets: SceneSample,
+    pipe: NVSPipeline,
+    scene: Scene,
+    targets: TargetCameras,
     settings: SamplingSettings,
     seed: int,
-    regression: DecoderOutput,
-    source_render: DecoderOutput | None,
+    views: Views,
 ) -> tuple[Tensor, Tensor]:
     """settings.num_samples samples of every target (sample k uses seed `seed + k`), from
-    the targets' regression render and the sources' (None: rendered when the mask needs
-    it) -> (rgb [n, t, 3, h, w], share of each target the sampler generated [t])."""
-    sampled = sample_views(
-        model,
-        encoded,
-        targets.c2w[None],
-        targets.fxfycxcy[None],
-        tuple(targets.images.shape[-2:]),
-        num_samples=settings.num_samples,
-        seed=seed,
-        scheduler=settings.scheduler,
-        steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        mask_mode=settings.mask_mode,
-        max_batch=settings.max_batch,
-        source_fxfycxcy=sources.fxfycxcy[None],
-        regression=regression,
-        sources=source_render,
-    )
-    t = targets.images.shape[0]
+    the targets' regression render `views` -> (rgb [n, t, 3, h, w], share of each target
+    the sampler generated [t])."""
+    config = settings.config(seed)
+    sampled = pipe.sample(scene, targets, config, regression=views, max_batch=settings.max_batch)
+    t = targets.num_views
     generated = torch.ones(t) if sampled.mask is None else sampled.mask[0].mean((-2, -1))
     return sampled.rgb[:, 0].clamp(0, 1), generated
 
 
 def evaluate_scene(
-    model: NVSModel,
+    pipe: NVSPipeline,
     sample: SceneSample,
     index: int,
     *,
@@ -436,33 +414,24 @@ def evaluate_scene(
     sampling: SamplingSettings | None = None,
     rel_tol: float = 0.02,
 ) -> tuple[Tree, np.ndarray]:
-    """Metrics of one scene (on the model's device) -> (scene result, grid image)."""
-    device = next(model.parameters()).device
-    sample = sample.to(device)
+    """Metrics of one scene (on the pipeline's device) -> (scene result, grid image)."""
+    sample = sample.to(pipe.device)
     sources, targets = sample.split()
-    encoded = model.encode(sources.images[None], sources.c2w[None], sources.fxfycxcy[None])
-    cameras = TargetCameras(targets.c2w, targets.fxfycxcy, normalized=False)
-    rendered = render_targets(model, encoded, cameras, sample.image_hw, device)
-    rendered = rendered.to(device)  # (1, t, ...)
-    source_render = _render_sources(model, encoded, sample)
-    regression = rendered.rgb[0].clamp(0, 1)  # (t, 3, h, w)
-    unseen, region_source = unseen_masks(
-        model, encoded, sample, rel_tol, regression=rendered, sources=source_render
-    )
+    scene = pipe.encode(_sources(sample))
+    cameras = _targets(sample)
+    views = pipe.render(scene, cameras, out_device=pipe.device)
+    regression = views.rgb.clamp(0, 1)  # (t, 3, h, w)
+    unseen, region_source = unseen_masks(pipe, scene, sample, rel_tol, views=views)
     estimate = None
     if region_source == "depth":
-        estimate = predicted_unseen_masks(
-            model, encoded, sample, regression=rendered, sources=source_render
-        )
+        estimate = predicted_unseen_masks(pipe, scene, sample, views=views)
     empty = [[]] * sample.num_targets if unseen is None else empty_regions(unseen)
     reg_tree = quality(regression, targets.images, unseen, lpips_net)
 
     samples = None
     if sampling is not None:
         seed = sampling.seed + index * sampling.num_samples
-        samples, generated = _sample(
-            model, encoded, sources, targets, sampling, seed, rendered, source_render
-        )
+        samples, generated = _sample(pipe, scene, cameras, sampling, seed, views)
         sample_tree = quality(samples, targets.images, unseen, lpips_net)  # leaves (n, t)
         div_tree = None
         if sampling.num_samples >= 2:
@@ -535,7 +504,7 @@ def _mask_info(model: NVSModel, scenes: list[Tree]) -> Tree:
 
 
 def evaluate(
-    model: NVSModel,
+    pipe: NVSPipeline,
     dataset: Dataset,
     *,
     out_dir: str | Path | None = None,
@@ -548,7 +517,7 @@ def evaluate(
     model_info: dict[str, Any] | None = None,
     dataset_info: dict[str, Any] | None = None,
 ) -> Tree:
-    """Evaluate `model` (on its device, eval mode) on the SceneSamples of `dataset`.
+    """Evaluate the pipeline's model (on its device) on the SceneSamples of `dataset`.
 
     Args:
         lpips_net: from `gen_nvs.models.perceptual.load_lpips`, or None to leave LPIPS
@@ -561,6 +530,7 @@ def evaluate(
     Returns:
         the results (as written to results.json).
     """
+    model = pipe.model
     if sampling is not None and not model.can_sample:
         raise ValueError("this model has no diffusion decoder and cannot draw samples")
     num_scenes = len(dataset) if max_scenes is None else min(len(dataset), max_scenes)
@@ -571,13 +541,12 @@ def evaluate(
         grid_dir = Path(out_dir) / GRID_DIR
         grid_dir.mkdir(parents=True, exist_ok=True)
 
-    model.eval()
     start = time.perf_counter()
     scenes = []
     with torch.inference_mode():
         for i in tqdm(range(num_scenes), desc="eval", unit="scene", disable=not progress):
             result, grid = evaluate_scene(
-                model, dataset[i], i, lpips_net=lpips_net, sampling=sampling, rel_tol=rel_tol
+                pipe, dataset[i], i, lpips_net=lpips_net, sampling=sampling, rel_tol=rel_tol
             )
             if grid_dir is not None:
                 name = _grid_name(i, result["scene"])

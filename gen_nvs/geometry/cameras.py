@@ -315,7 +315,10 @@ def camera_tokens(
         fxfycxcy: [v, 4] intrinsics in pixels of `image_hw`.
         num_sources: number of leading source views.
         camera_scale: [] from `normalize_scene`.
-        posed: False for pose-free input: the sources' 9 pose numbers are zeroed.
+        posed: False for pose-free input (camera-token dropout): the sources' tokens are
+            `pose_free_camera_tokens`, their 9 pose numbers zeroed and the pair the
+            constant of the normalised scale, so that pose-free training encodes exactly
+            as pose-free use.
         training: a single source view gets the pair [0, 1] only at test time.
     Returns:
         [v, 11]
@@ -328,7 +331,9 @@ def camera_tokens(
     tokens = torch.cat([enc, pair.expand(enc.shape[0], 2)], -1)  # (v, 11)
     if not posed:
         tokens = tokens.clone()
-        tokens[:num_sources, :POSE_ENCODING_DIM] = 0.0
+        tokens[:num_sources] = pose_free_camera_tokens(
+            num_sources, training, dtype=tokens.dtype, device=tokens.device
+        )
     return tokens
 
 

@@ -20,6 +20,7 @@ Dimension legend:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 
 import torch
 from torch import Tensor
@@ -62,14 +63,17 @@ class SceneCache:
         chunk_size: int | None = None,
         progress: Callable[[float], object] | None = None,
         out_device: torch.device | str | None = None,
+        postprocess: Callable[[DecoderOutput], DecoderOutput] | None = None,
     ) -> DecoderOutput:
         """Targets [b, t, 6, h, w] -> DecoderOutput (rgb [b, t, 3, h, w], ...).
 
         `chunk_size` target views per scene are rendered per decoder call (all at once
         when None), which bounds the memory of the per-target source copies; the one
         chunked-render loop of the project. `progress(fraction)` is called before each
-        chunk; `out_device` receives each chunk's output as it is done (e.g. "cpu", so
-        that a long trajectory never holds all its views on the GPU).
+        chunk; `postprocess` maps each chunk's output before it goes to `out_device`
+        (the latent mode decodes the latents to rgb there: `NVSModel.render`);
+        `out_device` receives each chunk's output as it is done (e.g. "cpu", so that a
+        long trajectory never holds all its views on the GPU).
         """
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
@@ -82,11 +86,14 @@ class SceneCache:
             if progress is not None:
                 progress(start / num_targets)
             chunk = self.decoder.render(self.context, target_rays[:, start : start + step])
+            if postprocess is not None:
+                chunk = postprocess(chunk)
             chunks.append(chunk if out_device is None else chunk.to(out_device))
         return DecoderOutput(
-            rgb=torch.cat([chunk.rgb for chunk in chunks], dim=1),
-            points=_cat_optional([chunk.points for chunk in chunks]),
-            conf=_cat_optional([chunk.conf for chunk in chunks]),
+            **{
+                f.name: _cat_optional([getattr(chunk, f.name) for chunk in chunks])
+                for f in fields(DecoderOutput)
+            }
         )
 
     def memory_bytes(self) -> int:

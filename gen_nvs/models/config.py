@@ -2,8 +2,9 @@
 
 One frozen dataclass per module holds its keyword arguments (`EncoderConfig` ->
 `VGGTEncoder`, `DecoderConfig` -> `HighwayDecoder`, `CameraHeadConfig` -> `CameraHead`,
-`DepthHeadConfig` -> `DepthHead`, `DiffusionConfig` -> `DiffusionDecoder`); `ModelConfig`
-holds the parts of an `NVSModel`. `MODEL_PRESETS` is the table of named sizes (as DiT's
+`DepthHeadConfig` -> `DepthHead`, `DiffusionConfig` -> `DiffusionDecoder`, `LatentConfig`
+-> `LatentCodec`, the image VAE of the latent mode); `ModelConfig` holds the parts of an
+`NVSModel`. `MODEL_PRESETS` is the table of named sizes (as DiT's
 `DiT_models`) and `model_config` picks one; `gen_nvs.models.nvs.build_model` builds it.
 
 Trees (an export's config.json `model` entry, a training config's `model:` options) are
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from gen_nvs.models.decoder import Variant
+from gen_nvs.models.heads import OutputActivation
 
 C = TypeVar("C", bound="ModuleConfig")
 
@@ -84,7 +86,8 @@ def _suggest(key: str, options: Mapping[str, Any]) -> str:
 
 
 def _typed(value: Any, kind: Any, where: str, module: str) -> Any:
-    """`value` as a `kind` (int, float, bool, str, a Literal, or one of them | None)."""
+    """`value` as a `kind` (int, float, bool, str, a Literal, a dict of JSON values, or one
+    of them | None)."""
     if get_origin(kind) in (typing.Union, types.UnionType):
         args = get_args(kind)
         if value is None and type(None) in args:
@@ -99,6 +102,9 @@ def _typed(value: Any, kind: Any, where: str, module: str) -> Any:
         value = int(value)
     if get_origin(kind) is Literal:
         ok = value in get_args(kind)
+    elif get_origin(kind) is dict:
+        ok = isinstance(value, Mapping)
+        value = dict(value) if ok else value
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
@@ -114,6 +120,8 @@ def _typed(value: Any, kind: Any, where: str, module: str) -> Any:
 def _describe(kind: Any) -> str:
     if get_origin(kind) is Literal:
         return "one of " + ", ".join(repr(arg) for arg in get_args(kind))
+    if get_origin(kind) is dict:
+        return "a mapping"
     names = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
     return names.get(kind, kind.__name__)
 
@@ -170,6 +178,8 @@ class DecoderConfig(ModuleConfig):
     qk_norm_eps: float = 1e-5
     ray_frequencies: int = 0
     ray_bias: bool = False
+    out_channels: int = 3
+    out_activation: OutputActivation = "sigmoid"
     gradient_checkpointing: bool = False
 
 
@@ -212,6 +222,39 @@ class DiffusionConfig(ModuleConfig):
     frequency_dim: int
 
 
+@dataclass(frozen=True)
+class LatentConfig(ModuleConfig):
+    """The latent mode (LVSM-VAE): the image VAE the decoder renders into.
+
+    vae: the `diffusers.AutoencoderKL` config (`LatentCodec.config`), from which the model
+        builds the VAE; its weights are the model's (`codec.*` in an export), so an export
+        rebuilds without the VAE it was trained with.
+    source: where the VAE came from (a folder or hf:// path), for the record.
+    """
+
+    MODULE: ClassVar[str] = "LatentCodec"
+
+    vae: dict[str, Any]
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        missing = [k for k in ("latent_channels", "block_out_channels") if k not in self.vae]
+        if missing:
+            raise ValueError(
+                f"latent.vae must be an AutoencoderKL config, it lacks {', '.join(missing)}"
+            )
+
+    @property
+    def channels(self) -> int:
+        """The VAE's latent channels."""
+        return int(self.vae["latent_channels"])
+
+    @property
+    def downsample(self) -> int:
+        """The factor between image and latent resolution (as `LatentCodec.downsample`)."""
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+
 # --------------------------------------------------------------------------------------
 # The whole model
 # --------------------------------------------------------------------------------------
@@ -220,14 +263,17 @@ class DiffusionConfig(ModuleConfig):
 @dataclass(frozen=True)
 class ModelConfig:
     """An `NVSModel`'s parts: encoder and decoder; a camera head (pose-free use), a depth
-    head (the geometry stage's) and a diffusion decoder when set. The encoder's output
-    width must be the decoder's width."""
+    head (the geometry stage's), a diffusion decoder and the latent mode's VAE when set.
+    The encoder's output width must be the decoder's width; with `latent` the decoder
+    outputs the VAE's latent channels without an activation (`with_latent` sets both),
+    without it RGB through the sigmoid."""
 
     encoder: EncoderConfig
     decoder: DecoderConfig
     camera_head: CameraHeadConfig | None = None
     depth_head: DepthHeadConfig | None = None
     diffusion: DiffusionConfig | None = None
+    latent: LatentConfig | None = None
 
     PARTS: ClassVar[dict[str, type[ModuleConfig]]] = {
         "encoder": EncoderConfig,
@@ -235,6 +281,7 @@ class ModelConfig:
         "camera_head": CameraHeadConfig,
         "depth_head": DepthHeadConfig,
         "diffusion": DiffusionConfig,
+        "latent": LatentConfig,
     }
 
     def __post_init__(self) -> None:
@@ -250,6 +297,21 @@ class ModelConfig:
                 f"encoder out_dim {self.encoder.out_dim} must equal the decoder width "
                 f"{self.decoder.width}"
             )
+        output = (self.decoder.out_channels, self.decoder.out_activation)
+        expected = (3, "sigmoid") if self.latent is None else (self.latent.channels, "none")
+        if output != expected:
+            mode = "pixel" if self.latent is None else "latent"
+            raise ValueError(
+                f"a {mode}-mode model's decoder needs out_channels {expected[0]} and "
+                f"out_activation {expected[1]!r}, got {output[0]} and {output[1]!r}"
+            )
+
+    def with_latent(self, latent: LatentConfig | None) -> ModelConfig:
+        """This config in the latent mode of `latent` (the decoder's output fitted to its
+        VAE), or in pixel mode for None."""
+        channels, activation = (3, "sigmoid") if latent is None else (latent.channels, "none")
+        decoder = replace(self.decoder, out_channels=channels, out_activation=activation)
+        return replace(self, decoder=decoder, latent=latent)
 
     @classmethod
     def from_dict(cls, tree: Any, where: str = "model") -> ModelConfig:
@@ -273,13 +335,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON tree exports hold: encoder, decoder, camera_head (null without one),
-        and depth_head and diffusion when set."""
+        and depth_head, diffusion and latent when set."""
         tree: dict[str, Any] = {
             "encoder": self.encoder.to_dict(),
             "decoder": self.decoder.to_dict(),
             "camera_head": None if self.camera_head is None else self.camera_head.to_dict(),
         }
-        for name in ("depth_head", "diffusion"):
+        for name in ("depth_head", "diffusion", "latent"):
             part = getattr(self, name)
             if part is not None:
                 tree[name] = part.to_dict()

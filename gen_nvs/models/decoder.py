@@ -18,8 +18,9 @@ Dimension legend:
     n   tokens of a target sequence (r registers + gh * gw patches)
     g   target sequences sharing one scene's source keys/values
     c   channels (width)             nh  attention heads     d   channels per head
-    h, w    image height / width     gh, gw  patch grid (h / patch, w / patch)
-    ch  pixel channels (6 rays, 3 rgb, 3 xyz)               r   register tokens
+    h, w    image height / width (of the latent grid in the latent mode)
+    gh, gw  patch grid (h / patch, w / patch)                r   register tokens
+    ch  pixel channels (6 rays, 3 rgb or an image VAE's latent channels, 3 xyz)
     bt  (b t) as one axis, where b and t are not known apart
 """
 
@@ -29,7 +30,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal, TypeVar, get_args
 
 import torch
@@ -38,7 +39,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gen_nvs.models.heads import PointHead, RGBHead
+from gen_nvs.models.heads import OUTPUT_ACTIVATIONS, OutputActivation, PointHead, RGBHead
 from gen_nvs.models.layers import (
     RAY_CHANNELS,
     Attention,
@@ -359,18 +360,25 @@ class SourceContext:
 @dataclass
 class DecoderOutput:
     """rgb [b, t, 3, h, w] in [0, 1]; with a point head, points [b, t, h, w, 3] in the
-    scene frame (first source camera) and their confidence conf [b, t, h, w] (> 1)."""
+    scene frame (first source camera) and their confidence conf [b, t, h, w] (> 1).
 
-    rgb: Tensor
+    A latent decoder (`out_activation` "none") outputs latents [b, t, ch, h, w] of an image
+    VAE instead of rgb (None), on the latent grid as its points and conf are;
+    `NVSModel.render` decodes them and keeps them here.
+    """
+
+    rgb: Tensor | None = None
     points: Tensor | None = None
     conf: Tensor | None = None
+    latents: Tensor | None = None
 
     def to(self, device: torch.device | str) -> DecoderOutput:
         """The same output with its tensors on `device`."""
         return DecoderOutput(
-            rgb=self.rgb.to(device),
-            points=None if self.points is None else self.points.to(device),
-            conf=None if self.conf is None else self.conf.to(device),
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in fields(self)
+            }
         )
 
 
@@ -546,7 +554,12 @@ VARIANT_CLASSES: dict[str, type[DecoderVariant]] = {
 
 
 class HighwayDecoder(nn.Module):
-    """LagerNVS renderer ("highway" decoder): source tokens + target rays -> target views."""
+    """LagerNVS renderer ("highway" decoder): source tokens + target rays -> target views.
+
+    `out_channels` and `out_activation` are the latent mode's (LVSM-VAE): "none" makes the
+    output head give `out_channels` latents of an image VAE per pixel of the (latent) ray
+    grid, `DecoderOutput.latents`; the default is the published RGB head with a sigmoid.
+    """
 
     def __init__(
         self,
@@ -563,11 +576,14 @@ class HighwayDecoder(nn.Module):
         qk_norm_eps: float = 1e-5,
         ray_frequencies: int = 0,
         ray_bias: bool = False,
+        out_channels: int = 3,
+        out_activation: OutputActivation = "sigmoid",
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_config(variant, width, depth, num_heads, patch_size, mlp_ratio, num_registers)
         _check_options(variant, ray_frequencies, ray_bias)
+        _check_output(out_channels, out_activation)
         self._config = {
             "variant": variant,
             "width": width,
@@ -586,6 +602,8 @@ class HighwayDecoder(nn.Module):
             self._config["ray_frequencies"] = ray_frequencies
         if ray_bias:
             self._config["ray_bias"] = True
+        if out_channels != 3 or out_activation != "sigmoid":  # the latent mode's
+            self._config.update(out_channels=out_channels, out_activation=out_activation)
         self.variant = variant
         self.routing = VARIANT_CLASSES[variant]()
         self.width = width
@@ -610,7 +628,13 @@ class HighwayDecoder(nn.Module):
             if ray_bias
             else None
         )
-        self.final_layer = RGBHead(dim=width, patch_size=patch_size, norm_eps=norm_eps)
+        self.final_layer = RGBHead(
+            dim=width,
+            patch_size=patch_size,
+            norm_eps=norm_eps,
+            channels=out_channels,
+            activation=out_activation,
+        )
         self.point_head = (
             PointHead(dim=width, patch_size=patch_size, norm_eps=norm_eps) if point_head else None
         )
@@ -626,6 +650,11 @@ class HighwayDecoder(nn.Module):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.renderer_core.renderer_blocks
+
+    @property
+    def outputs_latents(self) -> bool:
+        """Whether the output head gives latents (`DecoderOutput.latents`) instead of rgb."""
+        return self.final_layer.activation == "none"
 
     @property
     def config(self) -> dict:
@@ -645,7 +674,8 @@ class HighwayDecoder(nn.Module):
         target_rays: [b, t, 6, h, w] Pluecker ray maps of the targets, in the scene frame.
         source_rays: [b, s, p, 6] each source token's ray (`patch_rays`); needed only with
             the `ray_bias` option.
-        Returns a DecoderOutput with rgb [b, t, 3, h, w] (and points/conf with a point head).
+        Returns a DecoderOutput with rgb [b, t, 3, h, w] (latents [b, t, ch, h, w] for a
+        latent decoder) and points/conf with a point head.
         """
         return self.render(self.prepare_sources(source_tokens, source_rays), target_rays)
 
@@ -667,12 +697,13 @@ class HighwayDecoder(nn.Module):
         x = self.target_tokens(context, target_rays)  # [(b t), gh * gw, c]
         b, _, _, h, w = target_rays.shape
         grid = (h // self.patch_size, w // self.patch_size)
-        rgb = rearrange(self.final_layer(x, grid), "(b t) ch h w -> b t ch h w", b=b)
+        image = rearrange(self.final_layer(x, grid), "(b t) ch h w -> b t ch h w", b=b)
+        output = DecoderOutput(latents=image) if self.outputs_latents else DecoderOutput(rgb=image)
         if self.point_head is None:
-            return DecoderOutput(rgb=rgb)
+            return output
         points, conf = self.point_head(x, grid)
-        return DecoderOutput(
-            rgb=rgb,
+        return replace(
+            output,
             points=rearrange(points, "(b t) h w ch -> b t h w ch", b=b),
             conf=rearrange(conf, "(b t) h w -> b t h w", b=b),
         )
@@ -787,6 +818,18 @@ def _check_config(
         )
     if width % num_heads:
         raise ValueError(f"decoder width {width} is not divisible by num_heads {num_heads}")
+
+
+def _check_output(out_channels: int, out_activation: str) -> None:
+    if out_activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(
+            f"decoder out_activation must be one of {OUTPUT_ACTIVATIONS}, got {out_activation!r}"
+        )
+    if out_channels < 1 or (out_activation == "sigmoid" and out_channels != 3):
+        raise ValueError(
+            f"decoder out_channels must be 3 with out_activation 'sigmoid' (rgb) and >= 1 with "
+            f"'none' (latents), got {out_channels} with {out_activation!r}"
+        )
 
 
 def _check_options(variant: str, ray_frequencies: int, ray_bias: bool) -> None:

@@ -1,4 +1,5 @@
-"""Pixel-space diffusion decoder: the LagerNVS highway decoder turned into a denoiser.
+"""Diffusion decoder: the LagerNVS highway decoder turned into a denoiser, in pixel space
+or in the latent space of an image VAE.
 
 The recipe (LagerNVS): start from a trained regression `HighwayDecoder` and let it see
 the noisy target and the timestep, so that fine-tuning begins at the regression renderer.
@@ -7,7 +8,10 @@ the noisy target and the timestep, so that fine-tuning begins at the regression 
   RGB scaled to [-1, 1] (`rgb * 2 - 1`) and, with `noise_channels=6`, the point map in
   the point head's pre-activation space, `sign(p) * log1p(|p|)` (scene frame, the inverse
   of the head's `sign(x) * expm1(|x|)`), so RGB-D is generated jointly and far points do
-  not dwarf near ones. The noisy sample x_t enters through a bias-free patch conv
+  not dwarf near ones. In the latent mode (a decoder that outputs an image VAE's k
+  latent channels, `out_activation` "none") the sample is the normalised latents as
+  they are, with the points in the same log space on the latent grid: k or k + 3
+  channels. The noisy sample x_t enters through a bias-free patch conv
   (noise channels -> c, zero-initialised) added to the ray patch embedding before its
   norm: the same as giving the published ray embedding extra input channels.
 - Timestep. A sinusoidal embedding and an MLP give, per target view, adaLN modulation
@@ -26,9 +30,10 @@ the noisy target and the timestep, so that fine-tuning begins at the regression 
   "sample" (the default) predicts x0 as `[sigmoid(rgb_raw) * 2 - 1, xyz_raw]`, the
   regression heads' outputs in diffusion space, so at conversion the x0 prediction is
   exactly the regression render (`denoise_views` gives it as rgb, points and
-  confidence). "epsilon" and "v_prediction" read the same heads' pre-activations
-  linearly as the prediction; they start from the pretrained trunk and heads but not
-  from a meaningful prediction, so only "sample" keeps the exact-at-init property.
+  confidence); in the latent mode it is `[latents_raw, xyz_raw]`, no sigmoid.
+  "epsilon" and "v_prediction" read the same heads' pre-activations linearly as the
+  prediction; they start from the pretrained trunk and heads but not from a meaningful
+  prediction, so only "sample" keeps the exact-at-init property.
 - Classifier-free guidance. In training (`forward`) each scene's encoder tokens are
   replaced, with probability `cond_dropout`, by one learned null token repeated in
   place of every source token; the target rays are kept. At sampling `conditional=False`
@@ -40,8 +45,10 @@ Dimension legend:
     m   source tokens per scene (s * p)
     bt  (b t) as one axis, where b and t are not known apart
     ns  samples per target (the sampler's rows are (ns b t))
-    c   channels (width)            ch  diffusion channels (3 rgb + 3 xyz, or 3 rgb)
-    h, w    image height / width    gh, gw  patch grid (h / patch, w / patch)
+    c   channels (width)            k   latent channels of an image VAE (latent mode)
+    ch  diffusion channels (3 rgb + 3 xyz, or 3 rgb; k + 3 or k in the latent mode)
+    h, w    image height / width (the latent grid in the latent mode)
+    gh, gw  patch grid (h / patch, w / patch)
     l   modulated sub-layers of a block     j   modulation parts (shift, scale, gate)
 """
 
@@ -51,6 +58,7 @@ import copy
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -71,7 +79,7 @@ from gen_nvs.models.decoder import (
 from gen_nvs.models.heads import compress_points, expand_points
 from samplers.denoiser import ModelFn, PredictionType, check_prediction_type
 
-NOISE_CHANNELS = (3, 6)  # rgb, or rgb + xyz
+NOISE_CHANNELS = (3, 6)  # rgb, or rgb + xyz (pixel mode)
 
 
 # --------------------------------------------------------------------------------------
@@ -79,36 +87,52 @@ NOISE_CHANNELS = (3, 6)  # rgb, or rgb + xyz
 # --------------------------------------------------------------------------------------
 
 
-def to_diffusion_space(rgb: Tensor, points: Tensor | None = None) -> Tensor:
+def to_diffusion_space(
+    image: Tensor, points: Tensor | None = None, *, latent: bool = False
+) -> Tensor:
     """Target views -> the diffusion sample x0 [b, t, ch, h, w].
 
-    rgb [b, t, 3, h, w] in [0, 1] becomes `rgb * 2 - 1`; points [b, t, h, w, 3] (scene
-    frame), if given, become `sign(p) * log1p(|p|)` in channels 3..5.
+    image: rgb [b, t, 3, h, w] in [0, 1], which becomes `rgb * 2 - 1`, or with `latent`
+    an image VAE's normalised latents [b, t, k, h, w], kept as they are. points
+    [b, t, h, w, 3] (scene frame, on the same grid), if given, become
+    `sign(p) * log1p(|p|)` in the last 3 channels.
     """
-    if rgb.ndim != 5 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be [b, t, 3, h, w], got {list(rgb.shape)}")
-    x_rgb = rgb * 2 - 1
+    if image.ndim != 5 or (not latent and image.shape[2] != 3):
+        expected = "latents [b, t, k, h, w]" if latent else "rgb [b, t, 3, h, w]"
+        raise ValueError(f"expected {expected}, got {list(image.shape)}")
+    x_image = image if latent else image * 2 - 1
     if points is None:
-        return x_rgb
-    b, t, _, h, w = rgb.shape
+        return x_image
+    b, t, _, h, w = image.shape
     if tuple(points.shape) != (b, t, h, w, 3):
-        raise ValueError(f"points must be {[b, t, h, w, 3]} to match rgb, got {list(points.shape)}")
-    x_xyz = rearrange(compress_points(points), "b t h w ch -> b t ch h w")
-    return torch.cat([x_rgb, x_xyz.to(x_rgb.dtype)], dim=2)
-
-
-def from_diffusion_space(x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """A diffusion sample x [b, t, ch, h, w] -> (rgb [b, t, 3, h, w] in [0, 1], points
-    [b, t, h, w, 3] in the scene frame, or None for ch = 3)."""
-    if x.ndim != 5 or x.shape[2] not in NOISE_CHANNELS:
         raise ValueError(
-            f"diffusion sample must be [b, t, ch, h, w] with ch in {NOISE_CHANNELS}, "
+            f"points must be {[b, t, h, w, 3]} to match the image, got {list(points.shape)}"
+        )
+    x_xyz = rearrange(compress_points(points), "b t h w ch -> b t ch h w")
+    return torch.cat([x_image, x_xyz.to(x_image.dtype)], dim=2)
+
+
+def from_diffusion_space(
+    x: Tensor, *, latent_channels: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """A diffusion sample x [b, t, ch, h, w] -> (rgb [b, t, 3, h, w] in [0, 1], points
+    [b, t, h, w, 3] in the scene frame, or None for ch = 3).
+
+    With `latent_channels` k (the latent mode): (latents [b, t, k, h, w] as they are,
+    points or None for ch = k).
+    """
+    channels = 3 if latent_channels is None else latent_channels
+    if x.ndim != 5 or x.shape[2] not in (channels, channels + 3):
+        raise ValueError(
+            f"diffusion sample must be [b, t, ch, h, w] with ch in {(channels, channels + 3)}, "
             f"got {list(x.shape)}"
         )
-    rgb = ((x[:, :, :3] + 1) / 2).clamp(0, 1)
-    if x.shape[2] == 3:
-        return rgb, None
-    return rgb, expand_points(rearrange(x[:, :, 3:], "b t ch h w -> b t h w ch"))
+    image = x[:, :, :channels]
+    if latent_channels is None:
+        image = ((image + 1) / 2).clamp(0, 1)
+    if x.shape[2] == channels:
+        return image, None
+    return image, expand_points(rearrange(x[:, :, channels:], "b t ch h w -> b t h w ch"))
 
 
 # --------------------------------------------------------------------------------------
@@ -231,6 +255,34 @@ class DiffusionDecoder(nn.Module):
         """The keyword arguments as JSON (`decoder`: the HighwayDecoder's `config`)."""
         return copy.deepcopy(self._config)
 
+    @property
+    def latent(self) -> bool:
+        """Whether it denoises an image VAE's latents (its decoder outputs latents)."""
+        return self.decoder.outputs_latents
+
+    @property
+    def image_channels(self) -> int:
+        """The sample's image channels: 3 (rgb) or the VAE's latent channels k."""
+        return self.decoder.final_layer.channels
+
+    @property
+    def with_points(self) -> bool:
+        """Whether the sample holds the point map too (3 channels after the image's)."""
+        return self.noise_channels == self.image_channels + 3
+
+    def to_sample(self, image: Tensor, points: Tensor | None = None) -> Tensor:
+        """`to_diffusion_space` in this decoder's space: image [b, t, 3 or k, h, w] (rgb or
+        latents) and points [b, t, h, w, 3], needed when it denoises points too (else
+        ignored) -> x0 [b, t, ch, h, w]."""
+        if self.with_points and points is None:
+            raise ValueError("this diffusion decoder denoises points too: give them")
+        return to_diffusion_space(image, points if self.with_points else None, latent=self.latent)
+
+    def from_sample(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`from_diffusion_space` in this decoder's space: x [b, t, ch, h, w] -> (rgb in
+        [0, 1] or latents, points or None)."""
+        return from_diffusion_space(x, latent_channels=self.image_channels if self.latent else None)
+
     # ----------------------------------------------------------------------------------
     # Conditioning
     # ----------------------------------------------------------------------------------
@@ -308,11 +360,11 @@ class DiffusionDecoder(nn.Module):
             None, which reruns the source stream) instead of `sources`.
         Returns the prediction [b, t, ch, h, w] of type `prediction_type`.
         """
-        with_points = self.noise_channels == 6
+        with_points = self.with_points
         rgb_raw, point_raw = self._raw(
             sources, x_t, timesteps, target_rays, conditional, null_context, with_points
         )
-        if self.prediction_type == "sample":
+        if self.prediction_type == "sample" and not self.latent:
             rgb_raw = torch.sigmoid(rgb_raw) * 2 - 1
         parts = [rgb_raw]
         if with_points:
@@ -331,8 +383,9 @@ class DiffusionDecoder(nn.Module):
         null_context: SourceContext | None = None,
     ) -> DecoderOutput:
         """The x0 prediction as views (sample prediction only; arguments as `denoise`):
-        rgb [b, t, 3, h, w] in [0, 1] and, with a point head, points [b, t, h, w, 3] and
-        their confidence [b, t, h, w], through the regression heads' activations."""
+        rgb [b, t, 3, h, w] in [0, 1] (latents [b, t, k, h, w] in the latent mode, for
+        `NVSModel.to_views`) and, with a point head, points [b, t, h, w, 3] and their
+        confidence [b, t, h, w], through the regression heads' activations."""
         if self.prediction_type != "sample":
             raise ValueError(
                 f"denoise_views needs prediction_type 'sample', got {self.prediction_type!r}"
@@ -342,11 +395,13 @@ class DiffusionDecoder(nn.Module):
             sources, x_t, timesteps, target_rays, conditional, null_context, with_points
         )
         b = x_t.shape[0]
-        rgb = rearrange(torch.sigmoid(rgb_raw), "(b t) ch h w -> b t ch h w", b=b)
+        image = self.decoder.final_layer.activate(rgb_raw)
+        image = rearrange(image, "(b t) ch h w -> b t ch h w", b=b)
+        output = DecoderOutput(latents=image) if self.latent else DecoderOutput(rgb=image)
         if not with_points:
-            return DecoderOutput(rgb=rgb)
-        return DecoderOutput(
-            rgb=rgb,
+            return output
+        return replace(
+            output,
             points=rearrange(expand_points(point_raw[..., :3]), "(b t) h w ch -> b t h w ch", b=b),
             conf=rearrange(1 + torch.exp(point_raw[..., 3]), "(b t) h w -> b t h w", b=b),
         )
@@ -365,8 +420,8 @@ class DiffusionDecoder(nn.Module):
         null_context: SourceContext | None,
         with_points: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        """Pre-activation heads: (rgb [(b t), 3, h, w], xyz + conf [(b t), h, w, 4] or None
-        without `with_points`)."""
+        """Pre-activation heads: (rgb [(b t), 3, h, w] or latents [(b t), k, h, w], xyz +
+        conf [(b t), h, w, 4] or None without `with_points`)."""
         context = self._context(sources, conditional, null_context)
         self.decoder.check_rays(target_rays, context.tokens.shape[0])
         steps = self._check_inputs(x_t, timesteps, target_rays)  # [(b t)]
@@ -448,12 +503,17 @@ def _check_config(
     frequency_dim: int,
 ) -> None:
     check_prediction_type(prediction_type)
-    if noise_channels not in NOISE_CHANNELS:
-        raise ValueError(f"noise_channels must be one of {NOISE_CHANNELS}, got {noise_channels}")
-    if noise_channels == 6 and not decoder.point_head:
+    image = decoder.out_channels  # 3 (rgb), or the latent channels
+    allowed = (image, image + 3)
+    if noise_channels not in allowed:
         raise ValueError(
-            "noise_channels 6 (rgb + points) needs a decoder with point_head=True, got "
-            f"point_head={decoder.point_head}"
+            f"noise_channels must be one of {allowed} (the decoder's {image} output channels, "
+            f"+ 3 with points), got {noise_channels}"
+        )
+    if noise_channels == image + 3 and not decoder.point_head:
+        raise ValueError(
+            f"noise_channels {noise_channels} (image + points) needs a decoder with "
+            f"point_head=True, got point_head={decoder.point_head}"
         )
     if not 0 <= cond_dropout <= 1:
         raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")

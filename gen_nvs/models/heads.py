@@ -7,34 +7,61 @@ adaLN hook (`gen_nvs.models.diffusion`), which also reads the pre-activation pix
 Dimension legend:
     bt  target views of all scenes, (b t) as one axis      c   channels (width)
     gh, gw  patch grid       ph, pw  pixel rows / columns of a patch (the patch size each)
-    h, w    image height / width (gh * ph, gw * pw)    ch  channels of a pixel (rgb, xyz)
+    h, w    image height / width (gh * ph, gw * pw)
+    ch  channels of a pixel (rgb, xyz, or an image VAE's latent channels)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+
+OutputActivation = Literal["sigmoid", "none"]
+OUTPUT_ACTIVATIONS: tuple[str, ...] = get_args(OutputActivation)
 
 
 class RGBHead(nn.Module):
     """As published: bias-free LayerNorm, Linear(c -> ph*pw*3) without bias, sigmoid.
 
     Module names (`norm_final`, `linear`) are those of the official `final_layer`.
+    `channels` and `activation` are the latent mode's options: an image VAE's latents
+    (e.g. 16 channels) with no activation, as they are roughly zero-mean Gaussian; the
+    defaults are the published RGB output.
     """
 
-    def __init__(self, *, dim: int, patch_size: int, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        patch_size: int,
+        norm_eps: float = 1e-5,
+        channels: int = 3,
+        activation: OutputActivation = "sigmoid",
+    ) -> None:
         super().__init__()
+        if activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"output activation must be one of {OUTPUT_ACTIVATIONS}, got {activation!r}"
+            )
         self.patch_size = patch_size
+        self.channels = channels
+        self.activation = activation
         self.norm_final = nn.LayerNorm(dim, eps=norm_eps, bias=False)
-        self.linear = nn.Linear(dim, patch_size * patch_size * 3, bias=False)
+        self.linear = nn.Linear(dim, patch_size * patch_size * channels, bias=False)
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        """tokens [bt, gh * gw, c], grid (gh, gw) -> rgb [bt, 3, h, w] in [0, 1]."""
-        return torch.sigmoid(self.raw(tokens, grid))
+        """tokens [bt, gh * gw, c], grid (gh, gw) -> [bt, ch, h, w]: rgb in [0, 1], or
+        latents as the linear layer gives them (activation "none")."""
+        return self.activate(self.raw(tokens, grid))
+
+    def activate(self, raw: Tensor) -> Tensor:
+        """Pre-activation output -> the head's output (sigmoid, or as it is)."""
+        return torch.sigmoid(raw) if self.activation == "sigmoid" else raw
 
     def raw(
         self,
@@ -42,11 +69,11 @@ class RGBHead(nn.Module):
         grid: tuple[int, int],
         modulate: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """tokens [bt, gh * gw, c], grid (gh, gw) -> pre-sigmoid rgb [bt, 3, h, w]."""
+        """tokens [bt, gh * gw, c], grid (gh, gw) -> pre-activation output [bt, ch, h, w]."""
         normed = self.norm_final(tokens)
         if modulate is not None:
             normed = modulate(normed)
-        x = self.linear(normed)  # [bt, gh * gw, ph * pw * 3]
+        x = self.linear(normed)  # [bt, gh * gw, ph * pw * ch]
         return _unpatchify(x, grid, self.patch_size, "bt ch (gh ph) (gw pw)")
 
 

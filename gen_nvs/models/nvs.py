@@ -7,22 +7,32 @@ tokens for the encoder, Pluecker ray maps for the decoder's targets. Scenes are 
 once into an `EncodedScene` (the decoder's `SceneCache` plus the normalisation), then any
 number of target cameras are rendered against it.
 
+In the latent mode (LVSM-VAE; a `latent` config) the model also holds an image VAE
+(`codec`, a frozen `LatentCodec` whose weights are the model's): the encoder still sees
+the source pixels, but the decoder renders the VAE's latents on its latent grid (target
+rays at h/f x w/f with `latent_intrinsics`), which `render` decodes to RGB; points and
+confidence are upsampled to the image, so every output keeps the pixel mode's shapes.
+
 Dimension legend:
     b   scenes (batch)       s   source views      t   target views
     v   views of a scene (s sources first, then t targets)
     m   source tokens of a scene       n   aggregator tokens per view
     c   aggregator width               h, w    image height / width (sources and
                                                targets may differ)
+    f   the VAE's downsampling factor (latent mode; the latent grid is h/f x w/f)
+    k   the VAE's latent channels
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from gen_nvs.geometry import cameras as cam
@@ -35,6 +45,7 @@ from gen_nvs.models.config import (
     DepthHeadConfig,
     DiffusionConfig,
     EncoderConfig,
+    LatentConfig,
     ModelConfig,
     model_config,
 )
@@ -42,6 +53,7 @@ from gen_nvs.models.decoder import DecoderOutput, HighwayDecoder, patch_rays
 from gen_nvs.models.depth_head import DepthHead
 from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.encoder import VGGTEncoder
+from gen_nvs.models.vae import LatentCodec
 
 # The embedded default model's inference export, shipped inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
@@ -112,6 +124,11 @@ class NVSModel(nn.Module):
     also estimates per-pixel depth from pose-free aggregator tokens (`estimate_depth`),
     what the geometry training stage learns. Without one (every preset) the model, its
     config and its weights are exactly those of a model before the option existed.
+
+    With a `latent` config the model renders in the latent space of an image VAE (see the
+    module docstring), held as `self.codec` (frozen; its weights under `codec.`); the
+    decoder's config must output the VAE's latent channels (`ModelConfig.with_latent`).
+    Without one (every preset) `self.codec` is None and nothing else changes.
     """
 
     def __init__(
@@ -122,10 +139,14 @@ class NVSModel(nn.Module):
         camera_head: CameraHeadConfig | None = None,
         depth_head: DepthHeadConfig | None = None,
         diffusion: DiffusionConfig | None = None,
+        latent: LatentConfig | None = None,
     ) -> None:
         super().__init__()
-        # Checks the parts' types and that the encoder's output fits the decoder.
-        self._config = ModelConfig(encoder=encoder, decoder=decoder, camera_head=camera_head)
+        # Checks the parts' types, that the encoder's output fits the decoder and the
+        # decoder's output the latent mode.
+        self._config = ModelConfig(
+            encoder=encoder, decoder=decoder, camera_head=camera_head, latent=latent
+        )
         self.encoder = VGGTEncoder(**encoder.kwargs())
         self.decoder = HighwayDecoder(**decoder.kwargs())
         self.camera_head = None if camera_head is None else CameraHead(**camera_head.kwargs())
@@ -139,6 +160,7 @@ class NVSModel(nn.Module):
         if diffusion is not None:
             self._config = replace(self._config, diffusion=diffusion)
             self.diffusion = DiffusionDecoder(decoder=decoder, **diffusion.kwargs())
+        self.codec = None if latent is None else LatentCodec(latent.vae)
 
     @property
     def config(self) -> ModelConfig:
@@ -147,7 +169,14 @@ class NVSModel(nn.Module):
 
     @property
     def patch_size(self) -> int:
-        return self.decoder.patch_size
+        """Image pixels per side of a target token: the decoder's patch size, times the
+        VAE's downsampling in the latent mode. Render sizes are multiples of it."""
+        return self.decoder.patch_size * self.downsample
+
+    @property
+    def downsample(self) -> int:
+        """The factor f between images and the decoder's ray grid (1 in pixel mode)."""
+        return 1 if self.codec is None else self.codec.downsample
 
     @property
     def can_sample(self) -> bool:
@@ -350,8 +379,9 @@ class NVSModel(nn.Module):
         the scene frame: always so for pose-free scenes); target_fxfycxcy [b, t, 4] in
         pixels of the `image_hw` target images (h and w multiples of the patch size).
         Returns DecoderOutput: rgb [b, t, 3, h, w]; points [b, t, h, w, 3] in the scene
-        frame and conf [b, t, h, w] with a point head. `chunk_size`, `progress` and
-        `out_device`: as for `SceneCache.render`.
+        frame and conf [b, t, h, w] with a point head; in the latent mode also the
+        decoder's latents [b, t, k, h/f, w/f] (see `to_views`). `chunk_size`, `progress`
+        and `out_device`: as for `SceneCache.render`.
         """
         b = scene.cache.num_scenes
         if target_c2w.ndim != 4 or target_c2w.shape[0] != b:
@@ -362,9 +392,16 @@ class NVSModel(nn.Module):
         t = target_c2w.shape[1]
         _check_cameras(target_c2w, target_fxfycxcy, (b, t), image_hw, "target cameras")
         target_c2w = scene.scene_frame(target_c2w, normalized)
-        rays = cam.plucker_rays(target_c2w, target_fxfycxcy, *image_hw)  # (b, t, 6, h, w)
+        rays = self.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, h/f, w/f)
+        postprocess = None
+        if self.codec is not None:  # decode each chunk on the model's device
+            postprocess = functools.partial(self.to_views, image_hw=image_hw)
         return scene.cache.render(
-            rays, chunk_size=chunk_size, progress=progress, out_device=out_device
+            rays,
+            chunk_size=chunk_size,
+            progress=progress,
+            out_device=out_device,
+            postprocess=postprocess,
         )
 
     def forward(
@@ -375,13 +412,17 @@ class NVSModel(nn.Module):
         num_sources: int,
         *,
         posed: bool = True,
+        decode: bool = True,
     ) -> DecoderOutput:
         """Training/evaluation path: render the targets of b scenes.
 
         images [b, v, 3, h, w] (sources first; the targets' images are not used),
         c2w [b, v, 4, 4], fxfycxcy [b, v, 4]. posed=False zeroes the sources' pose
         numbers in the camera tokens (camera-token dropout, pose-free training).
-        Returns the targets' DecoderOutput (rgb [b, v - num_sources, 3, h, w], ...).
+        Returns the targets' DecoderOutput (rgb [b, v - num_sources, 3, h, w], ...), as
+        `render` does. decode=False (latent-mode training) returns the decoder's own
+        output instead: latents [b, t, k, h/f, w/f] and points/conf on the latent grid,
+        no rgb; in pixel mode it changes nothing.
         """
         b, v = images.shape[:2]
         if not 1 <= num_sources < v:
@@ -394,9 +435,80 @@ class NVSModel(nn.Module):
         source_tokens = self.encode_sources(
             images[:, :s], normalized[:, :s], fxfycxcy[:, :s], posed=posed, training=self.training
         )
-        rays = cam.plucker_rays(normalized[:, s:], fxfycxcy[:, s:], *hw)  # (b, t, 6, h, w)
+        rays = self.target_rays(normalized[:, s:], fxfycxcy[:, s:], hw)  # (b, t, 6, h/f, w/f)
         source_rays = self.source_token_rays(normalized[:, :s], fxfycxcy[:, :s], hw)
-        return self.decoder(source_tokens, rays, source_rays)
+        output = self.decoder(source_tokens, rays, source_rays)
+        return self.to_views(output, hw) if decode else output
+
+    # ----------------------------------------------------------------------------------
+    # The decoder's grid (the latent grid in the latent mode)
+    # ----------------------------------------------------------------------------------
+
+    def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The decoder's ray grid for images of `image_hw`: the image size, or in the latent
+        mode the VAE's latent grid (h/f, w/f). ValueError unless h and w are multiples of
+        `patch_size`."""
+        if self.codec is None:
+            return image_hw
+        h, w = image_hw
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the model's patch size "
+                f"{self.patch_size} (decoder patch {self.decoder.patch_size} on the latent grid "
+                f"of a VAE that downsamples {self.downsample}x)"
+            )
+        return h // self.downsample, w // self.downsample
+
+    def target_rays(self, c2w: Tensor, fxfycxcy: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        """Pluecker rays [b, t, 6, h/f, w/f] of target cameras c2w [b, t, 4, 4] (scene frame)
+        with intrinsics [b, t, 4] in pixels of `image_hw` images, on the decoder's grid
+        (`grid_size`; the intrinsics scaled by `cameras.latent_intrinsics` in the latent
+        mode, so a latent pixel's ray passes through the centre of its f x f block)."""
+        if self.codec is None:
+            return cam.plucker_rays(c2w, fxfycxcy, *image_hw)
+        grid = self.grid_size(image_hw)
+        return cam.plucker_rays(c2w, cam.latent_intrinsics(fxfycxcy, self.downsample), *grid)
+
+    def image_latents(self, images: Tensor) -> Tensor:
+        """The latent mode's VAE on views: images [b, v, 3, h, w] in [0, 1] -> normalised
+        latents [b, v, k, h/f, w/f] (the decoder's training targets)."""
+        if self.codec is None:
+            raise ValueError("this model renders pixels: it has no VAE (model config 'latent')")
+        b = images.shape[0]
+        latents = self.codec.encode(rearrange(images, "b v ch h w -> (b v) ch h w"))
+        return rearrange(latents, "(b v) k h w -> b v k h w", b=b)
+
+    def to_views(self, output: DecoderOutput, image_hw: tuple[int, int]) -> DecoderOutput:
+        """The decoder's output [b, t, ...] as views of `image_hw`: as it is in pixel mode;
+        in the latent mode rgb [b, t, 3, h, w] in [0, 1] decoded by the VAE from the
+        latents [b, t, k, h/f, w/f] (kept), and points [b, t, h, w, 3] and conf
+        [b, t, h, w] upsampled (nearest) from the latent grid."""
+        if self.codec is None:
+            return output
+        if output.latents is None:
+            raise ValueError("a latent-mode output needs its latents, got None")
+        expected = self.grid_size(image_hw)
+        if tuple(output.latents.shape[-2:]) != expected:
+            raise ValueError(
+                f"latents {list(output.latents.shape)} are not on the latent grid {list(expected)} "
+                f"of {list(image_hw)} images"
+            )
+        b = output.latents.shape[0]
+        flat = rearrange(output.latents, "b t k h w -> (b t) k h w")
+        rgb = rearrange(self.codec.decode(flat), "(b t) ch h w -> b t ch h w", b=b)
+        f = self.downsample
+        return replace(
+            output,
+            rgb=rgb,
+            points=None if output.points is None else _upsample(output.points, f),
+            conf=None if output.conf is None else _upsample(output.conf, f),
+        )
+
+
+def _upsample(x: Tensor, factor: int) -> Tensor:
+    """[b, t, h, w, ...] -> [b, t, h * factor, w * factor, ...], each value repeated over
+    its factor x factor block (nearest upsampling)."""
+    return x.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
 
 
 def batch_normalization(c2w: Tensor, num_sources: int) -> tuple[Tensor, Tensor]:
@@ -446,7 +558,9 @@ def _check_cameras(
 
 def save_model(model: NVSModel, directory: str | Path, **info: Any) -> Path:
     """Inference export: `model.safetensors` + `config.json` ({"model": config, **info}),
-    with the model's `noise_schedule` unless `info` gives one."""
+    with the model's `noise_schedule` unless `info` gives one. A latent-mode model's VAE
+    is in it (weights under `codec.`, config under `latent`): the export needs nothing
+    else."""
     if model.noise_schedule is not None:
         info.setdefault("noise_schedule", model.noise_schedule)
     return ckpt.save_export(
@@ -469,6 +583,7 @@ def build_model(config: ModelConfig | Mapping[str, Any] | str) -> NVSModel:
         camera_head=config.camera_head,
         depth_head=config.depth_head,
         diffusion=config.diffusion,
+        latent=config.latent,
     )
 
 

@@ -32,13 +32,13 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from gen_nvs.data import SceneBatch
-from gen_nvs.geometry import cameras as cam
 from gen_nvs.models import checkpoint as ckpt
-from gen_nvs.models.config import DepthHeadConfig, model_config
-from gen_nvs.models.diffusion import from_diffusion_space, make_model_fn
+from gen_nvs.models.config import DepthHeadConfig, LatentConfig, model_config
+from gen_nvs.models.diffusion import make_model_fn
 from gen_nvs.models.losses import DenoisingLoss
 from gen_nvs.models.nvs import NVSModel, load_model
 from gen_nvs.models.nvs import build_model as build_nvs_model
+from gen_nvs.models.vae import LatentCodec
 from gen_nvs.outputs import write_rgb
 from gen_nvs.train import checkpoints, objectives
 from gen_nvs.train.config import dump, git_revision, load_config
@@ -142,15 +142,19 @@ class LossMeans:
 
 def build_model(config: dict) -> NVSModel:
     """The model to train: an export (`model.init_from`) or a preset with the config's
-    module options over it (optionally from official checkpoints), with a depth head
+    module options over it (optionally from official checkpoints), in the latent mode of
+    `model.latent.vae` when set (the VAE's weights become the model's), with a depth head
     when `model.depth_head` asks for one and it has none; the diffusion stage adds its
     diffusion decoder. Bad module options are one-line ValueErrors naming the key."""
     m, stage = config["model"], config["stage"]
     depth_head = None
     if m["depth_head"] is not None:
         depth_head = DepthHeadConfig.from_dict(m["depth_head"], "model.depth_head")
+    vae = latent_vae(m["latent"])
     if m["init_from"]:
         model = load_model(m["init_from"]).train()
+        if vae is not None:
+            check_latent_export(model, vae, m["init_from"])
     elif stage == "diffusion":
         raise ValueError(
             "the diffusion stage starts from a trained regression model: set "
@@ -160,7 +164,18 @@ def build_model(config: dict) -> NVSModel:
         preset = model_config(m["preset"], variant=m["variant"], point_head=m["point_head"])
         options = {part: m[part] for part in ("encoder", "decoder", "camera_head")}
         model_cfg = preset.override(options)
+        codec = None
+        if vae is not None:
+            if m["official_lagernvs"]:
+                raise ValueError(
+                    "model.official_lagernvs is a pixel-space renderer; the latent mode "
+                    "(model.latent) trains its decoder from scratch"
+                )
+            codec = LatentCodec(vae)
+            model_cfg = model_cfg.with_latent(LatentConfig(vae=codec.config, source=vae))
         model = build_nvs_model(replace(model_cfg, depth_head=depth_head))
+        if codec is not None:
+            model.codec.load_state_dict(codec.state_dict())
         if m["official_vggt"] or m["official_lagernvs"]:
             from gen_nvs.models.convert import load_official_weights
 
@@ -172,7 +187,7 @@ def build_model(config: dict) -> NVSModel:
         if model.diffusion is None:
             model.add_diffusion(
                 prediction_type=d["prediction_type"],
-                noise_channels=d["noise_channels"],
+                noise_channels=noise_channels(model, d["noise_channels"]),
                 cond_dropout=d["cond_dropout"],
                 frequency_dim=d["frequency_dim"],
             )
@@ -185,6 +200,47 @@ def build_model(config: dict) -> NVSModel:
     return model
 
 
+def latent_vae(option) -> str | None:
+    """The VAE of `model.latent` ({vae: PATH}: a diffusers AutoencoderKL folder or hf://),
+    or None (pixel mode) when it is null."""
+    if option is None:
+        return None
+    if not isinstance(option, dict) or set(option) != {"vae"} or not isinstance(option["vae"], str):
+        raise ValueError(
+            "model.latent must be {vae: PATH} (a diffusers AutoencoderKL folder or "
+            f"hf://org/repo[/subfolder]) or null, got {option!r}"
+        )
+    return option["vae"]
+
+
+def check_latent_export(model: NVSModel, vae: str, init_from: str) -> None:
+    """`model.latent` with `model.init_from`: the export must render in the latent space of
+    a VAE of the same config (it keeps its own weights)."""
+    if model.codec is None:
+        raise ValueError(
+            f"model.init_from {init_from} renders pixels; model.latent needs a latent-mode "
+            "export or a model built here (model.init_from=null)"
+        )
+    if LatentCodec(vae).config != model.codec.config:
+        raise ValueError(
+            f"model.init_from {init_from} renders in the latent space of another VAE than "
+            f"model.latent.vae {vae}; set model.latent=null to keep the export's"
+        )
+
+
+def noise_channels(model: NVSModel, channels: int) -> int:
+    """`diffusion.noise_channels` for the model: 3 (the image) or 6 (the image and the
+    points) in pixel mode; in the latent mode the same choice with the VAE's latent
+    channels k in place of rgb: k or k + 3."""
+    if model.codec is None:
+        return channels
+    if channels not in (3, 6):
+        raise ValueError(
+            f"diffusion.noise_channels must be 3 (the image) or 6 (with points), got {channels}"
+        )
+    return model.codec.channels + channels - 3
+
+
 def set_trainable(model: NVSModel, config: dict) -> None:
     """Freeze what this stage does not train (parts without a loss or never run included,
     so that every trained parameter gets a gradient on every step, as DDP needs; the point
@@ -194,10 +250,13 @@ def set_trainable(model: NVSModel, config: dict) -> None:
     depth head (with loss.depth > 0); the aggregator runs without camera tokens and rays,
     so the camera MLP, the ray projections, the output connector and the decoders have no
     loss. regression: all but the depth head (no loss: it stays as the geometry stage left
-    it) and the diffusion decoder. diffusion: its decoder alone.
+    it) and the diffusion decoder. diffusion: its decoder alone. The latent mode's VAE is
+    never trained.
     """
     m, loss, stage = config["model"], config["loss"], config["stage"]
     model.requires_grad_(stage == "regression")
+    if model.codec is not None:
+        model.codec.requires_grad_(False)
     if stage == "geometry":
         model.encoder.freeze(m["freeze_encoder"])
         if model.camera_head is not None:  # GeometryForward says when there is none
@@ -206,8 +265,8 @@ def set_trainable(model: NVSModel, config: dict) -> None:
             model.depth_head.requires_grad_(loss["depth"] > 0)
     elif stage == "diffusion":
         model.diffusion.requires_grad_(True)
-        if model.diffusion.noise_channels == 3 and model.diffusion.decoder.point_head is not None:
-            # RGB-only denoising never runs the point head.
+        if not model.diffusion.with_points and model.diffusion.decoder.point_head is not None:
+            # Image-only denoising never runs the point head.
             model.diffusion.decoder.point_head.requires_grad_(False)
             model.diffusion.head_modulation["points"].requires_grad_(False)
     else:
@@ -298,7 +357,11 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
         return forward, geometry_step, geometry.names
 
     if config["stage"] == "regression":
-        forward = objectives.RegressionForward(model, camera_head=loss["camera"] > 0)
+        forward = objectives.RegressionForward(
+            model,
+            camera_head=loss["camera"] > 0,
+            decode_rgb=model.codec is not None and loss["perceptual"] > 0,
+        )
         regression = objectives.RegressionLoss(
             l2=loss["l2"],
             perceptual=loss["perceptual"],
@@ -307,11 +370,12 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
             point_alpha=loss["point_alpha"],
             point_space=loss["point_space"],
             perceptual_fn=build_perceptual(loss, device),
+            downsample=model.downsample,
         )
 
         def regression_step(forward, views, posed, generator):
-            output, poses = forward(views, posed)
-            return regression(output, poses, views)
+            output, poses, target_latents = forward(views, posed)
+            return regression(output, poses, views, target_latents)
 
         return forward, regression_step, regression.names
 
@@ -324,10 +388,15 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
     from samplers import build_scheduler  # diffusers: only the diffusion stage needs it
 
     alphas_cumprod = build_scheduler("ddpm", **model.noise_schedule).alphas_cumprod.float()
-    channels = model.diffusion.noise_channels
 
     def diffusion_step(forward, views, posed, generator):
-        noised = objectives.noise_targets(views, alphas_cumprod, channels, generator)
+        target_latents = None
+        if model.codec is not None:
+            with torch.no_grad():
+                target_latents = model.image_latents(views.target_images)
+        noised = objectives.noise_targets(
+            views, alphas_cumprod, model.diffusion, generator, target_latents, model.downsample
+        )
         prediction = forward(views, noised.x_t, noised.timesteps, posed, generator)
         return objectives.denoising_loss(denoising, prediction, noised)
 
@@ -394,7 +463,8 @@ def check_image_size(model: NVSModel, image_hw: list[int]) -> None:
     if len(image_hw) != 2 or image_hw[0] % patch or image_hw[1] % patch:
         raise ValueError(
             f"data.image_size {image_hw} must be [height, width], both divisible by the "
-            f"decoder patch size {patch}"
+            f"model's patch size {patch} (the decoder's, times the VAE's downsampling in the "
+            "latent mode)"
         )
 
 
@@ -482,21 +552,22 @@ def evaluation_grid(model: NVSModel, batch: SceneBatch, sample_steps: int) -> to
     scene = model.encode(images[:, :s], c2w[:, :s], k[:, :s])
     columns = [images, model.render(scene, c2w[:, s:], k[:, s:], (h, w)).rgb]
     if model.diffusion is not None and model.noise_schedule is not None:
-        from gen_nvs.sampling import model_denoiser, model_scheduler
+        from gen_nvs.sampling import model_denoiser, model_scheduler, samples_to_views
         from samplers import sample
 
-        rays = cam.plucker_rays(scene.normalize(c2w[:, s:]), k[:, s:], h, w)
+        rays = model.target_rays(scene.normalize(c2w[:, s:]), k[:, s:], (h, w))
         model_fn = make_model_fn(model.diffusion, scene.diffusion_cache, None, rays)
         x = sample(
             model_denoiser(model, model_fn),
-            shape=(model.diffusion.noise_channels, h, w),
+            shape=(model.diffusion.noise_channels, *rays.shape[-2:]),
             num_samples=b * (v - s),
             seeds=0,
             scheduler=model_scheduler(model, "ddim"),
             steps=sample_steps,
             device=images.device,
         )
-        columns.append(from_diffusion_space(rearrange(x, "(b t) k h w -> b t k h w", b=b))[0])
+        x = rearrange(x, "(b t) k h w -> b t k h w", b=b)
+        columns.append(samples_to_views(model, x, (h, w))[0])
     return tile(columns)
 
 

@@ -18,10 +18,16 @@ part Accelerate wraps for data parallelism) and the losses beside it.
   schedule and the diffusion decoder is trained with `DenoisingLoss` in its prediction
   type.
 
+In the latent mode (a model with an image VAE, `NVSModel.codec`, frozen) the decoder's
+targets are the VAE's latents of the target images (`NVSModel.image_latents`, no
+gradient): the regression L2 is taken between predicted and encoded latents (LPIPS, if
+weighted, on the decoded prediction), the diffusion stage noises the latents, and the
+ground-truth points are taken on the latent grid (`Views.target_points`).
+
 Dimension legend:
     b   scenes (batch)       v   views (sources first)    s   source views
     t   target views         k   diffusion channels       i   camera-head iterations
-    h, w    image height / width
+    h, w    image height / width        f   the VAE's downsampling (latent mode, else 1)
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from gen_nvs.data import SceneBatch
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.geometry.rgbd import depth_to_points
 from gen_nvs.models.decoder import DecoderOutput
-from gen_nvs.models.diffusion import to_diffusion_space
+from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.heads import compress_points
 from gen_nvs.models.losses import ConfidencePointLoss, DenoisingLoss
 from gen_nvs.models.nvs import (
@@ -76,15 +82,23 @@ class Views:
     def target_images(self) -> Tensor:
         return self.images[:, self.num_sources :]
 
-    def target_points(self) -> tuple[Tensor, Tensor] | None:
-        """Ground-truth points [b, t, h, w, 3] of the targets in the normalised scene frame
-        and their validity [b, t, h, w], or None without depth."""
+    def target_points(self, downsample: int = 1) -> tuple[Tensor, Tensor] | None:
+        """Ground-truth points [b, t, h/f, w/f, 3] of the targets in the normalised scene
+        frame and their validity [b, t, h/f, w/f], or None without depth.
+
+        `downsample` f > 1 (the latent grid) keeps pixel (f i + f/2, f j + f/2) of each
+        f x f block: a surface point half a pixel from the latent ray through the
+        block's centre, where an average would put points between surfaces at edges.
+        """
         if self.depth is None:
             return None
         s = self.num_sources
         depth = self.depth[:, s:] / self.scale[:, None, None, None]
         points = depth_to_points(depth, self.fxfycxcy[:, s:], self.normalized[:, s:])
         valid = self.depth_valid[:, s:] & torch.isfinite(points).all(dim=-1)
+        if downsample > 1:
+            keep = slice(downsample // 2, None, downsample)
+            points, valid = points[:, :, keep, keep], valid[:, :, keep, keep]
         return torch.where(valid[..., None], points, torch.zeros_like(points)), valid
 
     def source_depth(self) -> tuple[Tensor, Tensor] | None:
@@ -139,23 +153,37 @@ def _cut(batch: SceneBatch, keep: list[int], num_sources: int) -> Views:
 
 
 class RegressionForward(nn.Module):
-    """model(sources) -> the targets' DecoderOutput and, with `camera_head`, the camera
-    head's pose encodings [i, b, s, 9] from pose-free aggregator tokens."""
+    """model(sources) -> (the targets' DecoderOutput, with `camera_head` the camera head's
+    pose encodings [i, b, s, 9] from pose-free aggregator tokens (else None), in the
+    latent mode the target images' latents [b, t, k, h/f, w/f] (else None)).
 
-    def __init__(self, model: NVSModel, *, camera_head: bool) -> None:
+    In the latent mode the output is the decoder's own (latents, points and conf on the
+    latent grid), with rgb decoded from the latents only when `decode_rgb` (for LPIPS).
+    """
+
+    def __init__(self, model: NVSModel, *, camera_head: bool, decode_rgb: bool = False) -> None:
         super().__init__()
         if camera_head and model.camera_head is None:
             raise ValueError("loss.camera > 0 needs a model with a camera head")
         self.model = model
         self.camera_head = camera_head
+        self.decode_rgb = decode_rgb
 
-    def forward(self, views: Views, posed: bool) -> tuple[DecoderOutput, Tensor | None]:
+    def forward(
+        self, views: Views, posed: bool
+    ) -> tuple[DecoderOutput, Tensor | None, Tensor | None]:
         s = views.num_sources
-        output = self.model(views.images, views.c2w, views.fxfycxcy, s, posed=posed)
+        output = self.model(views.images, views.c2w, views.fxfycxcy, s, posed=posed, decode=False)
+        target_latents = None
+        if self.model.codec is not None:
+            with torch.no_grad():  # the frozen VAE: targets, not a path for gradients
+                target_latents = self.model.image_latents(views.target_images)
+            if self.decode_rgb:
+                output.rgb = self.model.to_views(output, views.image_hw).rgb
         if not self.camera_head:
-            return output, None
+            return output, None, target_latents
         tokens = self.model.encoder.aggregate(views.images[:, :s], None)  # (b, s, n, 2c)
-        return output, self.model.camera_head(tokens, return_all=True)
+        return output, self.model.camera_head(tokens, return_all=True), target_latents
 
 
 class RegressionLoss:
@@ -167,6 +195,8 @@ class RegressionLoss:
     logged terms leave out "points". `names` lists every term that can be logged.
     perceptual: a callable (pred, target) on [n, 3, h, w] in [0, 1], or None when its
     weight is 0.
+    downsample: the VAE's factor f in the latent mode (1 in pixel mode): the l2 term is
+    then taken on latents and the points on the latent grid.
     """
 
     def __init__(
@@ -179,6 +209,7 @@ class RegressionLoss:
         point_alpha: float,
         point_space: str = "log",
         perceptual_fn=None,
+        downsample: int = 1,
     ) -> None:
         check_point_space(point_space)
         if perceptual > 0 and perceptual_fn is None:
@@ -188,21 +219,32 @@ class RegressionLoss:
         self.perceptual_fn = perceptual_fn
         self.point_loss = ConfidencePointLoss(alpha=point_alpha)
         self.point_space = point_space
+        self.downsample = downsample
 
     def __call__(
-        self, output: DecoderOutput, poses: Tensor | None, views: Views
+        self,
+        output: DecoderOutput,
+        poses: Tensor | None,
+        views: Views,
+        target_latents: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`target_latents` [b, t, k, h/f, w/f]: the latent mode's l2 targets, which a
+        latent output (`output.latents`) needs."""
         target = views.target_images
-        rgb = output.rgb.float()
-        terms = {"l2": F.mse_loss(rgb, target)}
+        if output.latents is not None:
+            if target_latents is None:
+                raise ValueError("a latent-mode output needs the target images' latents")
+            terms = {"l2": F.mse_loss(output.latents.float(), target_latents.float())}
+        else:
+            terms = {"l2": F.mse_loss(output.rgb.float(), target)}
         unused = []  # outputs without a loss on this batch
         if self.weights["perceptual"] > 0:
             flat = "b t c h w -> (b t) c h w"
             terms["perceptual"] = self.perceptual_fn(
-                rearrange(rgb, flat), rearrange(target, flat)
+                rearrange(output.rgb.float(), flat), rearrange(target, flat)
             ).mean()
         if self.weights["points"] > 0 and output.points is not None:
-            gt = views.target_points()
+            gt = views.target_points(self.downsample)
             if gt is None:
                 unused += [output.points, output.conf]
             else:
@@ -353,7 +395,9 @@ class DiffusionForward(nn.Module):
             source_tokens = self.model.encode_sources(
                 views.images[:, :s], views.normalized[:, :s], views.fxfycxcy[:, :s], posed=posed
             )  # (b, s, p, c)
-        rays = cam.plucker_rays(views.normalized[:, s:], views.fxfycxcy[:, s:], *views.image_hw)
+        rays = self.model.target_rays(
+            views.normalized[:, s:], views.fxfycxcy[:, s:], views.image_hw
+        )  # (b, t, 6, h/f, w/f)
         source_rays = self.model.source_token_rays(
             views.normalized[:, :s], views.fxfycxcy[:, :s], views.image_hw
         )
@@ -377,25 +421,37 @@ class NoisedTargets:
 
 
 def noise_targets(
-    views: Views, alphas_cumprod: Tensor, noise_channels: int, generator: torch.Generator
+    views: Views,
+    alphas_cumprod: Tensor,
+    diffusion: DiffusionDecoder,
+    generator: torch.Generator,
+    target_latents: Tensor | None = None,
+    downsample: int = 1,
 ) -> NoisedTargets:
-    """The DDPM forward process on the targets: a uniform timestep per target view,
-    `x_t = sqrt(a) x0 + sqrt(1 - a) eps` with a = alphas_cumprod[t] (diffusers'
-    `DDPMScheduler.add_noise`). Draws come from the CPU `generator`."""
-    rgb = views.target_images
-    b, t, _, h, w = rgb.shape
-    valid_rgb = torch.ones_like(rgb, dtype=torch.bool)
-    if noise_channels == 3:
-        x0, valid = to_diffusion_space(rgb), valid_rgb
+    """The DDPM forward process on the targets in `diffusion`'s space: a uniform timestep
+    per target view, `x_t = sqrt(a) x0 + sqrt(1 - a) eps` with a = alphas_cumprod[t]
+    (diffusers' `DDPMScheduler.add_noise`). Draws come from the CPU `generator`.
+
+    In the latent mode `target_latents` [b, t, k, h/f, w/f] are the image part (the VAE's
+    factor f: `downsample`, for the points' grid); else the target images are."""
+    image = views.target_images
+    if diffusion.latent:
+        if target_latents is None:
+            raise ValueError("a latent-mode diffusion decoder needs the targets' latents")
+        image = target_latents
+    b, t, _, h, w = image.shape
+    valid_image = torch.ones_like(image, dtype=torch.bool)
+    if not diffusion.with_points:
+        x0, valid = diffusion.to_sample(image), valid_image
     else:
-        gt = views.target_points()
+        gt = views.target_points(downsample)
         if gt is None:
-            points = rgb.new_zeros(b, t, h, w, 3)
-            point_valid = torch.zeros(b, t, h, w, dtype=torch.bool, device=rgb.device)
+            points = image.new_zeros(b, t, h, w, 3)
+            point_valid = torch.zeros(b, t, h, w, dtype=torch.bool, device=image.device)
         else:
             points, point_valid = gt
-        x0 = to_diffusion_space(rgb, points)
-        valid = torch.cat([valid_rgb, point_valid[:, :, None].expand(b, t, 3, h, w)], dim=2)
+        x0 = diffusion.to_sample(image, points)
+        valid = torch.cat([valid_image, point_valid[:, :, None].expand(b, t, 3, h, w)], dim=2)
     timesteps = torch.randint(len(alphas_cumprod), (b, t), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     alpha_bar = alphas_cumprod[timesteps].to(x0)
