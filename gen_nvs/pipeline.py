@@ -145,8 +145,10 @@ class NVSPipeline:
     def from_pretrained(
         cls, path: str | Path | None = None, device: torch.device | str = "cpu"
     ) -> NVSPipeline:
-        """An export folder, `hf://org/repo[/subdir]`, or None for the embedded default."""
-        return cls(load_model_or_default(None if path is None else path, device), device)
+        """An export folder, `hf://org/repo[/subdir]`, or None / "default" for the embedded
+        default model."""
+        default = path is None or str(path) == "default"
+        return cls(load_model_or_default(None if default else path, device), device)
 
     def save_pretrained(self, directory: str | Path, card: str | None = None) -> Path:
         """Write the Hub layout: `model.safetensors`, `config.json` (model config and the

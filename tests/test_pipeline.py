@@ -72,3 +72,11 @@ def test_save_pretrained_reloads_the_same_model(pipe, tmp_path):
         pipe.model.state_dict().items(), again.model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_default_by_name_is_the_embedded_model(pipe):
+    """`from_pretrained("default")` (as the recipe's `--from default`) is the embedded model."""
+    named = NVSPipeline.from_pretrained("default")
+    assert named.model.config == pipe.model.config
+    for key, value in pipe.model.state_dict().items():
+        assert torch.equal(named.model.state_dict()[key], value), key
