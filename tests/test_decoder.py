@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from gen_nvs.fixtures import fixture_model_config, official_parts
 from gen_nvs.geometry.cameras import quaternion_to_matrix, unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.models.cache import SceneCache
@@ -25,17 +27,12 @@ CACHE_TOL = 1e-5
 
 
 def fixture_decoder(meta: dict, tensors: dict[str, torch.Tensor]) -> HighwayDecoder:
-    config = meta["config"]
+    """The fixture's renderer (`fixture_model_config`) with a point head, which the
+    official weights leave at its initialisation."""
     decoder = HighwayDecoder(
-        variant=meta["variant"],
-        width=config["decoder_hidden"],
-        depth=config["decoder_depth"],
-        num_heads=config["decoder_heads"],
-        patch_size=config["decoder_patch"],
-        point_head=True,
+        **replace(fixture_model_config(meta).decoder, point_head=True).kwargs()
     )
-    # Fixture keys are the official state dict's keys under a "model." prefix.
-    official = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    official, _ = official_parts(tensors)
     left_at_init = load_official_renderer(decoder, official)
     assert left_at_init and all(key.startswith("point_head.") for key in left_at_init)
     return decoder.eval()

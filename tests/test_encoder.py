@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from gen_nvs.fixtures import fixture_model_config
 from gen_nvs.models.camera_head import CameraHead
 from gen_nvs.models.config import model_config
 from gen_nvs.models.convert import convert_official, official_to_ours
@@ -31,24 +32,9 @@ def load_fixture(name: str) -> tuple[dict, dict[str, torch.Tensor], VGGTEncoder,
     io = {k.removeprefix("io."): v for k, v in tensors.items() if k.startswith("io.")}
     official = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("io.")}
     converted = convert_official(official)  # NVSModel keys: encoder.*, camera_head.*, ...
-    config = meta["config"]
-    encoder = VGGTEncoder(
-        embed_dim=config["vggt_embed_dim"],
-        depth=config["vggt_depth"],
-        num_heads=config["vggt_heads"],
-        patch_embed_depth=config["dino_patch_embed_depth"],
-        patch_embed_heads=config["dino_heads"],
-        out_dim=config["decoder_hidden"],
-        patch_size=config["vggt_patch"],
-        image_size=config["vggt_image_size"],
-        num_register_tokens=config["register_tokens"],
-        camera_token_dim=config["camera_token_dim"],
-    ).eval()
-    head = CameraHead(
-        dim=2 * config["vggt_embed_dim"],
-        num_heads=config["camera_head_heads"],
-        trunk_depth=config["camera_head_trunk_depth"],
-    ).eval()
+    config = fixture_model_config(meta)
+    encoder = VGGTEncoder(**config.encoder.kwargs()).eval()
+    head = CameraHead(**config.camera_head.kwargs()).eval()
     encoder.load_state_dict(_part(converted, "encoder."), strict=True)
     head.load_state_dict(_part(converted, "camera_head."), strict=True)
     return meta, io, encoder, head
