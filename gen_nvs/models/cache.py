@@ -63,15 +63,16 @@ class SceneCache:
         chunk_size: int | None = None,
         progress: Callable[[float], object] | None = None,
         out_device: torch.device | str | None = None,
-        postprocess: Callable[[DecoderOutput], DecoderOutput] | None = None,
+        postprocess: Callable[[DecoderOutput, slice], DecoderOutput] | None = None,
     ) -> DecoderOutput:
         """Targets [b, t, 6, h, w] -> DecoderOutput (rgb [b, t, 3, h, w], ...).
 
         `chunk_size` target views per scene are rendered per decoder call (all at once
         when None), which bounds the memory of the per-target source copies; the one
         chunked-render loop of the project. `progress(fraction)` is called before each
-        chunk; `postprocess` maps each chunk's output before it goes to `out_device`
-        (the latent mode decodes the latents to rgb there: `NVSModel.render`);
+        chunk; `postprocess(output, targets)` maps each chunk's output (of the targets
+        in the slice `targets`) before it goes to `out_device` (the latent mode decodes
+        the latents to rgb there, the warp refiner refines: `NVSModel.render`);
         `out_device` receives each chunk's output as it is done (e.g. "cpu", so that a
         long trajectory never holds all its views on the GPU).
         """
@@ -85,9 +86,10 @@ class SceneCache:
         for start in range(0, num_targets, step):
             if progress is not None:
                 progress(start / num_targets)
-            chunk = self.decoder.render(self.context, target_rays[:, start : start + step])
+            targets = slice(start, start + step)
+            chunk = self.decoder.render(self.context, target_rays[:, targets])
             if postprocess is not None:
-                chunk = postprocess(chunk)
+                chunk = postprocess(chunk, targets)
             chunks.append(chunk if out_device is None else chunk.to(out_device))
         return DecoderOutput(
             **{

@@ -210,6 +210,17 @@ class DepthHeadConfig(ModuleConfig):
 
 
 @dataclass(frozen=True)
+class RefinerConfig(ModuleConfig):
+    """`WarpRefiner` options (`gen_nvs.models.refiner`; needs the decoder's point head)."""
+
+    MODULE: ClassVar[str] = "WarpRefiner"
+
+    width: int = 32
+    depth: int = 6
+    rel_tol: float = 0.5
+
+
+@dataclass(frozen=True)
 class DiffusionConfig(ModuleConfig):
     """`DiffusionDecoder` options but its `decoder` (always the model's `DecoderConfig`).
     No defaults: an export names all four (`NVSModel.add_diffusion` has the defaults)."""
@@ -263,7 +274,8 @@ class LatentConfig(ModuleConfig):
 @dataclass(frozen=True)
 class ModelConfig:
     """An `NVSModel`'s parts: encoder and decoder; a camera head (pose-free use), a depth
-    head (the geometry stage's), a diffusion decoder and the latent mode's VAE when set.
+    head (the geometry stage's), a diffusion decoder, the latent mode's VAE and a warp
+    refiner (which needs the decoder's point head) when set.
     The encoder's output width must be the decoder's width; with `latent` the decoder
     outputs the VAE's latent channels without an activation (`with_latent` sets both),
     without it RGB through the sigmoid."""
@@ -274,6 +286,7 @@ class ModelConfig:
     depth_head: DepthHeadConfig | None = None
     diffusion: DiffusionConfig | None = None
     latent: LatentConfig | None = None
+    refiner: RefinerConfig | None = None
 
     PARTS: ClassVar[dict[str, type[ModuleConfig]]] = {
         "encoder": EncoderConfig,
@@ -282,6 +295,7 @@ class ModelConfig:
         "depth_head": DepthHeadConfig,
         "diffusion": DiffusionConfig,
         "latent": LatentConfig,
+        "refiner": RefinerConfig,
     }
 
     def __post_init__(self) -> None:
@@ -296,6 +310,16 @@ class ModelConfig:
             raise ValueError(
                 f"encoder out_dim {self.encoder.out_dim} must equal the decoder width "
                 f"{self.decoder.width}"
+            )
+        if self.refiner is not None and not self.decoder.point_head:
+            raise ValueError(
+                "the warp refiner (model config 'refiner') reads the decoder's point head: "
+                "set decoder point_head true"
+            )
+        if self.refiner is not None and self.latent is not None:
+            raise ValueError(
+                "the warp refiner (model config 'refiner') refines pixels; a latent-mode "
+                "model (model config 'latent') trains on latents: use one or the other"
             )
         output = (self.decoder.out_channels, self.decoder.out_activation)
         expected = (3, "sigmoid") if self.latent is None else (self.latent.channels, "none")
@@ -335,13 +359,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON tree exports hold: encoder, decoder, camera_head (null without one),
-        and depth_head, diffusion and latent when set."""
+        and depth_head, diffusion, latent and refiner when set."""
         tree: dict[str, Any] = {
             "encoder": self.encoder.to_dict(),
             "decoder": self.decoder.to_dict(),
             "camera_head": None if self.camera_head is None else self.camera_head.to_dict(),
         }
-        for name in ("depth_head", "diffusion", "latent"):
+        for name in ("depth_head", "diffusion", "latent", "refiner"):
             part = getattr(self, name)
             if part is not None:
                 tree[name] = part.to_dict()

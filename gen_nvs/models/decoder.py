@@ -365,12 +365,32 @@ class DecoderOutput:
     A latent decoder (`out_activation` "none") outputs latents [b, t, ch, h, w] of an image
     VAE instead of rgb (None), on the latent grid as its points and conf are;
     `NVSModel.render` decodes them and keeps them here.
+
+    A model with a warp refiner (`gen_nvs.models.refiner`) refines rgb and keeps the
+    decoder's own render [b, t, 3, h, w] as decoder_rgb (None otherwise).
     """
 
     rgb: Tensor | None = None
     points: Tensor | None = None
     conf: Tensor | None = None
     latents: Tensor | None = None
+    decoder_rgb: Tensor | None = None
+
+    def split(self, t: int) -> tuple[DecoderOutput, DecoderOutput]:
+        """(the first t targets, the others): every tensor split along its target axis."""
+        parts = {
+            f.name: (None, None)
+            if getattr(self, f.name) is None
+            else (
+                getattr(self, f.name)[:, :t],
+                getattr(self, f.name)[:, t:],
+            )
+            for f in fields(self)
+        }
+        return (
+            DecoderOutput(**{name: pair[0] for name, pair in parts.items()}),
+            DecoderOutput(**{name: pair[1] for name, pair in parts.items()}),
+        )
 
     def to(self, device: torch.device | str) -> DecoderOutput:
         """The same output with its tensors on `device`."""

@@ -25,7 +25,6 @@ Dimension legend:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gen_nvs.geometry import cameras as cam
+from gen_nvs.geometry.rgbd import points_to_depth
+from gen_nvs.geometry.warp import backward_warp
 from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.camera_head import CameraHead
@@ -47,12 +48,14 @@ from gen_nvs.models.config import (
     EncoderConfig,
     LatentConfig,
     ModelConfig,
+    RefinerConfig,
     model_config,
 )
 from gen_nvs.models.decoder import DecoderOutput, HighwayDecoder, patch_rays
 from gen_nvs.models.depth_head import DepthHead
 from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.encoder import VGGTEncoder
+from gen_nvs.models.refiner import WarpRefiner, resize_views
 from gen_nvs.models.vae import LatentCodec
 
 # The embedded default model's inference export, shipped inside the package.
@@ -74,6 +77,8 @@ class EncodedScene:
     posed: whether the source cameras were given.
     source_fxfycxcy: [b, s, 4] their intrinsics in pixels of the source images (the camera
         head's estimate when pose-free; None with `source_c2w`).
+    source_images: [b, s, 3, h, w] the source images, kept for a model with a warp refiner
+        (None otherwise); `NVSModel.refiner_sources` caches what the refiner reads of them.
     """
 
     cache: SceneCache
@@ -83,7 +88,11 @@ class EncodedScene:
     posed: bool
     source_fxfycxcy: Tensor | None = None
     diffusion: DiffusionDecoder | None = None
+    source_images: Tensor | None = None
     _diffusion_cache: SceneCache | None = field(default=None, init=False, repr=False)
+    _refiner_sources: dict[tuple[int, int], RefinerSources] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def diffusion_cache(self) -> SceneCache | None:
@@ -108,6 +117,21 @@ class EncodedScene:
         return c2w if normalized or not self.posed else self.normalize(c2w)
 
 
+@dataclass
+class RefinerSources:
+    """What the warp refiner reads of a scene's sources, at the targets' image size.
+
+    images [b, s, 3, h, w]; c2w [b, s, 4, 4] in the scene frame; fxfycxcy [b, s, 4] in
+    pixels of these images; depth [b, s, h, w]: the point head's, rendered at the sources'
+    own cameras (the scene frame's scale).
+    """
+
+    images: Tensor
+    c2w: Tensor
+    fxfycxcy: Tensor
+    depth: Tensor
+
+
 class NVSModel(nn.Module):
     """Source images (+ cameras) -> novel views (RGB, and points + confidence with a point
     head) for any target camera.
@@ -129,6 +153,11 @@ class NVSModel(nn.Module):
     module docstring), held as `self.codec` (frozen; its weights under `codec.`); the
     decoder's config must output the VAE's latent channels (`ModelConfig.with_latent`).
     Without one (every preset) `self.codec` is None and nothing else changes.
+
+    With a `refiner` config (the embedded model's; no preset has one) every render is
+    corrected by a `WarpRefiner` (`self.refiner`) from the source pixels that the point
+    head's geometry points at; the decoder's own render stays in `decoder_rgb`. A scene
+    without source cameras (pose-free, no camera head) is rendered unrefined.
     """
 
     def __init__(
@@ -140,12 +169,17 @@ class NVSModel(nn.Module):
         depth_head: DepthHeadConfig | None = None,
         diffusion: DiffusionConfig | None = None,
         latent: LatentConfig | None = None,
+        refiner: RefinerConfig | None = None,
     ) -> None:
         super().__init__()
         # Checks the parts' types, that the encoder's output fits the decoder and the
         # decoder's output the latent mode.
         self._config = ModelConfig(
-            encoder=encoder, decoder=decoder, camera_head=camera_head, latent=latent
+            encoder=encoder,
+            decoder=decoder,
+            camera_head=camera_head,
+            latent=latent,
+            refiner=refiner,
         )
         self.encoder = VGGTEncoder(**encoder.kwargs())
         self.decoder = HighwayDecoder(**decoder.kwargs())
@@ -161,6 +195,7 @@ class NVSModel(nn.Module):
             self._config = replace(self._config, diffusion=diffusion)
             self.diffusion = DiffusionDecoder(decoder=decoder, **diffusion.kwargs())
         self.codec = None if latent is None else LatentCodec(latent.vae)
+        self.refiner = None if refiner is None else WarpRefiner(**refiner.kwargs())
 
     @property
     def config(self) -> ModelConfig:
@@ -215,6 +250,15 @@ class NVSModel(nn.Module):
         self.depth_head = DepthHead(**config.kwargs())
         self._config = replace(self._config, depth_head=config)
         return self.depth_head
+
+    def add_refiner(self, config: RefinerConfig | None = None) -> WarpRefiner:
+        """A new WarpRefiner (`config`: its options, default all defaults), held as
+        `self.refiner` and recorded in the config, so the export rebuilds it (a new one
+        returns the render unchanged until trained). Replaces an existing one."""
+        config = RefinerConfig() if config is None else config
+        self._config = replace(self._config, refiner=config)  # checks the point head
+        self.refiner = WarpRefiner(**config.kwargs())
+        return self.refiner
 
     # ----------------------------------------------------------------------------------
     # Cameras
@@ -298,6 +342,7 @@ class NVSModel(nn.Module):
             posed=posed,
             source_fxfycxcy=source_fxfycxcy,
             diffusion=self.diffusion,
+            source_images=None if self.refiner is None else images,
         )
 
     def encode_sources(
@@ -393,9 +438,14 @@ class NVSModel(nn.Module):
         _check_cameras(target_c2w, target_fxfycxcy, (b, t), image_hw, "target cameras")
         target_c2w = scene.scene_frame(target_c2w, normalized)
         rays = self.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, h/f, w/f)
-        postprocess = None
-        if self.codec is not None:  # decode each chunk on the model's device
-            postprocess = functools.partial(self.to_views, image_hw=image_hw)
+        sources = self.refiner_sources(scene, image_hw)
+
+        def postprocess(chunk: DecoderOutput, targets: slice) -> DecoderOutput:
+            chunk = self.to_views(chunk, image_hw)  # decoded on the model's device
+            if sources is None:
+                return chunk
+            return self.refine(chunk, target_c2w[:, targets], target_fxfycxcy[:, targets], sources)
+
         return scene.cache.render(
             rays,
             chunk_size=chunk_size,
@@ -403,6 +453,51 @@ class NVSModel(nn.Module):
             out_device=out_device,
             postprocess=postprocess,
         )
+
+    def refiner_sources(
+        self, scene: EncodedScene, image_hw: tuple[int, int]
+    ) -> RefinerSources | None:
+        """The scene's sources as the warp refiner reads them for targets of `image_hw`
+        (built once per size and kept on the scene), or None when there is nothing to
+        refine with: no refiner, or no source cameras (pose-free without a camera
+        head)."""
+        if self.refiner is None or scene.source_c2w is None or scene.source_images is None:
+            return None
+        if image_hw not in scene._refiner_sources:
+            in_hw = tuple(scene.source_images.shape[-2:])
+            fxfycxcy = cam.resize_intrinsics(scene.source_fxfycxcy, in_hw, image_hw)
+            rays = self.target_rays(scene.source_c2w, fxfycxcy, image_hw)
+            own = self.to_views(scene.cache.render(rays), image_hw)
+            scene._refiner_sources[image_hw] = RefinerSources(
+                images=resize_views(scene.source_images, image_hw),
+                c2w=scene.source_c2w,
+                fxfycxcy=fxfycxcy,
+                depth=points_to_depth(own.points.float(), scene.source_c2w),
+            )
+        return scene._refiner_sources[image_hw]
+
+    def refine(
+        self,
+        output: DecoderOutput,
+        target_c2w: Tensor,
+        target_fxfycxcy: Tensor,
+        sources: RefinerSources,
+    ) -> DecoderOutput:
+        """The warp refiner on a render: `output` of targets c2w [b, t, 4, 4] (scene frame)
+        and fxfycxcy [b, t, 4] (pixels of its images) -> rgb refined from `sources`, the
+        decoder's own render kept as decoder_rgb."""
+        target_depth = points_to_depth(output.points.float(), target_c2w)
+        warped = backward_warp(
+            sources.images,
+            sources.depth,
+            sources.c2w,
+            sources.fxfycxcy,
+            target_depth,
+            target_c2w,
+            target_fxfycxcy,
+            self.refiner.rel_tol,
+        )
+        return replace(output, rgb=self.refiner(output.rgb, warped), decoder_rgb=output.rgb)
 
     def forward(
         self,
@@ -437,8 +532,23 @@ class NVSModel(nn.Module):
         )
         rays = self.target_rays(normalized[:, s:], fxfycxcy[:, s:], hw)  # (b, t, 6, h/f, w/f)
         source_rays = self.source_token_rays(normalized[:, :s], fxfycxcy[:, :s], hw)
-        output = self.decoder(source_tokens, rays, source_rays)
-        return self.to_views(output, hw) if decode else output
+        if self.refiner is None:
+            output = self.decoder(source_tokens, rays, source_rays)
+            return self.to_views(output, hw) if decode else output
+        # The refiner also needs the sources' own depth: one decoder call renders both.
+        own_rays = self.target_rays(normalized[:, :s], fxfycxcy[:, :s], hw)
+        both = self.to_views(
+            self.decoder(source_tokens, torch.cat([rays, own_rays], dim=1), source_rays), hw
+        )
+        t = rays.shape[1]
+        output, own = both.split(t)
+        sources = RefinerSources(
+            images=images[:, :s],
+            c2w=normalized[:, :s],
+            fxfycxcy=fxfycxcy[:, :s],
+            depth=points_to_depth(own.points.float(), normalized[:, :s]),
+        )
+        return self.refine(output, normalized[:, s:], fxfycxcy[:, s:], sources)
 
     # ----------------------------------------------------------------------------------
     # The decoder's grid (the latent grid in the latent mode)
@@ -584,6 +694,7 @@ def build_model(config: ModelConfig | Mapping[str, Any] | str) -> NVSModel:
         depth_head=config.depth_head,
         diffusion=config.diffusion,
         latent=config.latent,
+        refiner=config.refiner,
     )
 
 

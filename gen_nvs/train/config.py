@@ -5,7 +5,7 @@ key; an experiment file and `key.sub=value` overrides may only set keys that exi
 (a mistyped key is an error naming the nearest valid one), except the free-named entries
 under `data.datasets`, whose keys are checked per dataset type by `gen_nvs.train.data`,
 and the module options under `model.encoder`/`decoder`/`camera_head`/`depth_head` (and
-`model.latent`), checked (names and types) by the model builder
+`model.latent`, `model.refiner`), checked (names and types) by the model builder
 (`gen_nvs.models.config`, `gen_nvs.train.loop.build_model`).
 Override values are parsed as YAML scalars (`train.lr=1e-4`, `data.image_size=[32,32]`,
 `model.init_from=null`).
@@ -31,6 +31,7 @@ FREE_KEYS = (
     "model.camera_head",
     "model.depth_head",
     "model.latent",  # {vae: PATH}, checked by the model builder
+    "model.refiner",
 )
 
 

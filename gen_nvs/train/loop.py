@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from gen_nvs.data import SceneBatch
 from gen_nvs.models import checkpoint as ckpt
-from gen_nvs.models.config import DepthHeadConfig, LatentConfig, model_config
+from gen_nvs.models.config import DepthHeadConfig, LatentConfig, RefinerConfig, model_config
 from gen_nvs.models.diffusion import make_model_fn
 from gen_nvs.models.losses import DenoisingLoss
 from gen_nvs.models.nvs import NVSModel, load_model
@@ -144,12 +144,15 @@ def build_model(config: dict) -> NVSModel:
     """The model to train: an export (`model.init_from`) or a preset with the config's
     module options over it (optionally from official checkpoints), in the latent mode of
     `model.latent.vae` when set (the VAE's weights become the model's), with a depth head
-    when `model.depth_head` asks for one and it has none; the diffusion stage adds its
-    diffusion decoder. Bad module options are one-line ValueErrors naming the key."""
+    when `model.depth_head` asks for one and it has none (a warp refiner likewise, for
+    `model.refiner`); the diffusion stage adds its diffusion decoder. Bad module options are one-line ValueErrors naming the key."""
     m, stage = config["model"], config["stage"]
     depth_head = None
     if m["depth_head"] is not None:
         depth_head = DepthHeadConfig.from_dict(m["depth_head"], "model.depth_head")
+    refiner = None
+    if m["refiner"] is not None:
+        refiner = RefinerConfig.from_dict(m["refiner"], "model.refiner")
     vae = latent_vae(m["latent"])
     if m["init_from"]:
         model = load_model(m["init_from"]).train()
@@ -173,7 +176,7 @@ def build_model(config: dict) -> NVSModel:
                 )
             codec = LatentCodec(vae)
             model_cfg = model_cfg.with_latent(LatentConfig(vae=codec.config, source=vae))
-        model = build_nvs_model(replace(model_cfg, depth_head=depth_head))
+        model = build_nvs_model(replace(model_cfg, depth_head=depth_head, refiner=refiner))
         if codec is not None:
             model.codec.load_state_dict(codec.state_dict())
         if m["official_vggt"] or m["official_lagernvs"]:
@@ -182,6 +185,8 @@ def build_model(config: dict) -> NVSModel:
             load_official_weights(model, lagernvs=m["official_lagernvs"], vggt=m["official_vggt"])
     if depth_head is not None and model.depth_head is None:  # an export without one
         model.add_depth_head(depth_head)
+    if refiner is not None and model.refiner is None:
+        model.add_refiner(refiner)
     if stage == "diffusion":
         d = config["diffusion"]
         if model.diffusion is None:
@@ -250,7 +255,8 @@ def set_trainable(model: NVSModel, config: dict) -> None:
     depth head (with loss.depth > 0); the aggregator runs without camera tokens and rays,
     so the camera MLP, the ray projections, the output connector and the decoders have no
     loss. regression: all but the depth head (no loss: it stays as the geometry stage left
-    it) and the diffusion decoder. diffusion: its decoder alone. The latent mode's VAE is
+    it) and the diffusion decoder; a warp refiner trains here (alone with
+    `model.refiner_only`) and is frozen in the other stages. diffusion: its decoder alone. The latent mode's VAE is
     never trained.
     """
     m, loss, stage = config["model"], config["loss"], config["stage"]
@@ -279,6 +285,11 @@ def set_trainable(model: NVSModel, config: dict) -> None:
             model.decoder.point_head.requires_grad_(False)
         if model.depth_head is not None:
             model.depth_head.requires_grad_(False)
+        if m["refiner_only"]:
+            if model.refiner is None:
+                raise ValueError("model.refiner_only needs a warp refiner (model.refiner)")
+            model.requires_grad_(False)
+            model.refiner.requires_grad_(True)
     for name, param in model.named_parameters():
         if name in NEVER_USED:
             param.requires_grad_(False)
@@ -369,6 +380,7 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
             camera=loss["camera"],
             point_alpha=loss["point_alpha"],
             point_space=loss["point_space"],
+            decoder_l2=loss["decoder_l2"],
             perceptual_fn=build_perceptual(loss, device),
             downsample=model.downsample,
         )

@@ -6,7 +6,8 @@ part Accelerate wraps for data parallelism) and the losses beside it.
   ConfidencePointLoss (where the data has depth; on `sign(p) log(1 + |p|)` points by
   default, the point head's own space, so far points such as the sky do not swamp
   the rest) + camera * the camera head's
-  pose-encoding error on pose-free aggregator tokens.
+  pose-encoding error on pose-free aggregator tokens. With a warp refiner the MSE is
+  the refined render's, and decoder_l2 * MSE of the decoder's own render joins it.
 - Geometry (3D pretraining of the encoder, as VGGT's): every view of the batch is a
   source, the aggregator runs pose-free (no camera tokens) and the camera head and the
   depth head read its tokens; loss = camera * the pose-encoding error + depth *
@@ -208,13 +209,20 @@ class RegressionLoss:
         camera: float,
         point_alpha: float,
         point_space: str = "log",
+        decoder_l2: float = 0.0,
         perceptual_fn=None,
         downsample: int = 1,
     ) -> None:
         check_point_space(point_space)
         if perceptual > 0 and perceptual_fn is None:
             raise ValueError("loss.perceptual > 0 needs a perceptual loss function")
-        self.weights = {"l2": l2, "perceptual": perceptual, "points": points, "camera": camera}
+        self.weights = {
+            "l2": l2,
+            "decoder_l2": decoder_l2,
+            "perceptual": perceptual,
+            "points": points,
+            "camera": camera,
+        }
         self.names = [name for name, weight in self.weights.items() if weight > 0]
         self.perceptual_fn = perceptual_fn
         self.point_loss = ConfidencePointLoss(alpha=point_alpha)
@@ -237,6 +245,10 @@ class RegressionLoss:
             terms = {"l2": F.mse_loss(output.latents.float(), target_latents.float())}
         else:
             terms = {"l2": F.mse_loss(output.rgb.float(), target)}
+        if self.weights["decoder_l2"] > 0:
+            if output.decoder_rgb is None:
+                raise ValueError("loss.decoder_l2 > 0 needs a model with a warp refiner")
+            terms["decoder_l2"] = F.mse_loss(output.decoder_rgb.float(), target)
         unused = []  # outputs without a loss on this batch
         if self.weights["perceptual"] > 0:
             flat = "b t c h w -> (b t) c h w"
