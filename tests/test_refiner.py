@@ -1,0 +1,341 @@
+"""The warp refiner: backward warping by depth, the refiner module, the model option
+(render, training forward, export) and its training options."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.geometry.warp import backward_warp
+from gen_nvs.models.config import LatentConfig, RefinerConfig, model_config
+from gen_nvs.models.nvs import build_model, load_model, save_model
+from gen_nvs.models.refiner import WarpRefiner, warp_features
+from gen_nvs.train.loop import train
+from gen_nvs.train.probe import psnr
+from tests.test_train import export_weights, tiny_config
+
+
+def _scene(seed: int = 3, views: int = 4, hw: tuple[int, int] = (32, 32)):
+    return generate_scene(seed, views, hw)
+
+
+def _warp(scene, sources: list[int], targets: list[int], rel_tol: float = 0.02):
+    return backward_warp(
+        scene.images[None, sources],
+        scene.depth[None, sources],
+        scene.c2w[None, sources],
+        scene.fxfycxcy[None, sources],
+        scene.depth[None, targets],
+        scene.c2w[None, targets],
+        scene.fxfycxcy[None, targets],
+        rel_tol,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# backward_warp
+# --------------------------------------------------------------------------------------
+
+
+def test_warp_at_a_sources_own_camera_is_the_identity_whatever_the_depth():
+    scene = _scene()
+    wrong_depth = scene.depth[None, [1]] * torch.linspace(0.5, 3.0, 32)[:, None]
+    warped = backward_warp(
+        scene.images[None, [0, 1]],
+        scene.depth[None, [0, 1]],
+        scene.c2w[None, [0, 1]],
+        scene.fxfycxcy[None, [0, 1]],
+        wrong_depth,
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        rel_tol=0.02,
+    )
+    assert warped.colors.shape == (1, 1, 2, 3, 32, 32)
+    assert warped.inside[0, 0, 1].all()
+    torch.testing.assert_close(warped.colors[0, 0, 1], scene.images[1], atol=1e-4, rtol=0)
+    # The wrong depth disagrees with the source's own depth map away from the truth.
+    assert not warped.visible[0, 0, 1].all()
+    truth = _warp(scene, [1], [1])
+    assert truth.visible.float().mean() > 0.99
+
+
+def test_warp_with_the_true_depth_reproduces_the_target_where_a_source_saw_it():
+    scene = _scene(seed=11, views=3)
+    warped = _warp(scene, [0, 2], [1])
+    visible = warped.visible[0, 0]  # (s, h, w)
+    assert visible.any(0).float().mean() > 0.5
+    # Where a source sees the point, its colour is the target's (bilinear at 32 px: a few
+    # texels of error at edges and in textures).
+    errors = (warped.colors[0, 0] - scene.images[1]).abs().amax(1)  # (s, h, w)
+    assert errors[visible].median() < 0.05
+    mse = (errors[visible] ** 2).mean()
+    assert -10 * math.log10(mse.item()) > 20
+    # Colours are zero where a point falls outside a source.
+    outside = ~warped.inside[0, 0]
+    assert (warped.colors[0, 0].abs().amax(1)[outside] == 0).all()
+
+
+def test_warp_marks_occluded_points_and_points_without_depth_unseen():
+    scene = _scene()
+    # A source whose depth map puts a wall right in front of its camera hides everything.
+    near_wall = torch.full_like(scene.depth[None, [0]], 0.05)
+    warped = backward_warp(
+        scene.images[None, [0]],
+        near_wall,
+        scene.c2w[None, [0]],
+        scene.fxfycxcy[None, [0]],
+        scene.depth[None, [1]],
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        rel_tol=0.02,
+    )
+    assert warped.inside.any() and not warped.visible.any()
+    no_depth = scene.depth[None, [1]].clone()
+    no_depth[..., :8, :] = float("nan")
+    no_depth[..., 8:16, :] = -1.0
+    warped = _warp_with_target_depth(scene, no_depth)
+    assert not warped.inside[0, 0, 0, :16].any() and not warped.visible[0, 0, 0, :16].any()
+
+
+def _warp_with_target_depth(scene, depth):
+    return backward_warp(
+        scene.images[None, [0]],
+        scene.depth[None, [0]],
+        scene.c2w[None, [0]],
+        scene.fxfycxcy[None, [0]],
+        depth,
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        rel_tol=0.02,
+    )
+
+
+def test_warp_reads_sources_of_another_size():
+    """Source intrinsics are in pixels of the source images: a source given at half size
+    warps to (almost) the same colours."""
+    scene = _scene(seed=5, views=3, hw=(32, 32))
+    small = generate_scene(5, 3, (16, 16))
+    full = _warp(scene, [0], [1])
+    half = backward_warp(
+        small.images[None, [0]],
+        small.depth[None, [0]],
+        small.c2w[None, [0]],
+        small.fxfycxcy[None, [0]],
+        scene.depth[None, [1]],
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        rel_tol=0.05,
+    )
+    both = full.visible & half.visible
+    assert both.float().mean() > 0.3
+    difference = (full.colors - half.colors).abs().amax(3)[both]
+    assert difference.median() < 0.1
+
+
+def test_warp_checks_its_shapes():
+    scene = _scene()
+    with pytest.raises(ValueError, match="source depth must be"):
+        backward_warp(
+            scene.images[None, [0]],
+            scene.depth[None, [0, 1]],
+            scene.c2w[None, [0]],
+            scene.fxfycxcy[None, [0]],
+            scene.depth[None, [1]],
+            scene.c2w[None, [1]],
+            scene.fxfycxcy[None, [1]],
+            0.02,
+        )
+    with pytest.raises(ValueError, match="target cameras must be"):
+        _warp_with_target_depth(scene, scene.depth[None, [1, 2]])
+    with pytest.raises(ValueError, match="rel_tol"):
+        _warp(scene, [0], [1], rel_tol=-1)
+
+
+def test_warp_passes_gradients_to_the_colours_and_the_target_depth():
+    scene = _scene()
+    images = scene.images[None, [0]].clone().requires_grad_(True)
+    depth = scene.depth[None, [1]].clone().requires_grad_(True)
+    warped = backward_warp(
+        images,
+        scene.depth[None, [0]],
+        scene.c2w[None, [0]],
+        scene.fxfycxcy[None, [0]],
+        depth,
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        0.02,
+    )
+    warped.colors.square().sum().backward()
+    assert images.grad.abs().sum() > 0 and depth.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------
+# WarpRefiner
+# --------------------------------------------------------------------------------------
+
+
+def test_a_new_refiner_returns_the_render_and_its_features_are_the_documented_ones():
+    scene = _scene(seed=11, views=3)
+    warped = _warp(scene, [0, 2], [1])
+    rgb = torch.rand(1, 1, 3, 32, 32) * 1.2 - 0.1
+    refiner = WarpRefiner(width=8, depth=3)
+    torch.testing.assert_close(refiner(rgb, warped), rgb.clamp(0, 1))
+    features = warp_features(rgb, warped)
+    assert features.shape == (1, 1, 11, 32, 32)
+    visible = warped.visible[0, 0].float()  # (s, h, w)
+    torch.testing.assert_close(features[0, 0, 6], visible.mean(0))
+    both = (visible.sum(0) == 2)[None].expand(3, -1, -1)
+    mean = warped.colors[0, 0].mean(0)
+    torch.testing.assert_close(features[0, 0, 3:6][both], mean[both])
+
+
+def test_refiner_options_are_checked():
+    with pytest.raises(ValueError, match="depth >= 2"):
+        WarpRefiner(depth=1)
+    with pytest.raises(ValueError, match="rel_tol"):
+        WarpRefiner(rel_tol=-0.1)
+
+
+# --------------------------------------------------------------------------------------
+# The model option
+# --------------------------------------------------------------------------------------
+
+
+def _model_with_refiner(**options):
+    config = model_config("tiny").override({"encoder": {"image_size": 28}})
+    model = build_model(config).eval()
+    model.add_refiner(RefinerConfig(width=8, depth=3, **options))
+    # A trained refiner: its correction is not zero.
+    torch.manual_seed(0)
+    for param in model.refiner.parameters():
+        param.data.normal_(0, 0.05)
+    return model
+
+
+def test_no_preset_has_a_refiner_and_a_new_one_changes_nothing():
+    config = model_config("tiny").override({"encoder": {"image_size": 28}})
+    plain = build_model(config).eval()
+    assert plain.refiner is None and "refiner" not in plain.config.to_dict()
+    scene = _scene(views=3, hw=(16, 16))
+    args = (scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+    target = (scene.c2w[None, 2:], scene.fxfycxcy[None, 2:], (16, 16))
+    with torch.no_grad():
+        before = plain.render(plain.encode(*args), *target)
+        plain.add_refiner()
+        after = plain.render(plain.encode(*args), *target)
+    assert before.decoder_rgb is None
+    torch.testing.assert_close(after.rgb, before.rgb)
+    torch.testing.assert_close(after.decoder_rgb, before.rgb)
+
+
+def test_render_refines_in_chunks_as_at_once_and_forward_matches_render():
+    model = _model_with_refiner()
+    scene = _scene(views=5, hw=(16, 16))
+    sources = (scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+    with torch.no_grad():
+        encoded = model.encode(*sources)
+        whole = model.render(encoded, scene.c2w[None, 2:], scene.fxfycxcy[None, 2:], (16, 16))
+        chunks = model.render(
+            encoded, scene.c2w[None, 2:], scene.fxfycxcy[None, 2:], (16, 16), chunk_size=1
+        )
+        trained = model(scene.images[None], scene.c2w[None], scene.fxfycxcy[None], 2)
+    assert not torch.allclose(whole.rgb, whole.decoder_rgb.clamp(0, 1))
+    torch.testing.assert_close(chunks.rgb, whole.rgb)
+    torch.testing.assert_close(trained.rgb, whole.rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(trained.decoder_rgb, whole.decoder_rgb, atol=1e-5, rtol=0)
+
+
+def test_pose_free_scene_without_a_camera_head_renders_unrefined():
+    model = _model_with_refiner()
+    model.camera_head = None
+    scene = _scene(views=3, hw=(16, 16))
+    with torch.no_grad():
+        encoded = model.encode(scene.images[None, :2])
+        out = model.render(
+            encoded, torch.eye(4)[None, None], scene.fxfycxcy[None, :1], (16, 16), normalized=True
+        )
+    assert out.decoder_rgb is None and out.rgb.shape == (1, 1, 3, 16, 16)
+
+
+def test_export_keeps_the_refiner(tmp_path):
+    model = _model_with_refiner(rel_tol=0.3)
+    save_model(model, tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["model"]["refiner"] == {"width": 8, "depth": 3, "rel_tol": 0.3}
+    loaded = load_model(tmp_path / "export")
+    assert loaded.refiner.rel_tol == 0.3
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_refiner_needs_the_point_head_and_pixels():
+    with pytest.raises(ValueError, match="point_head"):
+        build_model(model_config("tiny", point_head=False)).add_refiner()
+    vae = {"latent_channels": 4, "block_out_channels": [8, 8]}
+    with pytest.raises(ValueError, match="latent"):
+        model_config("tiny").with_latent(LatentConfig(vae=vae)).override({"refiner": {}})
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+def test_refiner_only_training_moves_the_refiner_alone(tmp_path):
+    base = train(tiny_config(tmp_path, "base", "train.steps=2", "checkpoint.every=2"))
+    before = export_weights(base / "export")
+    overrides = [
+        f"model.init_from={base / 'export'}",
+        "model.refiner={width: 8, depth: 3}",
+        "model.refiner_only=true",
+        "loss.points=0",
+        "loss.camera=0",
+        "train.steps=3",
+        "train.lr=1e-2",
+    ]
+    run = train(tiny_config(tmp_path, "refiner", *overrides))
+    after = export_weights(run / "export")
+    assert set(after) - set(before) and all(k.startswith("refiner.") for k in set(after) - set(before))
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    last = "refiner.net.4.weight"  # depth 3: conv, GELU, conv, GELU, conv (zero at the start)
+    assert after[last].abs().sum() > 0
+    assert load_model(run / "export").refiner is not None
+
+
+def test_joint_training_logs_the_decoders_own_l2(tmp_path):
+    overrides = ["model.refiner={width: 8, depth: 3}", "loss.decoder_l2=1.0", "train.steps=2"]
+    run = train(tiny_config(tmp_path, "joint", *overrides))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert all({"l2", "decoder_l2"} <= set(r) for r in records)
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_decoder_l2_without_a_refiner_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="decoder_l2"):
+        train(tiny_config(tmp_path, "bad", "loss.decoder_l2=1.0", "train.steps=1"))
+
+
+def test_refiner_only_without_a_refiner_fails(tmp_path):
+    with pytest.raises(ValueError, match="refiner_only"):
+        train(tiny_config(tmp_path, "bad", "model.refiner_only=true", "train.steps=1"))
+
+
+def test_the_probe_scores_the_refined_render():
+    """A refiner that copies the warped sources where they are visible scores the copy
+    probe far above the decoder's render (a source warps onto itself at its own
+    camera)."""
+    model = _model_with_refiner()
+    scene = _scene(views=3, hw=(16, 16))
+    with torch.no_grad():
+        encoded = model.encode(scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+        plain = model.render(encoded, scene.c2w[None, :2], scene.fxfycxcy[None, :2], (16, 16))
+        # Replace the network by the warp itself: the visible sources' mean colour.
+        model.refiner.forward = lambda rgb, warped: warp_features(rgb, warped)[:, :, 3:6]
+        copied = model.render(encoded, scene.c2w[None, :2], scene.fxfycxcy[None, :2], (16, 16))
+    truth = scene.images[None, :2]
+    assert psnr(copied.rgb, truth).mean() > psnr(plain.decoder_rgb, truth).mean() + 5
