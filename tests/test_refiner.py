@@ -299,7 +299,8 @@ def test_refiner_only_training_moves_the_refiner_alone(tmp_path):
     ]
     run = train(tiny_config(tmp_path, "refiner", *overrides))
     after = export_weights(run / "export")
-    assert set(after) - set(before) and all(k.startswith("refiner.") for k in set(after) - set(before))
+    added = set(after) - set(before)
+    assert added and all(k.startswith("refiner.") for k in added)
     for key, value in before.items():
         assert torch.equal(after[key], value), key
     last = "refiner.net.4.weight"  # depth 3: conv, GELU, conv, GELU, conv (zero at the start)
@@ -332,7 +333,8 @@ def test_the_probe_scores_the_refined_render():
     model = _model_with_refiner()
     scene = _scene(views=3, hw=(16, 16))
     with torch.no_grad():
-        encoded = model.encode(scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+        sources = (scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+        encoded = model.encode(*sources)
         plain = model.render(encoded, scene.c2w[None, :2], scene.fxfycxcy[None, :2], (16, 16))
         # Replace the network by the warp itself: the visible sources' mean colour.
         model.refiner.forward = lambda rgb, warped: warp_features(rgb, warped)[:, :, 3:6]

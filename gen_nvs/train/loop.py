@@ -145,7 +145,8 @@ def build_model(config: dict) -> NVSModel:
     module options over it (optionally from official checkpoints), in the latent mode of
     `model.latent.vae` when set (the VAE's weights become the model's), with a depth head
     when `model.depth_head` asks for one and it has none (a warp refiner likewise, for
-    `model.refiner`); the diffusion stage adds its diffusion decoder. Bad module options are one-line ValueErrors naming the key."""
+    `model.refiner`); the diffusion stage adds its diffusion decoder. Bad module options
+    are one-line ValueErrors naming the key."""
     m, stage = config["model"], config["stage"]
     depth_head = None
     if m["depth_head"] is not None:
@@ -256,8 +257,8 @@ def set_trainable(model: NVSModel, config: dict) -> None:
     so the camera MLP, the ray projections, the output connector and the decoders have no
     loss. regression: all but the depth head (no loss: it stays as the geometry stage left
     it) and the diffusion decoder; a warp refiner trains here (alone with
-    `model.refiner_only`) and is frozen in the other stages. diffusion: its decoder alone. The latent mode's VAE is
-    never trained.
+    `model.refiner_only`) and is frozen in the other stages. diffusion: its decoder
+    alone. The latent mode's VAE is never trained.
     """
     m, loss, stage = config["model"], config["loss"], config["stage"]
     model.requires_grad_(stage == "regression")
