@@ -134,7 +134,10 @@ def test_recipe_chains_the_stages_and_scales_them(tmp_path):
     assert configs["regression"]["model"]["init_from"] is None
     assert configs["camera"]["model"]["init_from"] == str(runs / "embedded-regression/export")
     assert configs["diffusion"]["model"]["init_from"] == str(runs / "embedded-camera/export")
-    assert [c["stage"] for c in configs.values()] == ["regression", "geometry", "diffusion"]
+    assert configs["refiner"]["model"]["init_from"] == str(runs / "embedded-diffusion/export")
+    assert configs["refiner"]["model"]["refiner_only"]
+    stages = [c["stage"] for c in configs.values()]
+    assert stages == ["regression", "geometry", "diffusion", "regression"]
     for config in configs.values():
         assert config["data"]["datasets"]["procedural"]["root"] == str(data / "proc64-train")
         assert config["run"]["output_dir"] == str(runs) and config["train"]["cpu"]
@@ -161,7 +164,7 @@ def test_recipe_warm_starts_from_an_export_and_sets_stage_options(tmp_path):
     assert camera["train"]["steps"] == 400  # configs/embedded-camera.yaml, untouched
     with pytest.raises(ValueError, match="STAGE:key=value"):
         parse_stage_overrides(["train.lr=1"])
-    with pytest.raises(ValueError, match="one of regression, camera, diffusion"):
+    with pytest.raises(ValueError, match="one of regression, camera, diffusion, refiner"):
         parse_stage_overrides(["decoder:train.lr=1"])
     with pytest.raises(SystemExit) as exit_info:
         main(["--from", str(tmp_path / "nothing"), "--runs", str(runs), "--data", str(data)])

@@ -40,6 +40,9 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "regression": ("embedded-regression.yaml", None),
     "camera": ("embedded-camera.yaml", "regression"),
     "diffusion": ("embedded-diffusion.yaml", "camera"),
+    # The warp refiner alone, on the frozen model (it keeps the camera head and diffusion
+    # decoder): trained last, on the geometry the model ends with.
+    "refiner": ("embedded-refiner.yaml", "diffusion"),
 }
 # `gen-nvs make-scenes` arguments of the two data sets.
 TRAIN_SET = ("proc64-train", ["--scenes", "6000", "--views", "6", "--size", "64", "64"], 0)
