@@ -341,3 +341,22 @@ def test_the_probe_scores_the_refined_render():
         copied = model.render(encoded, scene.c2w[None, :2], scene.fxfycxcy[None, :2], (16, 16))
     truth = scene.images[None, :2]
     assert psnr(copied.rgb, truth).mean() > psnr(plain.decoder_rgb, truth).mean() + 5
+
+
+def test_residual_features_name_the_most_consistent_source():
+    scene = _scene(seed=11, views=3)
+    warped = _warp(scene, [0, 2], [1])
+    residual = warped.residual[0, 0]  # (s, h, w)
+    assert ((residual >= 0) & (residual <= 1)).all()
+    assert (residual[~warped.inside[0, 0]] == 1).all()
+    # With the true depth a visible point's residual is within the depth test's tolerance.
+    assert residual[warped.visible[0, 0]].max() <= 0.02 + 1e-6
+    rgb = torch.rand(1, 1, 3, 32, 32)
+    features = warp_features(rgb, warped, residuals=True)
+    assert features.shape == (1, 1, 15, 32, 32)
+    torch.testing.assert_close(features[0, 0, 11], residual.min(0).values)
+    first = (residual[0] < residual[1])[None].expand(3, -1, -1)
+    torch.testing.assert_close(features[0, 0, 12:][first], warped.colors[0, 0, 0][first])
+    refiner = WarpRefiner(width=8, depth=3, residuals=True)
+    assert refiner.net[0].in_channels == 15
+    torch.testing.assert_close(refiner(rgb, warped), rgb)

@@ -37,12 +37,16 @@ class WarpedSources:
 
     colors [b, t, s, 3, h, w]: the source colour at the projection (0 outside the image);
     visible [b, t, s, h, w] bool: inside, in front and depth-consistent;
-    inside [b, t, s, h, w] bool: inside the source image and in front of its camera.
+    inside [b, t, s, h, w] bool: inside the source image and in front of its camera;
+    residual [b, t, s, h, w]: how far the point's depth in the source lies outside the
+    source depths around its projection, relative to it (0 inside that range), clamped
+    to 1, and 1 where the point is not inside (no gradient).
     """
 
     colors: Tensor
     visible: Tensor
     inside: Tensor
+    residual: Tensor
 
 
 def backward_warp(
@@ -90,6 +94,10 @@ def backward_warp(
     visible = inside & (z >= lo * (1 - rel_tol)) & (z <= hi * (1 + rel_tol))
     target_ok = rearrange(target_valid, "b t h w -> b 1 (t h w)")
     inside, visible = inside & target_ok, visible & target_ok
+    with torch.no_grad():
+        z_safe = z.clamp_min(1e-6)
+        outside_range = torch.maximum(lo - z, z - hi).clamp_min(0) / z_safe
+        residual = torch.where(inside, outside_range.nan_to_num(1.0).clamp(0, 1), 1.0)
 
     size = torch.tensor([ws, hs], dtype=uv.dtype, device=uv.device)
     grid = rearrange(uv / size * 2 - 1, "b s n xy -> (b s) 1 n xy")
@@ -102,6 +110,7 @@ def backward_warp(
         colors=colors,
         visible=rearrange(visible, per_target, t=t, h=h),
         inside=rearrange(inside, per_target, t=t, h=h),
+        residual=rearrange(residual, per_target, t=t, h=h),
     )
 
 

@@ -218,6 +218,7 @@ class RefinerConfig(ModuleConfig):
     width: int = 32
     depth: int = 6
     rel_tol: float = 0.5
+    residuals: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ sources' own rendered depth), and a small convolutional network takes
 
     the render (3) | the mean colour of the sources that see the point (3) | the share of
     sources that see it (1) | the mean colour of the sources it falls inside (3) | the
-    share of sources it falls inside (1)
+    share of sources it falls inside (1) | with the `residuals` option also: the
+    smallest depth residual over the sources (1) and that source's colour (3)
 
 to a correction of the render (its last layer starts at zero: a new refiner returns the
 render unchanged). Where the geometry is right the sources' own pixels come through
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from gen_nvs.geometry.warp import WarpedSources
 
 INPUT_CHANNELS = 11
+RESIDUAL_CHANNELS = 4  # the `residuals` option's
 
 
 class WarpRefiner(nn.Module):
@@ -40,17 +42,22 @@ class WarpRefiner(nn.Module):
     width: channels of the hidden convolutions; depth: 3x3 convolutions in all (>= 2), the
     middle ones alternately dilated 1 and 2; rel_tol: the warp's relative depth tolerance
     between the target's and the sources' predicted depths (which disagree by far more
-    than measured depths do).
+    than measured depths do); residuals: also read how well each source's depth confirms
+    the point (`WarpedSources.residual`): the smallest residual and that source's colour.
     """
 
-    def __init__(self, *, width: int = 32, depth: int = 6, rel_tol: float = 0.5) -> None:
+    def __init__(
+        self, *, width: int = 32, depth: int = 6, rel_tol: float = 0.5, residuals: bool = False
+    ) -> None:
         super().__init__()
         if width < 1 or depth < 2:
             raise ValueError(f"refiner needs width >= 1 and depth >= 2, got {width} and {depth}")
         if not rel_tol >= 0:
             raise ValueError(f"refiner rel_tol must be >= 0, got {rel_tol}")
         self.rel_tol = rel_tol
-        layers: list[nn.Module] = [nn.Conv2d(INPUT_CHANNELS, width, 3, padding=1)]
+        self.residuals = residuals
+        channels = INPUT_CHANNELS + (RESIDUAL_CHANNELS if residuals else 0)
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1)]
         for i in range(depth - 2):
             dilation = 1 + i % 2
             layers += [nn.GELU(), nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)]
@@ -63,20 +70,27 @@ class WarpRefiner(nn.Module):
         """rgb [b, t, 3, h, w] (the decoder's render) and the warp of the sources into those
         targets -> refined rgb [b, t, 3, h, w] in [0, 1]."""
         b = rgb.shape[0]
-        features = rearrange(warp_features(rgb, warped), "b t ch h w -> (b t) ch h w")
+        features = warp_features(rgb, warped, self.residuals)
+        features = rearrange(features, "b t ch h w -> (b t) ch h w")
         correction = self.net(features.to(self.net[0].weight.dtype))
         out = rgb + rearrange(correction, "(b t) ch h w -> b t ch h w", b=b).to(rgb.dtype)
         return out.clamp(0, 1)
 
 
-def warp_features(rgb: Tensor, warped: WarpedSources) -> Tensor:
-    """The refiner's input [b, t, 11, h, w] (see the module docstring)."""
+def warp_features(rgb: Tensor, warped: WarpedSources, residuals: bool = False) -> Tensor:
+    """The refiner's input [b, t, 11 (15 with `residuals`), h, w] (see the module
+    docstring)."""
     visible = warped.visible.to(rgb.dtype).unsqueeze(3)  # (b, t, s, 1, h, w)
     inside = warped.inside.to(rgb.dtype).unsqueeze(3)
     colors = warped.colors.to(rgb.dtype)
     seen_color = (colors * visible).sum(2) / visible.sum(2).clamp_min(1)
     inside_color = (colors * inside).sum(2) / inside.sum(2).clamp_min(1)
-    return torch.cat([rgb, seen_color, visible.mean(2), inside_color, inside.mean(2)], dim=2)
+    features = [rgb, seen_color, visible.mean(2), inside_color, inside.mean(2)]
+    if residuals:
+        best, index = warped.residual.to(rgb.dtype).min(dim=2, keepdim=True)  # (b, t, 1, h, w)
+        index = index.unsqueeze(3).expand(-1, -1, -1, 3, -1, -1)  # (b, t, 1, 3, h, w)
+        features += [best, colors.gather(2, index).squeeze(2)]
+    return torch.cat(features, dim=2)
 
 
 def resize_views(images: Tensor, hw: tuple[int, int]) -> Tensor:
