@@ -15,7 +15,7 @@ from gen_nvs.models.config import LatentConfig, RefinerConfig, model_config
 from gen_nvs.models.nvs import build_model, load_model, save_model
 from gen_nvs.models.refiner import WarpRefiner, warp_features
 from gen_nvs.train.loop import train
-from gen_nvs.train.probe import psnr
+from gen_nvs.train.probe import Probe, psnr
 from tests.test_train import export_weights, tiny_config
 
 
@@ -138,21 +138,69 @@ def test_warp_reads_sources_of_another_size():
 
 def test_warp_checks_its_shapes():
     scene = _scene()
-    with pytest.raises(ValueError, match="source depth must be"):
-        backward_warp(
-            scene.images[None, [0]],
-            scene.depth[None, [0, 1]],
-            scene.c2w[None, [0]],
-            scene.fxfycxcy[None, [0]],
-            scene.depth[None, [1]],
-            scene.c2w[None, [1]],
-            scene.fxfycxcy[None, [1]],
-            0.02,
-        )
-    with pytest.raises(ValueError, match="target cameras must be"):
-        _warp_with_target_depth(scene, scene.depth[None, [1, 2]])
+    good = {
+        "source_images": scene.images[None, [0]],
+        "source_depth": scene.depth[None, [0]],
+        "source_c2w": scene.c2w[None, [0]],
+        "source_fxfycxcy": scene.fxfycxcy[None, [0]],
+        "target_depth": scene.depth[None, [1]],
+        "target_c2w": scene.c2w[None, [1]],
+        "target_fxfycxcy": scene.fxfycxcy[None, [1]],
+    }
+    bad = [
+        ("source_images", scene.images[None, [0], :1], "source images must be"),
+        ("source_depth", scene.depth[None, [0, 1]], "source depth must be"),
+        ("source_c2w", scene.c2w[None, [0, 1]], "source c2w must be"),
+        ("source_fxfycxcy", scene.fxfycxcy[[0]], "source fxfycxcy must be"),
+        ("target_depth", scene.depth[[1]], "target depth must be"),
+        ("target_c2w", scene.c2w[None, [1, 2]], "target c2w must be"),
+        ("target_fxfycxcy", scene.fxfycxcy[None], "target fxfycxcy must be"),
+    ]
+    for name, value, message in bad:
+        with pytest.raises(ValueError, match=message):
+            backward_warp(**{**good, name: value}, rel_tol=0.02)
     with pytest.raises(ValueError, match="rel_tol"):
-        _warp(scene, [0], [1], rel_tol=-1)
+        backward_warp(**good, rel_tol=-1)
+
+
+def test_warp_is_float32_geometry_under_autocast_and_finite_with_broken_cameras():
+    scene = _scene(seed=11, views=3)
+    exact = _warp(scene, [0, 2], [1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = _warp(scene, [0, 2], [1])
+    assert torch.equal(mixed.visible, exact.visible)
+    torch.testing.assert_close(mixed.colors, exact.colors)
+    broken = scene.fxfycxcy[None, [0]].clone()
+    broken[..., 1] = float("inf")
+    warped = backward_warp(
+        scene.images[None, [0]],
+        scene.depth[None, [0]],
+        scene.c2w[None, [0]],
+        broken,
+        scene.depth[None, [1]],
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        0.02,
+    )
+    assert torch.isfinite(warped.colors).all() and torch.isfinite(warped.residual).all()
+
+
+def test_warp_reads_edge_pixels_without_darkening():
+    """A point inside the image but within half a pixel of its edge reads the edge pixel."""
+    scene = _scene()
+    white = torch.ones_like(scene.images[None, [1]])
+    warped = backward_warp(
+        white,
+        scene.depth[None, [1]],
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        scene.depth[None, [1]],
+        scene.c2w[None, [1]],
+        scene.fxfycxcy[None, [1]],
+        0.02,
+    )
+    assert warped.inside.all()
+    torch.testing.assert_close(warped.colors, torch.ones_like(warped.colors))
 
 
 def test_warp_passes_gradients_to_the_colours_and_the_target_depth():
@@ -316,17 +364,42 @@ def test_joint_training_logs_the_decoders_own_l2(tmp_path):
     assert all(math.isfinite(r["loss"]) for r in records)
 
 
-def test_decoder_l2_without_a_refiner_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="decoder_l2"):
-        train(tiny_config(tmp_path, "bad", "loss.decoder_l2=1.0", "train.steps=1"))
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.decoder_l2=1.0"], "loss.decoder_l2 weights"),
+        (["model.refiner_only=true"], "model.refiner_only needs a warp refiner"),
+        (["stage=geometry", "loss.camera=1", "model.refiner_only=true"], "regression-stage"),
+        (["model.refiner={depth: 1}"], "depth >= 2"),
+        (["model.refiner={widht: 8}"], "did you mean 'width'"),
+    ],
+)
+def test_refiner_misconfigurations_fail_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, "bad", "train.steps=1", *overrides))
+    assert not (tmp_path / "bad").exists()
 
 
-def test_refiner_only_without_a_refiner_fails(tmp_path):
-    with pytest.raises(ValueError, match="refiner_only"):
-        train(tiny_config(tmp_path, "bad", "model.refiner_only=true", "train.steps=1"))
+def test_a_refiner_option_unlike_the_exports_fails(tmp_path):
+    model = _model_with_refiner()
+    save_model(model, tmp_path / "export")
+    overrides = [f"model.init_from={tmp_path / 'export'}", "model.refiner={width: 16}"]
+    with pytest.raises(ValueError, match="differs from the refiner of model.init_from"):
+        train(tiny_config(tmp_path, "bad", "train.steps=1", *overrides))
 
 
-def test_the_probe_scores_the_refined_render():
+def test_the_probe_logs_the_decoders_own_psnr_beside_the_refined():
+    model = _model_with_refiner()
+    probe = Probe(num_scenes=2, image_hw=(16, 16), seed=7)
+    with torch.no_grad():
+        result = probe(model)
+    assert {"probe/decoder_copy_psnr", "probe/decoder_novel_psnr"} <= set(result)
+    assert result["probe/copy_psnr"] != result["probe/decoder_copy_psnr"]
+    plain = Probe(num_scenes=2, image_hw=(16, 16), seed=7)(build_model("tiny").eval())
+    assert "probe/decoder_copy_psnr" not in plain
+
+
+def test_a_refiner_that_copies_the_warp_reproduces_the_sources():
     """A refiner that copies the warped sources where they are visible scores the copy
     probe far above the decoder's render (a source warps onto itself at its own
     camera)."""
@@ -360,3 +433,46 @@ def test_residual_features_name_the_most_consistent_source():
     refiner = WarpRefiner(width=8, depth=3, residuals=True)
     assert refiner.net[0].in_channels == 15
     torch.testing.assert_close(refiner(rgb, warped), rgb)
+
+
+def test_sources_of_another_size_are_resized_for_the_refiner_once_per_render_size():
+    model = _model_with_refiner(residuals=True)
+    big = _scene(views=3, hw=(32, 32))
+    small = generate_scene(3, 3, (16, 16))
+    with torch.no_grad():
+        encoded = model.encode(big.images[None, :2], big.c2w[None, :2], big.fxfycxcy[None, :2])
+        out = model.render(encoded, small.c2w[None, 2:], small.fxfycxcy[None, 2:], (16, 16))
+        sources = model.refiner_sources(encoded, (16, 16))
+        again = model.refiner_sources(encoded, (16, 16))
+        larger = model.refiner_sources(encoded, (32, 32))
+    assert torch.isfinite(out.rgb).all() and out.rgb.shape == (1, 1, 3, 16, 16)
+    assert again is sources and larger is not sources
+    assert sources.images.shape == (1, 2, 3, 16, 16) and larger.images.shape == (1, 2, 3, 32, 32)
+    torch.testing.assert_close(sources.fxfycxcy, small.fxfycxcy[None, :2])
+    assert not sources.depth.requires_grad
+
+
+def test_the_refined_loss_reaches_the_refiner_the_decoder_and_its_point_head():
+    """Through the warp's sampling positions the refined render's error also trains the
+    geometry (the point head), as a photometric loss does."""
+    model = _model_with_refiner().train()
+    scene = _scene(views=4, hw=(16, 16))
+    out = model(scene.images[None], scene.c2w[None], scene.fxfycxcy[None], 2)
+    (out.rgb - scene.images[None, 2:]).square().mean().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for prefix in ("refiner.", "decoder.point_head.", "decoder.renderer_core.", "encoder."):
+        assert any(
+            g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix)
+        ), prefix
+
+
+def test_pose_free_scene_with_a_camera_head_is_refined():
+    model = _model_with_refiner()
+    scene = _scene(views=3, hw=(16, 16))
+    with torch.no_grad():
+        encoded = model.encode(scene.images[None, :2])
+        out = model.render(
+            encoded, torch.eye(4)[None, None], encoded.source_fxfycxcy[:, :1], (16, 16),
+            normalized=True,
+        )  # fmt: skip
+    assert out.decoder_rgb is not None and torch.isfinite(out.rgb).all()

@@ -98,7 +98,7 @@ def points_to_depth(points: Tensor, c2w: Tensor | None = None) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _neighbour_depth_range(depth: Tensor, uv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def neighbour_depth_range(depth: Tensor, uv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Min and max depth over the 2x2 pixels around each continuous pixel position.
 
     Args:
@@ -171,7 +171,7 @@ def visibility_mask(
     safe_depth = torch.where(target_valid, target_depth, torch.ones_like(target_depth))
     points = unproject_depth(safe_depth, target_fxfycxcy, target_c2w).reshape(1, h * w, 3)
     uv, z = project_points(points, source_c2w, source_fxfycxcy)  # (s, n, 2), (s, n)
-    lo, hi, inside = _neighbour_depth_range(source_depth, uv)
+    lo, hi, inside = neighbour_depth_range(source_depth, uv)
     seen = inside & (z > 0) & (z >= lo * (1 - rel_tol)) & (z <= hi * (1 + rel_tol))
     return seen.any(0).reshape(h, w) & target_valid
 

@@ -4,8 +4,9 @@ Each target pixel's surface point (target depth along its ray) is projected into
 source view; the source's colour there is read bilinearly, and the point counts as
 *visible* in that source when it lands inside the image, in front of the camera, and
 its depth agrees with the source's own depth map (within a relative tolerance of the
-min/max over the 2x2 source pixels around the projection, as
-`gen_nvs.geometry.rgbd.visibility_mask` tests). Differentiable in the colours and in
+min/max over the 2x2 source pixels around the projection: the test of
+`gen_nvs.geometry.rgbd.visibility_mask`, on the same helper). Computed in float32 even
+under autocast. Differentiable in the colours and in
 the target depth (through the sampling position); the visibility test is not.
 
 At a source's own camera the warp is the identity whatever the depth: a pixel's ray
@@ -29,6 +30,7 @@ from einops import rearrange
 from torch import Tensor
 
 from gen_nvs.geometry.cameras import project_points, unproject_depth
+from gen_nvs.geometry.rgbd import neighbour_depth_range
 
 
 @dataclass
@@ -68,69 +70,81 @@ def backward_warp(
     target pixel without one sees nothing, a source pixel without one confirms nothing.
     rel_tol (>= 0): the depth test's relative tolerance.
     """
-    b, s, _, hs, ws = source_images.shape
-    t, h = target_depth.shape[1:3]
-    if source_depth.shape != (b, s, hs, ws):
-        raise ValueError(
-            f"source depth must be [{b}, {s}, {hs}, {ws}] like the source images, got "
-            f"{list(source_depth.shape)}"
-        )
-    if target_c2w.shape != (b, t, 4, 4) or target_fxfycxcy.shape != (b, t, 4):
-        raise ValueError(
-            f"target cameras must be [{b}, {t}, 4, 4] and [{b}, {t}, 4] like the target depth "
-            f"{list(target_depth.shape)}, got {list(target_c2w.shape)} and "
-            f"{list(target_fxfycxcy.shape)}"
-        )
+    _check_shapes(
+        source_images, source_depth, source_c2w, source_fxfycxcy, target_depth, target_c2w,
+        target_fxfycxcy,
+    )  # fmt: skip
     if not rel_tol >= 0:
         raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
-    target_valid = torch.isfinite(target_depth) & (target_depth > 0)
-    safe = torch.where(target_valid, target_depth, torch.ones_like(target_depth))
-    points = unproject_depth(safe, target_fxfycxcy, target_c2w)  # (b, t, h, w, 3)
-    points = rearrange(points, "b t h w xyz -> b 1 (t h w) xyz")
-    uv, z = project_points(points, source_c2w, source_fxfycxcy)  # (b, s, t*h*w, 2), (b, s, ...)
+    b, _, _, hs, ws = source_images.shape
+    t, h = target_depth.shape[1:3]
+    # Exact geometry even under autocast (bf16 matmuls move projections by pixels).
+    with torch.autocast(source_images.device.type, enabled=False):
+        target_valid = torch.isfinite(target_depth) & (target_depth > 0)
+        safe = torch.where(target_valid, target_depth, 1.0).float()
+        points = unproject_depth(safe, target_fxfycxcy.float(), target_c2w.float())
+        points = rearrange(points, "b t h w xyz -> b 1 (t h w) xyz")
+        uv, z = project_points(points, source_c2w.float(), source_fxfycxcy.float())  # (b s n _)
+        # Far outside positions (and non-finite ones) only need to stay outside.
+        uv = uv.nan_to_num(-2.0).clamp(-2.0, float(max(hs, ws) + 2))
+        inside = (uv[..., 0] >= 0) & (uv[..., 0] < ws) & (uv[..., 1] >= 0) & (uv[..., 1] < hs)
+        lo, hi, has_depth = neighbour_depth_range(
+            rearrange(source_depth.float(), "b s hs ws -> (b s) hs ws"),
+            rearrange(uv.detach(), "b s n uv -> (b s) n uv"),
+        )
+        lo, hi, has_depth = (rearrange(x, "(b s) n -> b s n", b=b) for x in (lo, hi, has_depth))
+        target_ok = rearrange(target_valid, "b t h w -> b 1 (t h w)")
+        inside = inside & (z > 0) & target_ok
+        visible = inside & has_depth & (z >= lo * (1 - rel_tol)) & (z <= hi * (1 + rel_tol))
+        with torch.no_grad():
+            outside_range = torch.maximum(lo - z, z - hi).clamp_min(0) / z.clamp_min(1e-6)
+            residual = torch.where(inside, outside_range.nan_to_num(1.0).clamp(0, 1), 1.0)
 
-    inside = (uv[..., 0] >= 0) & (uv[..., 0] < ws) & (uv[..., 1] >= 0) & (uv[..., 1] < hs) & (z > 0)
-    lo, hi = _neighbour_range(source_depth, uv)
-    visible = inside & (z >= lo * (1 - rel_tol)) & (z <= hi * (1 + rel_tol))
-    target_ok = rearrange(target_valid, "b t h w -> b 1 (t h w)")
-    inside, visible = inside & target_ok, visible & target_ok
-    with torch.no_grad():
-        z_safe = z.clamp_min(1e-6)
-        outside_range = torch.maximum(lo - z, z - hi).clamp_min(0) / z_safe
-        residual = torch.where(inside, outside_range.nan_to_num(1.0).clamp(0, 1), 1.0)
-
-    size = torch.tensor([ws, hs], dtype=uv.dtype, device=uv.device)
-    grid = rearrange(uv / size * 2 - 1, "b s n xy -> (b s) 1 n xy")
-    images = rearrange(source_images, "b s ch hs ws -> (b s) ch hs ws").to(grid.dtype)
-    colors = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        size = torch.tensor([ws, hs], dtype=uv.dtype, device=uv.device)
+        grid = rearrange(uv / size * 2 - 1, "b s n xy -> (b s) 1 n xy")
+        images = rearrange(source_images.float(), "b s ch hs ws -> (b s) ch hs ws")
+        # "border": a point inside the image but within half a pixel of its edge reads the
+        # edge pixel, not a blend with black.
+        colors = F.grid_sample(images, grid, padding_mode="border", align_corners=False)
     colors = rearrange(colors, "(b s) ch 1 (t h w) -> b t s ch h w", b=b, t=t, h=h)
-    colors = colors * rearrange(inside, "b s (t h w) -> b t s 1 h w", t=t, h=h)
     per_target = "b s (t h w) -> b t s h w"
+    inside = rearrange(inside, per_target, t=t, h=h)
     return WarpedSources(
-        colors=colors,
+        colors=torch.where(inside.unsqueeze(3), colors, 0.0),  # no NaN through a mask
         visible=rearrange(visible, per_target, t=t, h=h),
-        inside=rearrange(inside, per_target, t=t, h=h),
+        inside=inside,
         residual=rearrange(residual, per_target, t=t, h=h),
     )
 
 
-def _neighbour_range(depth: Tensor, uv: Tensor) -> tuple[Tensor, Tensor]:
-    """Min and max depth over the 2x2 pixels around each position uv [b, s, n, 2] in the
-    depth maps [b, s, hs, ws] (borders clamped; pixels without depth left out: +inf / -inf
-    where none of the four has depth) -> (lo, hi) [b, s, n]."""
-    hs, ws = depth.shape[-2:]
-    valid = torch.isfinite(depth) & (depth > 0)
-    inf = torch.full_like(depth, float("inf"))
-    lo_map = torch.where(valid, depth, inf)
-    hi_map = torch.where(valid, depth, -inf)
-    # Each map's 2x2 minimum / maximum, indexed by the block's top-left pixel.
-    lo_map = -F.max_pool2d(-F.pad(lo_map, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
-    hi_map = F.max_pool2d(F.pad(hi_map, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
-    corner = torch.floor(uv.detach() - 0.5).long()
-    u = corner[..., 0].clamp(-1, ws - 1)
-    v = corner[..., 1].clamp(-1, hs - 1)
-    # A position left of the first centre (corner -1) takes the first column's pair.
-    index = v.clamp_min(0) * ws + u.clamp_min(0)
-    lo = lo_map.flatten(-2).gather(-1, index)
-    hi = hi_map.flatten(-2).gather(-1, index)
-    return lo, hi
+def _check_shapes(
+    source_images: Tensor,
+    source_depth: Tensor,
+    source_c2w: Tensor,
+    source_fxfycxcy: Tensor,
+    target_depth: Tensor,
+    target_c2w: Tensor,
+    target_fxfycxcy: Tensor,
+) -> None:
+    if source_images.ndim != 5 or source_images.shape[2] != 3:
+        raise ValueError(f"source images must be [b, s, 3, h, w], got {list(source_images.shape)}")
+    b, s, _, hs, ws = source_images.shape
+    if target_depth.ndim != 4 or target_depth.shape[0] != b:
+        raise ValueError(
+            f"target depth must be [{b}, t, h, w] (one set per scene of the sources), got "
+            f"{list(target_depth.shape)}"
+        )
+    t = target_depth.shape[1]
+    expected = {
+        "source depth": (source_depth, (b, s, hs, ws)),
+        "source c2w": (source_c2w, (b, s, 4, 4)),
+        "source fxfycxcy": (source_fxfycxcy, (b, s, 4)),
+        "target c2w": (target_c2w, (b, t, 4, 4)),
+        "target fxfycxcy": (target_fxfycxcy, (b, t, 4)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{name} must be {list(shape)} for {s} source image(s) of {hs}x{ws} and "
+                f"target depth {list(target_depth.shape)}, got {list(tensor.shape)}"
+            )

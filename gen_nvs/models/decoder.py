@@ -376,22 +376,6 @@ class DecoderOutput:
     latents: Tensor | None = None
     decoder_rgb: Tensor | None = None
 
-    def split(self, t: int) -> tuple[DecoderOutput, DecoderOutput]:
-        """(the first t targets, the others): every tensor split along its target axis."""
-        parts = {
-            f.name: (None, None)
-            if getattr(self, f.name) is None
-            else (
-                getattr(self, f.name)[:, :t],
-                getattr(self, f.name)[:, t:],
-            )
-            for f in fields(self)
-        }
-        return (
-            DecoderOutput(**{name: pair[0] for name, pair in parts.items()}),
-            DecoderOutput(**{name: pair[1] for name, pair in parts.items()}),
-        )
-
     def to(self, device: torch.device | str) -> DecoderOutput:
         """The same output with its tensors on `device`."""
         return DecoderOutput(

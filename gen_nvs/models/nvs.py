@@ -106,6 +106,15 @@ class EncodedScene:
             )
         return self._diffusion_cache
 
+    def refiner_sources(
+        self, image_hw: tuple[int, int], build: Callable[[], RefinerSources]
+    ) -> RefinerSources:
+        """What the warp refiner reads of the sources for targets of `image_hw`: `build()`
+        the first time, kept for every later render of that size."""
+        if image_hw not in self._refiner_sources:
+            self._refiner_sources[image_hw] = build()
+        return self._refiner_sources[image_hw]
+
     def normalize(self, c2w: Tensor) -> Tensor:
         """Cameras [b, t, 4, 4] in the input world frame -> the normalised scene frame."""
         return apply_batch_normalization(c2w, self.reference_w2c, self.scale)
@@ -438,7 +447,7 @@ class NVSModel(nn.Module):
         _check_cameras(target_c2w, target_fxfycxcy, (b, t), image_hw, "target cameras")
         target_c2w = scene.scene_frame(target_c2w, normalized)
         rays = self.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, h/f, w/f)
-        sources = self.refiner_sources(scene, image_hw)
+        sources = self.refiner_sources(scene, image_hw, chunk_size)
 
         def postprocess(chunk: DecoderOutput, targets: slice) -> DecoderOutput:
             chunk = self.to_views(chunk, image_hw)  # decoded on the model's device
@@ -455,26 +464,29 @@ class NVSModel(nn.Module):
         )
 
     def refiner_sources(
-        self, scene: EncodedScene, image_hw: tuple[int, int]
+        self, scene: EncodedScene, image_hw: tuple[int, int], chunk_size: int | None = None
     ) -> RefinerSources | None:
         """The scene's sources as the warp refiner reads them for targets of `image_hw`
-        (built once per size and kept on the scene), or None when there is nothing to
-        refine with: no refiner, or no source cameras (pose-free without a camera
-        head)."""
+        (built once per size, without gradients, `chunk_size` sources per decoder call, and
+        kept on the scene), or None when there is nothing to refine with: no refiner, or
+        no source cameras (pose-free without a camera head)."""
         if self.refiner is None or scene.source_c2w is None or scene.source_images is None:
             return None
-        if image_hw not in scene._refiner_sources:
+
+        @torch.no_grad()
+        def build() -> RefinerSources:
             in_hw = tuple(scene.source_images.shape[-2:])
             fxfycxcy = cam.resize_intrinsics(scene.source_fxfycxcy, in_hw, image_hw)
-            rays = self.target_rays(scene.source_c2w, fxfycxcy, image_hw)
-            own = self.to_views(scene.cache.render(rays), image_hw)
-            scene._refiner_sources[image_hw] = RefinerSources(
+            rays = self.target_rays(scene.source_c2w, fxfycxcy, image_hw)  # (b, s, 6, h, w)
+            own = scene.cache.render(rays, chunk_size=chunk_size)  # the decoder's, unrefined
+            return RefinerSources(
                 images=resize_views(scene.source_images, image_hw),
                 c2w=scene.source_c2w,
                 fxfycxcy=fxfycxcy,
-                depth=points_to_depth(own.points.float(), scene.source_c2w),
+                depth=_depth(own.points, scene.source_c2w),
             )
-        return scene._refiner_sources[image_hw]
+
+        return scene.refiner_sources(image_hw, build)
 
     def refine(
         self,
@@ -486,7 +498,7 @@ class NVSModel(nn.Module):
         """The warp refiner on a render: `output` of targets c2w [b, t, 4, 4] (scene frame)
         and fxfycxcy [b, t, 4] (pixels of its images) -> rgb refined from `sources`, the
         decoder's own render kept as decoder_rgb."""
-        target_depth = points_to_depth(output.points.float(), target_c2w)
+        target_depth = _depth(output.points, target_c2w)
         warped = backward_warp(
             sources.images,
             sources.depth,
@@ -517,7 +529,8 @@ class NVSModel(nn.Module):
         Returns the targets' DecoderOutput (rgb [b, v - num_sources, 3, h, w], ...), as
         `render` does. decode=False (latent-mode training) returns the decoder's own
         output instead: latents [b, t, k, h/f, w/f] and points/conf on the latent grid,
-        no rgb; in pixel mode it changes nothing.
+        no rgb; in pixel mode it changes nothing. With a warp refiner (pixel mode only)
+        rgb is the refined render and decoder_rgb the decoder's own.
         """
         b, v = images.shape[:2]
         if not 1 <= num_sources < v:
@@ -535,18 +548,17 @@ class NVSModel(nn.Module):
         if self.refiner is None:
             output = self.decoder(source_tokens, rays, source_rays)
             return self.to_views(output, hw) if decode else output
-        # The refiner also needs the sources' own depth: one decoder call renders both.
-        own_rays = self.target_rays(normalized[:, :s], fxfycxcy[:, :s], hw)
-        both = self.to_views(
-            self.decoder(source_tokens, torch.cat([rays, own_rays], dim=1), source_rays), hw
-        )
-        t = rays.shape[1]
-        output, own = both.split(t)
+        output = self.decoder(source_tokens, rays, source_rays)
+        # The refiner also needs the sources' own depth, which only its (gradient-free)
+        # visibility test reads: rendered without gradients.
+        with torch.no_grad():
+            own_rays = self.target_rays(normalized[:, :s], fxfycxcy[:, :s], hw)  # (b, s, 6, h, w)
+            own = self.decoder(source_tokens, own_rays, source_rays)
         sources = RefinerSources(
             images=images[:, :s],
             c2w=normalized[:, :s],
             fxfycxcy=fxfycxcy[:, :s],
-            depth=points_to_depth(own.points.float(), normalized[:, :s]),
+            depth=_depth(own.points, normalized[:, :s]),  # (b, s, h, w)
         )
         return self.refine(output, normalized[:, s:], fxfycxcy[:, s:], sources)
 
@@ -613,6 +625,13 @@ class NVSModel(nn.Module):
             points=None if output.points is None else _upsample(output.points, f),
             conf=None if output.conf is None else _upsample(output.conf, f),
         )
+
+
+def _depth(points: Tensor, c2w: Tensor) -> Tensor:
+    """`points_to_depth` in float32, also under autocast: points [b, v, h, w, 3] in the
+    frame of cameras c2w [b, v, 4, 4] -> depth [b, v, h, w]."""
+    with torch.autocast(points.device.type, enabled=False):
+        return points_to_depth(points.float(), c2w.float())
 
 
 def _upsample(x: Tensor, factor: int) -> Tensor:

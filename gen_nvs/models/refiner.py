@@ -68,7 +68,8 @@ class WarpRefiner(nn.Module):
 
     def forward(self, rgb: Tensor, warped: WarpedSources) -> Tensor:
         """rgb [b, t, 3, h, w] (the decoder's render) and the warp of the sources into those
-        targets -> refined rgb [b, t, 3, h, w] in [0, 1]."""
+        targets -> refined rgb [b, t, 3, h, w], clamped to [0, 1] (so a pixel whose
+        correction overshoots gets no gradient until it comes back into range)."""
         b = rgb.shape[0]
         features = warp_features(rgb, warped, self.residuals)
         features = rearrange(features, "b t ch h w -> (b t) ch h w")

@@ -18,6 +18,11 @@ PROBE_COLUMNS = {
     "probe/interp_psnr": "interp",
     "probe/extrap_psnr": "extrap",
 }
+# A model with a warp refiner's: its decoder's own render.
+DECODER_COLUMNS = {
+    "probe/decoder_copy_psnr": "decoder copy",
+    "probe/decoder_novel_psnr": "decoder novel",
+}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -31,6 +36,9 @@ def curve_table(run_dir: Path, every: int = 0) -> str:
     probes = read_jsonl(run_dir / "probe.jsonl")
     losses = read_jsonl(run_dir / "metrics.jsonl")
     terms = [k for k in losses[0] if k not in ("step", "time", "lr", "grad_norm", "skipped")]
+    columns = dict(PROBE_COLUMNS)
+    if any(key in probe for probe in probes for key in DECODER_COLUMNS):
+        columns.update(DECODER_COLUMNS)
     rows, previous = [], 0
     for probe in probes:
         step = probe["step"]
@@ -39,10 +47,10 @@ def curve_table(run_dir: Path, every: int = 0) -> str:
         window = [r for r in losses if previous < r["step"] <= step]
         previous = step
         means = [sum(r[t] for r in window) / len(window) if window else float("nan") for t in terms]
-        psnr = [probe.get(key, float("nan")) for key in PROBE_COLUMNS]
+        psnr = [probe.get(key, float("nan")) for key in columns]
         cells = [str(step), f"{probe['time'] / 60:.0f}", *(f"{v:.2f}" for v in psnr)]
         rows.append(cells + [f"{v:.4f}" for v in means])
-    header = ["step", "minutes", *(f"{c} PSNR" for c in PROBE_COLUMNS.values()), *terms]
+    header = ["step", "minutes", *(f"{c} PSNR" for c in columns.values()), *terms]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
 

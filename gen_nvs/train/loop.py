@@ -188,6 +188,18 @@ def build_model(config: dict) -> NVSModel:
         model.add_depth_head(depth_head)
     if refiner is not None and model.refiner is None:
         model.add_refiner(refiner)
+    elif refiner is not None and model.config.refiner != refiner:
+        raise ValueError(
+            f"model.refiner {refiner.to_dict()} differs from the refiner of model.init_from "
+            f"{model.config.refiner.to_dict()}: set model.refiner=null to keep the export's"
+        )
+    if m["refiner_only"] and model.refiner is None:
+        raise ValueError("model.refiner_only needs a warp refiner: set model.refiner={}")
+    if config["loss"]["decoder_l2"] > 0 and model.refiner is None:
+        raise ValueError(
+            "loss.decoder_l2 weights the decoder's render beside a warp refiner's: set "
+            "model.refiner={} or loss.decoder_l2=0"
+        )
     if stage == "diffusion":
         d = config["diffusion"]
         if model.diffusion is None:
@@ -287,8 +299,6 @@ def set_trainable(model: NVSModel, config: dict) -> None:
         if model.depth_head is not None:
             model.depth_head.requires_grad_(False)
         if m["refiner_only"]:
-            if model.refiner is None:
-                raise ValueError("model.refiner_only needs a warp refiner (model.refiner)")
             model.requires_grad_(False)
             model.refiner.requires_grad_(True)
     for name, param in model.named_parameters():
@@ -435,6 +445,15 @@ def check_config(config: dict) -> None:
         raise ValueError("train.lr must be > 0, got 0")
     for key in ("every", "keep"):
         _check_number(f"checkpoint.{key}", config["checkpoint"][key], int, 1, None)
+    refiner_options = {
+        "model.refiner_only": config["model"]["refiner_only"],
+        "loss.decoder_l2": config["loss"]["decoder_l2"] > 0,
+    }
+    for key, used in refiner_options.items():
+        if used and config["stage"] != "regression":
+            raise ValueError(
+                f"{key} is a regression-stage option, the stage is {config['stage']!r}"
+            )
     if config["checkpoint"]["export_dtype"] not in EXPORT_DTYPES:
         raise ValueError(
             f"checkpoint.export_dtype must be one of {list(EXPORT_DTYPES)}, "

@@ -246,8 +246,6 @@ class RegressionLoss:
         else:
             terms = {"l2": F.mse_loss(output.rgb.float(), target)}
         if self.weights["decoder_l2"] > 0:
-            if output.decoder_rgb is None:
-                raise ValueError("loss.decoder_l2 > 0 needs a model with a warp refiner")
             terms["decoder_l2"] = F.mse_loss(output.decoder_rgb.float(), target)
         unused = []  # outputs without a loss on this batch
         if self.weights["perceptual"] > 0:

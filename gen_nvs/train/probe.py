@@ -68,19 +68,30 @@ class Probe:
     @torch.no_grad()
     def __call__(self, model: NVSModel) -> dict[str, float]:
         """{"probe/copy_psnr", "probe/novel_psnr", "probe/interp_psnr",
-        "probe/extrap_psnr"} (dB) for `model` as it is (eval mode is the caller's)."""
+        "probe/extrap_psnr"} (dB) for `model` as it is (eval mode is the caller's).
+
+        A model with a warp refiner also gets "probe/decoder_copy_psnr" and
+        "probe/decoder_novel_psnr", its decoder's own render before the refiner: at a
+        source's camera the warp returns the source itself, so the refined copy probe
+        says more about the refiner than about the decoder."""
         s, t = self.sources, self.targets
         h, w = self.images.shape[-2:]
         scene = model.encode(self.images[:, s], self.c2w[:, s], self.fxfycxcy[:, s])
-        copy = model.render(scene, self.c2w[:, s], self.fxfycxcy[:, s], (h, w)).rgb
-        novel = model.render(scene, self.c2w[:, t], self.fxfycxcy[:, t], (h, w)).rgb
-        novel_psnr = psnr(novel.float(), self.images[:, t])  # (b, t)
+        copy = model.render(scene, self.c2w[:, s], self.fxfycxcy[:, s], (h, w))
+        novel = model.render(scene, self.c2w[:, t], self.fxfycxcy[:, t], (h, w))
+        novel_psnr = psnr(novel.rgb.float(), self.images[:, t])  # (b, t)
         result = {
-            "probe/copy_psnr": psnr(copy.float(), self.images[:, s]).mean(),
+            "probe/copy_psnr": psnr(copy.rgb.float(), self.images[:, s]).mean(),
             "probe/novel_psnr": novel_psnr.mean(),
         }
         if self.interp.any():
             result["probe/interp_psnr"] = novel_psnr[:, self.interp].mean()
         if (~self.interp).any():
             result["probe/extrap_psnr"] = novel_psnr[:, ~self.interp].mean()
+        if novel.decoder_rgb is not None:
+            decoder_copy = psnr(copy.decoder_rgb.float(), self.images[:, s])
+            result["probe/decoder_copy_psnr"] = decoder_copy.mean()
+            result["probe/decoder_novel_psnr"] = psnr(
+                novel.decoder_rgb.float(), self.images[:, t]
+            ).mean()
         return {name: float(value) for name, value in result.items()}
