@@ -51,9 +51,11 @@ class WarpRefiner(nn.Module):
     ) -> None:
         super().__init__()
         if width < 1 or depth < 2:
-            raise ValueError(f"refiner needs width >= 1 and depth >= 2, got {width} and {depth}")
+            raise ValueError(
+                f"model.refiner needs width >= 1 and depth >= 2, got {width} and {depth}"
+            )
         if not rel_tol >= 0:
-            raise ValueError(f"refiner rel_tol must be >= 0, got {rel_tol}")
+            raise ValueError(f"model.refiner rel_tol must be >= 0, got {rel_tol}")
         self.rel_tol = rel_tol
         self.residuals = residuals
         channels = INPUT_CHANNELS + (RESIDUAL_CHANNELS if residuals else 0)
