@@ -476,3 +476,26 @@ def test_pose_free_scene_with_a_camera_head_is_refined():
             normalized=True,
         )  # fmt: skip
     assert out.decoder_rgb is not None and torch.isfinite(out.rgb).all()
+
+
+def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
+    """`python -m gen_nvs.eval.oracles` on a random tiny model with a refiner: every row is
+    there, and the warp by the true depth beats the (untrained) render by far."""
+    from gen_nvs.eval.oracles import main, oracles
+
+    model = _model_with_refiner()
+    results = oracles(model, num_scenes=2)
+    assert set(results) == {
+        "decoder render",
+        "refined render (the model's)",
+        "refiner fed the true depth",
+        "warp by the true depth",
+        "warp by the model's depths",
+        "the truth's 8x8 patch means",
+    }
+    whole, seen = results["warp by the true depth"]
+    assert seen > results["decoder render"][1] + 5 and math.isfinite(whole)
+    assert main(["--scenes", "1"]) == 0  # the embedded default model
+    assert "warp by the true depth" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--scenes", "0"])

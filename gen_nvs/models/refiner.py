@@ -17,7 +17,8 @@ to a correction of the render (its last layer starts at zero: a new refiner retu
 render unchanged). Where the geometry is right the sources' own pixels come through
 sharp; where it is wrong or no source saw the point, the network falls back to the
 render. With the true depth, the plain warp alone scores 24 dB on those scenes where
-the decoder scores 18 (the model card, "Warp refiner").
+the decoder scores 18 (`python -m gen_nvs.eval.oracles`; the default model's card, "The
+warp refiner").
 
 Dimension legend:
     b   scenes    s   source views    t   target views    h, w   target image size

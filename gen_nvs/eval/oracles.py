@@ -1,0 +1,140 @@
+"""Where a model's novel views lose: its render against what exact geometry would give.
+
+    python -m gen_nvs.eval.oracles [--checkpoint PATH] [--scenes 16]
+
+On the training probe's held-out procedural scenes (`gen_nvs.train.probe`: sources views 0
+and 3, targets 1, 2, 4, 5, with their true depth) it prints the PSNR of the targets, whole
+and on the region some source saw (by the true depth), for:
+
+- the decoder's own render, and the model's render (the warp refiner's, if it has one);
+- the same refiner fed the *true* depth of the targets and sources instead of the point
+  head's (models with a refiner): how much of the gap is geometry;
+- the sources warped by the true depth, and by the model's own depths (`backward_warp`;
+  the decoder's render where no source sees the point): what a plain warp gives;
+- the truth's own 8x8 patch means: the floor of a renderer that paints patch means.
+
+Dimension legend:
+    t   target views    s   source views    h, w   image size
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.geometry.cameras import unproject_depth
+from gen_nvs.geometry.rgbd import points_to_depth
+from gen_nvs.geometry.warp import backward_warp
+from gen_nvs.models.nvs import NVSModel, RefinerSources, load_model_or_default
+from gen_nvs.models.refiner import warp_features
+from gen_nvs.unseen import PREDICTED_REL_TOL
+
+SOURCES, TARGETS = (0, 3), (1, 2, 4, 5)
+TRUE_REL_TOL = 0.02  # the dataset's exact depth (as `gen-nvs eval`'s truth masks)
+PATCH = 8
+
+
+def _psnr(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> float:
+    """Mean PSNR in dB of [n, 3, h, w] images over their pixels in mask [n, h, w] (all:
+    None; images without a masked pixel left out), as the training probe's."""
+    error = (pred.clamp(0, 1) - truth).square().mean(1)  # (n, h, w)
+    mask = torch.ones_like(error, dtype=torch.bool) if mask is None else mask
+    count = mask.flatten(1).sum(1)
+    mse = (error * mask).flatten(1).sum(1) / count.clamp_min(1)
+    db = -10 * torch.log10(mse.clamp_min(1e-10))
+    return float(db[count > 0].mean())
+
+
+def _warped(images, depth, c2w, fxfycxcy, target_depth, target_c2w, target_fxfycxcy, tol):
+    """The visible sources' mean colour [t, 3, h, w] and where any source sees [t, h, w]."""
+    warped = backward_warp(
+        images[None], depth[None], c2w[None], fxfycxcy[None],
+        target_depth[None], target_c2w[None], target_fxfycxcy[None], tol,
+    )  # fmt: skip
+    features = warp_features(torch.zeros_like(warped.colors[:, :, 0]), warped)[0]
+    return features[:, 3:6], warped.visible[0].any(1)
+
+
+@torch.no_grad()
+def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> dict[str, tuple]:
+    """{name: (whole PSNR, seen PSNR)} in dB over `num_scenes` probe scenes (see the
+    module docstring); per-image PSNR, averaged over the targets."""
+    s, t = list(SOURCES), list(TARGETS)
+    rows: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def add(name: str, pred: Tensor) -> None:
+        rows.setdefault(name, []).append(pred)
+
+    truths, seens = [], []
+    for i in range(num_scenes):
+        views = generate_scene(seed + i, max(t) + 1, (64, 64))
+        hw = tuple(views.images.shape[-2:])
+        scene = model.encode(views.images[None, s], views.c2w[None, s], views.fxfycxcy[None, s])
+        target_c2w = scene.normalize(views.c2w[None, t])[0]
+        source_c2w = scene.source_c2w[0]
+        k_t, k_s = views.fxfycxcy[t], views.fxfycxcy[s]
+        out = model.render(scene, target_c2w[None], k_t[None], hw, normalized=True)
+        own = model.render(scene, source_c2w[None], k_s[None], hw, normalized=True)
+        decoder = (out.rgb if out.decoder_rgb is None else out.decoder_rgb)[0]
+        scale = scene.scale[0]
+        true_t, true_s = views.depth[t] / scale, views.depth[s] / scale  # the scene's scale
+        model_t = points_to_depth(out.points[0].float(), target_c2w)
+        model_s = points_to_depth(own.points[0].float(), source_c2w)
+        sources = (views.images[s], true_s, source_c2w, k_s)
+        true_warp, seen = _warped(*sources, true_t, target_c2w, k_t, TRUE_REL_TOL)
+        model_sources = (views.images[s], model_s, source_c2w, k_s)
+        model_warp, model_seen = _warped(
+            *model_sources, model_t, target_c2w, k_t, PREDICTED_REL_TOL
+        )
+        truths.append(views.images[t])
+        seens.append(seen)
+        add("decoder render", decoder)
+        if out.decoder_rgb is not None:
+            add("refined render (the model's)", out.rgb[0])
+            true_points = unproject_depth(true_t, k_t, target_c2w)[None]
+            refiner_sources = RefinerSources(
+                images=views.images[None, s],
+                c2w=source_c2w[None],
+                fxfycxcy=k_s[None],
+                depth=true_s[None],
+            )
+            fed_truth = model.refine(
+                replace(out, rgb=out.decoder_rgb, points=true_points),
+                target_c2w[None], k_t[None], refiner_sources,
+            )  # fmt: skip
+            add("refiner fed the true depth", fed_truth.rgb[0])
+        add("warp by the true depth", torch.where(seen[:, None], true_warp, decoder))
+        add("warp by the model's depths", torch.where(model_seen[:, None], model_warp, decoder))
+        means = F.avg_pool2d(views.images[t], PATCH)
+        add("the truth's 8x8 patch means", F.interpolate(means, scale_factor=PATCH))
+    truth, seen = torch.cat(truths), torch.cat(seens)
+    return {
+        name: (_psnr(torch.cat(preds), truth), _psnr(torch.cat(preds), truth, seen))
+        for name, preds in rows.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gen_nvs.eval.oracles", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--checkpoint", default=None, help="model export (default: embedded)")
+    parser.add_argument("--scenes", type=int, default=16, help="probe scenes (16)")
+    args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    model = load_model_or_default(args.checkpoint).eval()
+    results = oracles(model, args.scenes)
+    print(f"{args.scenes} probe scenes x {len(TARGETS)} novel views: PSNR whole / seen (dB)")
+    for name, (whole, seen) in results.items():
+        print(f"  {name:<32} {whole:6.2f} / {seen:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
