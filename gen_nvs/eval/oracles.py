@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gen_nvs.data.procedural import generate_scene
+from gen_nvs.eval import metrics
+from gen_nvs.eval.evaluate import PSNR_MAX_DB
 from gen_nvs.geometry.cameras import unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.geometry.warp import backward_warp
 from gen_nvs.models.nvs import NVSModel, RefinerSources, load_model_or_default
-from gen_nvs.models.refiner import warp_features
+from gen_nvs.models.refiner import mean_color
 from gen_nvs.unseen import PREDICTED_REL_TOL
 
 SOURCES, TARGETS = (0, 3), (1, 2, 4, 5)
@@ -42,12 +44,8 @@ PATCH = 8
 def _psnr(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> float:
     """Mean PSNR in dB of [n, 3, h, w] images over their pixels in mask [n, h, w] (all:
     None; images without a masked pixel left out), as the training probe's."""
-    error = (pred.clamp(0, 1) - truth).square().mean(1)  # (n, h, w)
-    mask = torch.ones_like(error, dtype=torch.bool) if mask is None else mask
-    count = mask.flatten(1).sum(1)
-    mse = (error * mask).flatten(1).sum(1) / count.clamp_min(1)
-    db = -10 * torch.log10(mse.clamp_min(1e-10))
-    return float(db[count > 0].mean())
+    db = metrics.psnr(pred.clamp(0, 1), truth, mask, max_db=PSNR_MAX_DB)  # (n,), NaN: empty
+    return float(db.nanmean())
 
 
 def _warped(images, depth, c2w, fxfycxcy, target_depth, target_c2w, target_fxfycxcy, tol):
@@ -56,8 +54,7 @@ def _warped(images, depth, c2w, fxfycxcy, target_depth, target_c2w, target_fxfyc
         images[None], depth[None], c2w[None], fxfycxcy[None],
         target_depth[None], target_c2w[None], target_fxfycxcy[None], tol,
     )  # fmt: skip
-    features = warp_features(torch.zeros_like(warped.colors[:, :, 0]), warped)[0]
-    return features[:, 3:6], warped.visible[0].any(1)
+    return mean_color(warped.colors, warped.visible)[0], warped.visible[0].any(1)
 
 
 @torch.no_grad()

@@ -545,10 +545,9 @@ class NVSModel(nn.Module):
         )
         rays = self.target_rays(normalized[:, s:], fxfycxcy[:, s:], hw)  # (b, t, 6, h/f, w/f)
         source_rays = self.source_token_rays(normalized[:, :s], fxfycxcy[:, :s], hw)
-        if self.refiner is None:
-            output = self.decoder(source_tokens, rays, source_rays)
-            return self.to_views(output, hw) if decode else output
         output = self.decoder(source_tokens, rays, source_rays)
+        if self.refiner is None:
+            return self.to_views(output, hw) if decode else output
         # The refiner also needs the sources' own depth, which only its (gradient-free)
         # visibility test reads: rendered without gradients.
         with torch.no_grad():

@@ -84,17 +84,22 @@ class WarpRefiner(nn.Module):
 def warp_features(rgb: Tensor, warped: WarpedSources, residuals: bool = False) -> Tensor:
     """The refiner's input [b, t, 11 (15 with `residuals`), h, w] (see the module
     docstring)."""
-    visible = warped.visible.to(rgb.dtype).unsqueeze(3)  # (b, t, s, 1, h, w)
-    inside = warped.inside.to(rgb.dtype).unsqueeze(3)
     colors = warped.colors.to(rgb.dtype)
-    seen_color = (colors * visible).sum(2) / visible.sum(2).clamp_min(1)
-    inside_color = (colors * inside).sum(2) / inside.sum(2).clamp_min(1)
-    features = [rgb, seen_color, visible.mean(2), inside_color, inside.mean(2)]
+    features = [rgb]
+    for mask in (warped.visible, warped.inside):
+        features += [mean_color(colors, mask), mask.to(rgb.dtype).mean(2, keepdim=True)]
     if residuals:
         best, index = warped.residual.to(rgb.dtype).min(dim=2, keepdim=True)  # (b, t, 1, h, w)
         index = index.unsqueeze(3).expand(-1, -1, -1, 3, -1, -1)  # (b, t, 1, 3, h, w)
         features += [best, colors.gather(2, index).squeeze(2)]
     return torch.cat(features, dim=2)
+
+
+def mean_color(colors: Tensor, mask: Tensor) -> Tensor:
+    """The mean over the sources of colors [b, t, s, 3, h, w] where mask [b, t, s, h, w]
+    (0 where no source is in it) -> [b, t, 3, h, w]."""
+    weight = mask.to(colors.dtype).unsqueeze(3)
+    return (colors * weight).sum(2) / weight.sum(2).clamp_min(1)
 
 
 def resize_views(images: Tensor, hw: tuple[int, int]) -> Tensor:
