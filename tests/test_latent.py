@@ -53,6 +53,18 @@ def scene_views(model, num_views: int = 4):
     return images, c2w, k
 
 
+def training_views(images, c2w, k, *, depth: bool) -> objectives.Views:
+    """A training step's views of the 4-view scene (2 sources), with random depth if `depth`."""
+    extra = {}
+    if depth:
+        extra = dict(depth=torch.rand(1, 4, *HW) + 1, depth_valid=torch.ones(1, 4, *HW).bool())
+    batch = SceneBatch(
+        images, c2w, k, num_sources=2, scenes=["s"], frame_indices=torch.arange(4)[None],
+        **extra,
+    )  # fmt: skip
+    return objectives.select_views(batch, 2, torch.Generator().manual_seed(0))
+
+
 def test_latent_render_keeps_the_pixel_shapes_and_holds_the_latents():
     model = latent_model()
     assert (model.downsample, model.patch_size, model.codec.channels) == (4, 8, 4)
@@ -163,10 +175,7 @@ def test_training_builder_takes_the_vae_from_a_folder_and_the_export_needs_it_no
 def test_regression_loss_is_l2_between_predicted_and_encoded_latents():
     model = latent_model()
     images, c2w, k = scene_views(model)
-    batch = SceneBatch(
-        images, c2w, k, num_sources=2, scenes=["s"], frame_indices=torch.arange(4)[None]
-    )
-    views = objectives.select_views(batch, 2, torch.Generator().manual_seed(0))
+    views = training_views(images, c2w, k, depth=False)
     config = {
         "stage": "regression",
         "loss": {"l2": 1.0, "perceptual": 0.0, "points": 0.0, "camera": 0.0,
@@ -182,12 +191,7 @@ def test_regression_loss_is_l2_between_predicted_and_encoded_latents():
     assert terms["l2"] is loss or torch.equal(terms["l2"], loss)
 
     # Points are compared on the latent grid: the pixel at each 4x4 block's centre.
-    depth = torch.rand(1, 4, *HW) + 1
-    batch = SceneBatch(
-        images, c2w, k, num_sources=2, scenes=["s"], frame_indices=torch.arange(4)[None],
-        depth=depth, depth_valid=torch.ones(1, 4, *HW, dtype=torch.bool),
-    )  # fmt: skip
-    views = objectives.select_views(batch, 2, torch.Generator().manual_seed(0))
+    views = training_views(images, c2w, k, depth=True)
     full, _ = views.target_points()
     grid, valid = views.target_points(4)
     assert grid.shape == (1, 2, 8, 12, 3) and valid.all()
@@ -202,12 +206,7 @@ def test_regression_loss_is_l2_between_predicted_and_encoded_latents():
 def test_diffusion_targets_are_the_encoded_latents_and_points_on_the_latent_grid():
     model = latent_model(diffusion=True)
     images, c2w, k = scene_views(model)
-    depth = torch.rand(1, 4, *HW) + 1
-    batch = SceneBatch(
-        images, c2w, k, num_sources=2, scenes=["s"], frame_indices=torch.arange(4)[None],
-        depth=depth, depth_valid=torch.ones(1, 4, *HW, dtype=torch.bool),
-    )  # fmt: skip
-    views = objectives.select_views(batch, 2, torch.Generator().manual_seed(0))
+    views = training_views(images, c2w, k, depth=True)
     latents = model.image_latents(views.target_images)
     alphas = torch.linspace(0.99, 0.01, 1000)
     noised = objectives.noise_targets(

@@ -23,17 +23,22 @@ def _scene(seed: int = 3, views: int = 4, hw: tuple[int, int] = (32, 32)):
     return generate_scene(seed, views, hw)
 
 
-def _warp(scene, sources: list[int], targets: list[int], rel_tol: float = 0.02):
-    return backward_warp(
-        scene.images[None, sources],
-        scene.depth[None, sources],
-        scene.c2w[None, sources],
-        scene.fxfycxcy[None, sources],
-        scene.depth[None, targets],
-        scene.c2w[None, targets],
-        scene.fxfycxcy[None, targets],
-        rel_tol,
-    )
+def _warp_args(scene, sources: list[int], targets: list[int]) -> dict:
+    """`backward_warp`'s tensors for views of a procedural scene, with their true depth."""
+    return {
+        "source_images": scene.images[None, sources],
+        "source_depth": scene.depth[None, sources],
+        "source_c2w": scene.c2w[None, sources],
+        "source_fxfycxcy": scene.fxfycxcy[None, sources],
+        "target_depth": scene.depth[None, targets],
+        "target_c2w": scene.c2w[None, targets],
+        "target_fxfycxcy": scene.fxfycxcy[None, targets],
+    }
+
+
+def _warp(scene, sources: list[int], targets: list[int], rel_tol: float = 0.02, **changed):
+    """`backward_warp` of the scene's views, the tensors named in `changed` replaced."""
+    return backward_warp(**{**_warp_args(scene, sources, targets), **changed}, rel_tol=rel_tol)
 
 
 # --------------------------------------------------------------------------------------
@@ -44,16 +49,7 @@ def _warp(scene, sources: list[int], targets: list[int], rel_tol: float = 0.02):
 def test_warp_at_a_sources_own_camera_is_the_identity_whatever_the_depth():
     scene = _scene()
     wrong_depth = scene.depth[None, [1]] * torch.linspace(0.5, 3.0, 32)[:, None]
-    warped = backward_warp(
-        scene.images[None, [0, 1]],
-        scene.depth[None, [0, 1]],
-        scene.c2w[None, [0, 1]],
-        scene.fxfycxcy[None, [0, 1]],
-        wrong_depth,
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        rel_tol=0.02,
-    )
+    warped = _warp(scene, [0, 1], [1], target_depth=wrong_depth)
     assert warped.colors.shape == (1, 1, 2, 3, 32, 32)
     assert warped.inside[0, 0, 1].all()
     torch.testing.assert_close(warped.colors[0, 0, 1], scene.images[1], atol=1e-4, rtol=0)
@@ -83,35 +79,13 @@ def test_warp_marks_occluded_points_and_points_without_depth_unseen():
     scene = _scene()
     # A source whose depth map puts a wall right in front of its camera hides everything.
     near_wall = torch.full_like(scene.depth[None, [0]], 0.05)
-    warped = backward_warp(
-        scene.images[None, [0]],
-        near_wall,
-        scene.c2w[None, [0]],
-        scene.fxfycxcy[None, [0]],
-        scene.depth[None, [1]],
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        rel_tol=0.02,
-    )
+    warped = _warp(scene, [0], [1], source_depth=near_wall)
     assert warped.inside.any() and not warped.visible.any()
     no_depth = scene.depth[None, [1]].clone()
     no_depth[..., :8, :] = float("nan")
     no_depth[..., 8:16, :] = -1.0
-    warped = _warp_with_target_depth(scene, no_depth)
+    warped = _warp(scene, [0], [1], target_depth=no_depth)
     assert not warped.inside[0, 0, 0, :16].any() and not warped.visible[0, 0, 0, :16].any()
-
-
-def _warp_with_target_depth(scene, depth):
-    return backward_warp(
-        scene.images[None, [0]],
-        scene.depth[None, [0]],
-        scene.c2w[None, [0]],
-        scene.fxfycxcy[None, [0]],
-        depth,
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        rel_tol=0.02,
-    )
 
 
 def test_warp_reads_sources_of_another_size():
@@ -120,16 +94,8 @@ def test_warp_reads_sources_of_another_size():
     scene = _scene(seed=5, views=3, hw=(32, 32))
     small = generate_scene(5, 3, (16, 16))
     full = _warp(scene, [0], [1])
-    half = backward_warp(
-        small.images[None, [0]],
-        small.depth[None, [0]],
-        small.c2w[None, [0]],
-        small.fxfycxcy[None, [0]],
-        scene.depth[None, [1]],
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        rel_tol=0.05,
-    )
+    sources = {key: value for key, value in _warp_args(small, [0], [1]).items() if "source" in key}
+    half = _warp(scene, [0], [1], rel_tol=0.05, **sources)
     both = full.visible & half.visible
     assert both.float().mean() > 0.3
     difference = (full.colors - half.colors).abs().amax(3)[both]
@@ -138,15 +104,6 @@ def test_warp_reads_sources_of_another_size():
 
 def test_warp_checks_its_shapes():
     scene = _scene()
-    good = {
-        "source_images": scene.images[None, [0]],
-        "source_depth": scene.depth[None, [0]],
-        "source_c2w": scene.c2w[None, [0]],
-        "source_fxfycxcy": scene.fxfycxcy[None, [0]],
-        "target_depth": scene.depth[None, [1]],
-        "target_c2w": scene.c2w[None, [1]],
-        "target_fxfycxcy": scene.fxfycxcy[None, [1]],
-    }
     bad = [
         ("source_images", scene.images[None, [0], :1], "source images must be"),
         ("source_depth", scene.depth[None, [0, 1]], "source depth must be"),
@@ -158,9 +115,9 @@ def test_warp_checks_its_shapes():
     ]
     for name, value, message in bad:
         with pytest.raises(ValueError, match=message):
-            backward_warp(**{**good, name: value}, rel_tol=0.02)
+            _warp(scene, [0], [1], **{name: value})
     with pytest.raises(ValueError, match="rel_tol"):
-        backward_warp(**good, rel_tol=-1)
+        _warp(scene, [0], [1], rel_tol=-1)
 
 
 def test_warp_is_float32_geometry_under_autocast_and_finite_with_broken_cameras():
@@ -172,16 +129,7 @@ def test_warp_is_float32_geometry_under_autocast_and_finite_with_broken_cameras(
     torch.testing.assert_close(mixed.colors, exact.colors)
     broken = scene.fxfycxcy[None, [0]].clone()
     broken[..., 1] = float("inf")
-    warped = backward_warp(
-        scene.images[None, [0]],
-        scene.depth[None, [0]],
-        scene.c2w[None, [0]],
-        broken,
-        scene.depth[None, [1]],
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        0.02,
-    )
+    warped = _warp(scene, [0], [1], source_fxfycxcy=broken)
     assert torch.isfinite(warped.colors).all() and torch.isfinite(warped.residual).all()
 
 
@@ -189,16 +137,7 @@ def test_warp_reads_edge_pixels_without_darkening():
     """A point inside the image but within half a pixel of its edge reads the edge pixel."""
     scene = _scene()
     white = torch.ones_like(scene.images[None, [1]])
-    warped = backward_warp(
-        white,
-        scene.depth[None, [1]],
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        scene.depth[None, [1]],
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        0.02,
-    )
+    warped = _warp(scene, [1], [1], source_images=white)
     assert warped.inside.all()
     torch.testing.assert_close(warped.colors, torch.ones_like(warped.colors))
 
@@ -207,16 +146,7 @@ def test_warp_passes_gradients_to_the_colours_and_the_target_depth():
     scene = _scene()
     images = scene.images[None, [0]].clone().requires_grad_(True)
     depth = scene.depth[None, [1]].clone().requires_grad_(True)
-    warped = backward_warp(
-        images,
-        scene.depth[None, [0]],
-        scene.c2w[None, [0]],
-        scene.fxfycxcy[None, [0]],
-        depth,
-        scene.c2w[None, [1]],
-        scene.fxfycxcy[None, [1]],
-        0.02,
-    )
+    warped = _warp(scene, [0], [1], source_images=images, target_depth=depth)
     warped.colors.square().sum().backward()
     assert images.grad.abs().sum() > 0 and depth.grad.abs().sum() > 0
 
