@@ -419,6 +419,7 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
         "decoder render",
         "refined render (the model's)",
         "refiner fed the true depth",
+        "refiner fed true 8x8 depth means",
         "warp by the true depth",
         "warp by the model's depths",
         "the truth's 8x8 patch means",

@@ -48,6 +48,13 @@ def _psnr(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> float:
     return float(db.nanmean())
 
 
+def _patch_means(depth: Tensor) -> Tensor:
+    """depth [t, h, w] -> each 8x8 patch's mean depth, bilinearly upsampled [t, h, w]."""
+    means = F.avg_pool2d(depth[:, None], PATCH)
+    up = F.interpolate(means, size=depth.shape[-2:], mode="bilinear", align_corners=False)
+    return up[:, 0]
+
+
 def _warped(images, depth, c2w, fxfycxcy, target_depth, target_c2w, target_fxfycxcy, tol):
     """The visible sources' mean colour [t, 3, h, w] and where any source sees [t, h, w]."""
     warped = backward_warp(
@@ -105,6 +112,16 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> dic
                 target_c2w[None], k_t[None], refiner_sources,
             )  # fmt: skip
             add("refiner fed the true depth", fed_truth.rgb[0])
+            # The same, but the targets' true depth only as 8x8 patch means (as a point
+            # head that unpatchifies 8x8 tokens could at best learn it, if flat):
+            # whether the warp needs depth at pixel resolution or just better patches.
+            patch_depth = _patch_means(true_t)
+            patch_points = unproject_depth(patch_depth, k_t, target_c2w)[None]
+            fed_patches = model.refine(
+                replace(out, rgb=out.decoder_rgb, points=patch_points),
+                target_c2w[None], k_t[None], refiner_sources,
+            )  # fmt: skip
+            add("refiner fed true 8x8 depth means", fed_patches.rgb[0])
         add("warp by the true depth", torch.where(seen[:, None], true_warp, decoder))
         add("warp by the model's depths", torch.where(model_seen[:, None], model_warp, decoder))
         means = F.avg_pool2d(views.images[t], PATCH)
