@@ -414,7 +414,9 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     from gen_nvs.eval.oracles import main, oracles
 
     model = _model_with_refiner()
-    results = oracles(model, num_scenes=2)
+    result = oracles(model, num_scenes=2)
+    results = result.psnr
+    assert 0 <= result.depth_within_125 <= 1 and result.depth_median_rel_error >= 0
     assert set(results) == {
         "decoder render",
         "refined render (the model's)",
