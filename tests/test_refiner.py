@@ -432,3 +432,113 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     assert "warp by the true depth" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--scenes", "0"])
+
+
+# --------------------------------------------------------------------------------------
+# The depth net (refiner option refine_depth)
+# --------------------------------------------------------------------------------------
+
+
+def _model_with_depth_net():
+    model = _model_with_refiner()
+    model.add_refiner_depth_net()
+    torch.manual_seed(1)
+    for param in model.refiner.depth_net.parameters():
+        param.data.normal_(0, 0.05)
+    return model
+
+
+def test_a_new_depth_net_changes_nothing():
+    model = _model_with_refiner()
+    scene = _scene(views=4, hw=(16, 16))
+    args = (scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+    target = (scene.c2w[None, 2:], scene.fxfycxcy[None, 2:], (16, 16))
+    with torch.no_grad():
+        before = model.render(model.encode(*args), *target)
+        model.add_refiner_depth_net()
+        after = model.render(model.encode(*args), *target)
+    assert model.config.refiner.refine_depth
+    torch.testing.assert_close(after.rgb, before.rgb)
+    torch.testing.assert_close(after.points, before.points)
+    with pytest.raises(ValueError, match="already has a depth net"):
+        model.add_refiner_depth_net()
+
+
+def test_the_depth_net_moves_points_along_their_rays_within_its_bound():
+    """A trained depth net scales each point's distance from the target camera by its step
+    (at most e^1): the point stays on its pixel's ray, its depth scales by the same factor,
+    and the colour refiner reads the sources where the moved point projects."""
+    model = _model_with_depth_net()
+    scene = _scene(views=4, hw=(16, 16))
+    sources = (scene.images[None, :2], scene.c2w[None, :2], scene.fxfycxcy[None, :2])
+    target_c2w, target_k = scene.c2w[None, 2:], scene.fxfycxcy[None, 2:]
+    with torch.no_grad():
+        encoded = model.encode(*sources)
+        moved = model.render(encoded, target_c2w, target_k, (16, 16))
+        chunks = model.render(encoded, target_c2w, target_k, (16, 16), chunk_size=1)
+        model.refiner.depth_net = None
+        still = model.render(encoded, target_c2w, target_k, (16, 16))
+    centre = encoded.scene_frame(target_c2w, False)[:, :, None, None, :3, 3]
+    ray_moved, ray_still = moved.points - centre, still.points - centre
+    ratio = ray_moved.norm(dim=-1) / ray_still.norm(dim=-1)
+    assert not torch.allclose(ratio, torch.ones_like(ratio))
+    assert ratio.min() >= math.exp(-1) - 1e-4 and ratio.max() <= math.exp(1) + 1e-4
+    cosine = torch.nn.functional.cosine_similarity(ray_moved, ray_still, dim=-1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine))
+    assert not torch.allclose(moved.rgb, still.rgb)
+    torch.testing.assert_close(moved.decoder_rgb, still.decoder_rgb)
+    torch.testing.assert_close(chunks.points, moved.points)
+    torch.testing.assert_close(chunks.rgb, moved.rgb)
+
+
+def test_the_depth_step_is_zero_where_there_is_no_depth():
+    refiner = WarpRefiner(width=8, depth=3, refine_depth=True)
+    for param in refiner.depth_net.parameters():
+        param.data.normal_(0, 0.05)
+    scene = _scene(views=3, hw=(16, 16))
+    depth = scene.depth[None, 2:].clone()
+    depth[0, 0, :2] = 0.0
+    depth[0, 0, 2] = float("nan")
+    depth[0, 0, 3] = float("inf")
+    args = _warp_args(scene, [0, 1], [2])
+
+    def warp(target_depth):
+        return backward_warp(**{**args, "target_depth": target_depth}, rel_tol=0.5)
+
+    step = refiner.depth_step(scene.images[None, 2:], depth, warp)
+    assert step.shape == depth.shape and torch.isfinite(step).all()
+    assert (step[0, 0, :4] == 0).all() and (step[0, 0, 4:] != 0).any()
+    with pytest.raises(RuntimeError, match="no depth net"):
+        WarpRefiner(width=8, depth=3).depth_step(scene.images[None, 2:], depth, warp)
+
+
+def test_the_point_and_render_losses_reach_the_depth_net():
+    for loss_of in (lambda out, truth: out.points.square().mean(),
+                    lambda out, truth: (out.rgb - truth).square().mean()):  # fmt: skip
+        model = _model_with_refiner().train()
+        model.add_refiner_depth_net()  # its last layer starts at zero
+        scene = _scene(views=4, hw=(16, 16))
+        out = model(scene.images[None], scene.c2w[None], scene.fxfycxcy[None], 2)
+        loss_of(out, scene.images[None, 2:]).backward()
+        assert model.refiner.depth_net[-1].weight.grad.abs().sum() > 0
+
+
+def test_training_adds_a_depth_net_to_an_exports_refiner(tmp_path):
+    model = _model_with_refiner()
+    save_model(model, tmp_path / "export")
+    overrides = [
+        f"model.init_from={tmp_path / 'export'}",
+        "model.refiner={width: 8, depth: 3, refine_depth: true}",
+        "model.refiner_only=true",
+        "loss.points=0.1",
+        "loss.camera=0",
+        "train.steps=2",
+        "train.lr=1e-2",
+    ]
+    run = train(tiny_config(tmp_path, "depth", *overrides))
+    after = export_weights(run / "export")
+    assert after["refiner.depth_net.4.weight"].abs().sum() > 0  # trained from zero
+    loaded = load_model(run / "export")
+    assert loaded.config.refiner.refine_depth and loaded.refiner.depth_net is not None
+    config = json.loads((run / "export" / "config.json").read_text())
+    assert config["model"]["refiner"]["refine_depth"] is True
