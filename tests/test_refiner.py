@@ -542,3 +542,24 @@ def test_training_adds_a_depth_net_to_an_exports_refiner(tmp_path):
     assert loaded.config.refiner.refine_depth and loaded.refiner.depth_net is not None
     config = json.loads((run / "export" / "config.json").read_text())
     assert config["model"]["refiner"]["refine_depth"] is True
+
+
+def test_the_log_depth_loss_is_the_mean_log_ratio_over_valid_pixels(tmp_path):
+    from gen_nvs.train.objectives import Views, log_depth_error
+
+    scene = _scene(views=3, hw=(8, 8))
+    views = Views(
+        images=scene.images[None], c2w=scene.c2w[None], fxfycxcy=scene.fxfycxcy[None],
+        num_sources=1, depth=scene.depth[None], depth_valid=torch.ones(1, 3, 8, 8, dtype=bool),
+        normalized=scene.c2w[None], scale=torch.ones(1),
+    )  # fmt: skip
+    gt, valid = views.target_points()
+    assert float(log_depth_error(gt, gt, valid, views)) < 1e-5
+    centre = scene.c2w[None, 1:, None, None, :3, 3]
+    doubled = centre + 2 * (gt - centre)  # every depth twice the truth
+    valid[0, 0, :4] = False
+    far = torch.where(valid[..., None], doubled, 1e6)  # invalid pixels are not read
+    assert abs(float(log_depth_error(far, gt, valid, views)) - math.log(2)) < 1e-4
+    run = train(tiny_config(tmp_path, "logdepth", "loss.log_depth=1.0", "train.steps=2"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert all(math.isfinite(r["log_depth"]) for r in records)

@@ -398,6 +398,7 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
             point_alpha=loss["point_alpha"],
             point_space=loss["point_space"],
             decoder_l2=loss["decoder_l2"],
+            log_depth=loss["log_depth"],
             perceptual_fn=build_perceptual(loss, device),
             downsample=model.downsample,
         )

@@ -6,8 +6,10 @@ part Accelerate wraps for data parallelism) and the losses beside it.
   ConfidencePointLoss (where the data has depth; on `sign(p) log(1 + |p|)` points by
   default, the point head's own space, so far points such as the sky do not swamp
   the rest) + camera * the camera head's
-  pose-encoding error on pose-free aggregator tokens. With a warp refiner the MSE is
-  the refined render's, and decoder_l2 * MSE of the decoder's own render joins it.
+  pose-encoding error on pose-free aggregator tokens + log_depth * the mean
+  |log d - log d_gt| of the targets' depth (from their points; every valid pixel alike).
+  With a warp refiner the MSE is the refined render's, and decoder_l2 * MSE of the
+  decoder's own render joins it.
 - Geometry (3D pretraining of the encoder, as VGGT's): every view of the batch is a
   source, the aggregator runs pose-free (no camera tokens) and the camera head and the
   depth head read its tokens; loss = camera * the pose-encoding error + depth *
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 from gen_nvs.data import SceneBatch
 from gen_nvs.geometry import cameras as cam
-from gen_nvs.geometry.rgbd import depth_to_points
+from gen_nvs.geometry.rgbd import depth_to_points, points_to_depth
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.diffusion import DiffusionDecoder
 from gen_nvs.models.heads import compress_points
@@ -210,6 +212,7 @@ class RegressionLoss:
         point_alpha: float,
         point_space: str = "log",
         decoder_l2: float = 0.0,
+        log_depth: float = 0.0,
         perceptual_fn=None,
         downsample: int = 1,
     ) -> None:
@@ -222,6 +225,7 @@ class RegressionLoss:
             "perceptual": perceptual,
             "points": points,
             "camera": camera,
+            "log_depth": log_depth,
         }
         self.names = [name for name, weight in self.weights.items() if weight > 0]
         self.perceptual_fn = perceptual_fn
@@ -262,6 +266,12 @@ class RegressionLoss:
                 if self.point_space == "log":
                     points, gt_points = compress_points(points), compress_points(gt_points)
                 terms["points"] = self.point_loss(points, output.conf.float(), gt_points, gt[1])
+        if self.weights["log_depth"] > 0 and output.points is not None:
+            gt = views.target_points(self.downsample)
+            if gt is None:
+                unused += [output.points]
+            else:
+                terms["log_depth"] = log_depth_error(output.points, gt[0], gt[1], views)
         if self.weights["camera"] > 0:
             if poses is None:
                 raise ValueError("loss.camera > 0 needs the camera head's pose encodings")
@@ -270,6 +280,17 @@ class RegressionLoss:
         if unused:
             total = total + zero_from(*unused)
         return total, terms
+
+
+def log_depth_error(points: Tensor, gt_points: Tensor, valid: Tensor, views: Views) -> Tensor:
+    """Mean |log d - log d_gt| over the valid target pixels of points and gt_points
+    [b, t, h, w, 3] (normalised scene frame; valid [b, t, h, w]), each depth along its
+    target camera's axis; a predicted depth <= 0 counts as 1e-3."""
+    c2w = views.normalized[:, views.num_sources :].float()
+    depth = points_to_depth(points.float(), c2w).clamp_min(1e-3)
+    gt_depth = points_to_depth(gt_points.float(), c2w)
+    error = (depth.log() - torch.where(valid, gt_depth, 1.0).clamp_min(1e-3).log()).abs()
+    return (error * valid).sum() / valid.sum().clamp_min(1)
 
 
 def check_point_space(space: str) -> None:
