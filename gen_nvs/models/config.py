@@ -219,7 +219,6 @@ class RefinerConfig(ModuleConfig):
     depth: int = 6
     rel_tol: float = 0.5
     residuals: bool = False
-    refine_depth: bool = False
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from gen_nvs.geometry import cameras as cam
 from gen_nvs.geometry.rgbd import points_to_depth
-from gen_nvs.geometry.warp import WarpedSources, backward_warp
+from gen_nvs.geometry.warp import backward_warp
 from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.cache import SceneCache
 from gen_nvs.models.camera_head import CameraHead
@@ -269,18 +269,6 @@ class NVSModel(nn.Module):
         self.refiner = WarpRefiner(**config.kwargs())
         return self.refiner
 
-    def add_refiner_depth_net(self) -> nn.Module:
-        """A new depth net (the refiner option `refine_depth`; it starts as the identity)
-        for this model's warp refiner, which keeps its weights; recorded in the config."""
-        if self.refiner is None:
-            raise ValueError("the model has no warp refiner to add a depth net to")
-        if self.refiner.depth_net is not None:
-            raise ValueError("the model's warp refiner already has a depth net")
-        self._config = replace(
-            self._config, refiner=replace(self._config.refiner, refine_depth=True)
-        )
-        return self.refiner.add_depth_net()
-
     # ----------------------------------------------------------------------------------
     # Cameras
     # ----------------------------------------------------------------------------------
@@ -509,32 +497,19 @@ class NVSModel(nn.Module):
     ) -> DecoderOutput:
         """The warp refiner on a render: `output` of targets c2w [b, t, 4, 4] (scene frame)
         and fxfycxcy [b, t, 4] (pixels of its images) -> rgb refined from `sources`, the
-        decoder's own render kept as decoder_rgb. With the refiner's depth net
-        (`refine_depth`) the points are first moved along their camera rays by its step,
-        and the rgb is refined from the sources warped by the corrected depth."""
-
-        def warp(target_depth: Tensor) -> WarpedSources:
-            return backward_warp(
-                sources.images,
-                sources.depth,
-                sources.c2w,
-                sources.fxfycxcy,
-                target_depth,
-                target_c2w,
-                target_fxfycxcy,
-                self.refiner.rel_tol,
-            )
-
+        decoder's own render kept as decoder_rgb."""
         target_depth = _depth(output.points, target_c2w)
-        if self.refiner.depth_net is not None:
-            step = self.refiner.depth_step(output.rgb, target_depth, warp)  # log depth
-            target_depth = target_depth * step.exp()
-            # Scaled about the camera centre, a point's depth scales by the same factor.
-            centre = target_c2w[:, :, None, None, :3, 3]
-            points = centre + (output.points - centre) * step.exp().unsqueeze(-1)
-            output = replace(output, points=points.to(output.points.dtype))
-        refined = self.refiner(output.rgb, warp(target_depth))
-        return replace(output, rgb=refined, decoder_rgb=output.rgb)
+        warped = backward_warp(
+            sources.images,
+            sources.depth,
+            sources.c2w,
+            sources.fxfycxcy,
+            target_depth,
+            target_c2w,
+            target_fxfycxcy,
+            self.refiner.rel_tol,
+        )
+        return replace(output, rgb=self.refiner(output.rgb, warped), decoder_rgb=output.rgb)
 
     def forward(
         self,

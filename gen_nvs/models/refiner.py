@@ -26,9 +26,6 @@ Dimension legend:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -38,11 +35,6 @@ from gen_nvs.geometry.warp import WarpedSources
 
 INPUT_CHANNELS = 11
 RESIDUAL_CHANNELS = 4  # the `residuals` option's
-# The `refine_depth` option: the log-depth offsets at which the depth net reads the
-# sources (depth x 0.74 .. 1.35), and what it reads at each.
-DEPTH_OFFSETS = (-0.3, -0.15, 0.0, 0.15, 0.3)
-CHANNELS_PER_OFFSET = 6
-MAX_LOG_DEPTH_STEP = 1.0  # the depth net moves a depth by at most e^(+-1)
 
 
 class WarpRefiner(nn.Module):
@@ -56,13 +48,7 @@ class WarpRefiner(nn.Module):
     """
 
     def __init__(
-        self,
-        *,
-        width: int = 32,
-        depth: int = 6,
-        rel_tol: float = 0.5,
-        residuals: bool = False,
-        refine_depth: bool = False,
+        self, *, width: int = 32, depth: int = 6, rel_tol: float = 0.5, residuals: bool = False
     ) -> None:
         super().__init__()
         if width < 1 or depth < 2:
@@ -73,45 +59,15 @@ class WarpRefiner(nn.Module):
             raise ValueError(f"model.refiner rel_tol must be >= 0, got {rel_tol}")
         self.rel_tol = rel_tol
         self.residuals = residuals
-        self.width, self.depth = width, depth
         channels = INPUT_CHANNELS + (RESIDUAL_CHANNELS if residuals else 0)
-        self.net = _conv_net(channels, width, depth, 3)
-        self.depth_net: nn.Sequential | None = None
-        if refine_depth:
-            self.add_depth_net()
-
-    def add_depth_net(self) -> nn.Sequential:
-        """A new depth net (the `refine_depth` option; it starts as the identity), of the
-        colour net's width and depth."""
-        channels = 4 + CHANNELS_PER_OFFSET * len(DEPTH_OFFSETS)
-        self.depth_net = _conv_net(channels, self.width, self.depth, 1)
-        return self.depth_net
-
-    def depth_step(
-        self, rgb: Tensor, depth: Tensor, warp: Callable[[Tensor], WarpedSources]
-    ) -> Tensor:
-        """The `refine_depth` option's correction: rgb [b, t, 3, h, w] (the decoder's
-        render), depth [b, t, h, w] (the point head's) and `warp` (target depth -> the
-        sources warped by it) -> the log-depth step [b, t, h, w] in [-1, 1] (0 where the
-        depth is no surface).
-
-        The depth net reads the sources warped at the depth times e^offset for each of
-        `DEPTH_OFFSETS`: where along each ray the sources agree with each other and with
-        their own depth, a cue at pixel resolution that the point head's 8x8 patches lack.
-        The observations carry no gradient into the depth they were read at."""
-        if self.depth_net is None:
-            raise RuntimeError("this refiner has no depth net (model.refiner refine_depth)")
-        b = rgb.shape[0]
-        valid = torch.isfinite(depth) & (depth > 0)
-        observed = torch.where(valid, depth, 1.0).detach()
-        features = [rgb, observed.log().unsqueeze(2).to(rgb.dtype)]
-        for offset in DEPTH_OFFSETS:
-            warped = warp(observed * math.exp(offset))
-            features += _agreement_features(rgb, warped)
-        x = rearrange(torch.cat(features, dim=2), "b t ch h w -> (b t) ch h w")
-        raw = self.depth_net(x.to(self.depth_net[0].weight.dtype))
-        step = MAX_LOG_DEPTH_STEP * torch.tanh(rearrange(raw, "(b t) 1 h w -> b t h w", b=b))
-        return torch.where(valid, step.to(depth.dtype), 0.0)
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1)]
+        for i in range(depth - 2):
+            dilation = 1 + i % 2
+            layers += [nn.GELU(), nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)]
+        layers += [nn.GELU(), nn.Conv2d(width, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, rgb: Tensor, warped: WarpedSources) -> Tensor:
         """rgb [b, t, 3, h, w] (the decoder's render) and the warp of the sources into those
@@ -123,39 +79,6 @@ class WarpRefiner(nn.Module):
         correction = self.net(features.to(self.net[0].weight.dtype))
         out = rgb + rearrange(correction, "(b t) ch h w -> b t ch h w", b=b).to(rgb.dtype)
         return out.clamp(0, 1)
-
-
-def _conv_net(channels: int, width: int, depth: int, out: int) -> nn.Sequential:
-    """`depth` 3x3 convolutions channels -> width ... -> out with GELUs, the middle ones
-    alternately dilated 1 and 2; the last starts at zero."""
-    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1)]
-    for i in range(depth - 2):
-        dilation = 1 + i % 2
-        layers += [nn.GELU(), nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)]
-    layers += [nn.GELU(), nn.Conv2d(width, out, 3, padding=1)]
-    net = nn.Sequential(*layers)
-    nn.init.zeros_(net[-1].weight)
-    nn.init.zeros_(net[-1].bias)
-    return net
-
-
-def _agreement_features(rgb: Tensor, warped: WarpedSources) -> list[Tensor]:
-    """What the depth net reads at one depth hypothesis, each [b, t, ch, h, w]: the visible
-    sources' mean colour (3) and share (1), the smallest depth residual (1), and the spread
-    of the colours of the sources the point falls inside (1: their RMS deviation from
-    their mean; 0 with fewer than two)."""
-    colors = warped.colors.to(rgb.dtype)
-    inside = warped.inside.to(rgb.dtype).unsqueeze(3)  # (b, t, s, 1, h, w)
-    count = inside.sum(2)
-    deviation = (colors - mean_color(colors, warped.inside).unsqueeze(2)) * inside
-    variance = deviation.square().sum(2).mean(2, keepdim=True) / count.clamp_min(1)
-    spread = torch.where(count > 1, (variance + 1e-8).sqrt(), 0.0)
-    return [
-        mean_color(colors, warped.visible),
-        warped.visible.to(rgb.dtype).mean(2, keepdim=True),
-        warped.residual.to(rgb.dtype).min(dim=2, keepdim=True).values,
-        spread,
-    ]
 
 
 def warp_features(rgb: Tensor, warped: WarpedSources, residuals: bool = False) -> Tensor:

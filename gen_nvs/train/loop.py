@@ -188,12 +188,6 @@ def build_model(config: dict) -> NVSModel:
         model.add_depth_head(depth_head)
     if refiner is not None and model.refiner is None:
         model.add_refiner(refiner)
-    elif (
-        refiner is not None
-        and refiner.refine_depth
-        and model.config.refiner == replace(refiner, refine_depth=False)
-    ):
-        model.add_refiner_depth_net()  # the export's refiner, and a new depth net
     elif refiner is not None and model.config.refiner != refiner:
         raise ValueError(
             f"model.refiner {refiner.to_dict()} differs from the refiner of model.init_from "
