@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -133,6 +134,15 @@ def test_regression_eval_without_lpips_weights(workspace, tmp_path, capsys):
     assert results["mask"]["available"] is True and results["mask"]["reason"] is None
     _check_mask_entry(results["means"]["mask"])
     assert "unseen mask, model vs depth: iou" in captured.out
+    # Medians over all targets, beside the means over scenes.
+    targets = [t for scene in results["scenes"] for t in scene["targets"]]
+    medians = results["medians"]["regression"]
+    assert medians["psnr"] == pytest.approx(np.median([t["regression"]["psnr"] for t in targets]))
+    unseen = [t["regression"]["unseen"] for t in targets if t["regression"]["unseen"] is not None]
+    assert medians["unseen"]["sharpness"] == pytest.approx(
+        np.median([u["sharpness"] for u in unseen if u["sharpness"] is not None])
+    )
+    assert "unseen-region sharpness vs the truth's: regression" in captured.out
 
 
 def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
@@ -159,6 +169,7 @@ def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
     assert diffusion["diversity"]["rms"] > 0 and diffusion["diversity"]["lpips"] > 0
     assert diffusion["diversity"]["unseen"]["rms"] > 0
     assert results["means"]["regression"]["lpips"] > 0
+    assert set(results["medians"]["diffusion"]) == set(diffusion)  # the means' layout
     target = results["scenes"][0]["targets"][0]
     assert target["diffusion"]["generated_fraction"] == 1.0
     grid = Image.open(out / results["scenes"][0]["grid"])
@@ -183,6 +194,8 @@ def test_copy_probe_targets_are_the_sources(workspace, tmp_path, capsys):
     assert "no pixels" in results["empty_regions"]["reason"]
     means = results["means"]
     assert means["regression"]["unseen"] is None
+    assert results["medians"]["regression"]["unseen"] is None
+    assert "unseen-region sharpness" not in printed
     assert means["diffusion"]["mean"]["unseen"] is None
     assert means["diffusion"]["diversity"]["unseen"] is None
     assert 0 < means["regression"]["psnr"] <= PSNR_MAX_DB

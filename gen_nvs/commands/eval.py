@@ -217,6 +217,19 @@ def _print_means(results: dict) -> None:
         print(
             f"  diversity: rms {diversity['rms']:.4f}" + ("" if lp is None else f"  lpips {lp:.4f}")
         )
+    sharpness = [("regression", means["regression"], results["medians"]["regression"])]
+    if "diffusion" in means:
+        mean_of, median_of = means["diffusion"]["mean"], results["medians"]["diffusion"]["mean"]
+        sharpness.append(("samples", mean_of, median_of))
+    cells = []
+    for name, mean_group, median_group in sharpness:
+        if mean_group.get("unseen") is not None and median_group.get("unseen") is not None:
+            mean_value = mean_group["unseen"]["sharpness"]
+            median_value = median_group["unseen"]["sharpness"]
+            if mean_value is not None and median_value is not None:
+                cells.append(f"{name} {mean_value:.2f} (median {median_value:.2f})")
+    if cells:
+        print("  unseen-region sharpness vs the truth's: " + ", ".join(cells))
     mask = means.get("mask")
     if mask is not None:
         print(

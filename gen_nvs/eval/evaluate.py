@@ -19,9 +19,11 @@ with mask mode "auto" it keeps the regression render where the model itself find
 target seen, so the samples differ only in the rest.
 
 Results: one JSON (`results.json`) with the per-target values, per-scene means (over
-targets) and overall means (over scenes, as LVSM averages its per-scene summaries),
-together with the model, dataset and settings; and one PNG grid per scene, a row per
-target: sources | target | regression | samples | unseen mask (white = unseen).
+targets), overall means (over scenes, as LVSM averages its per-scene summaries) and
+overall medians (over all targets: ratios such as sharpness are heavy-tailed, a target
+whose region is nearly flat in the truth can score 15x), together with the model,
+dataset and settings; and one PNG grid per scene, a row per target: sources | target |
+regression | samples | unseen mask (white = unseen).
 
 Per-image PSNR is capped at `PSNR_MAX_DB` so that means stay finite (a perfect
 prediction scores exactly that). Values that do not exist (a region with no pixels,
@@ -327,6 +329,19 @@ def map_tree(tree: Tree, fn: Callable[[str, Tensor], Any], keep=lambda name: Tru
 def mean_trees(trees: Sequence[Tree | None]) -> Tree | None:
     """Leaf-wise mean of trees of one layout, skipping None (a missing value or a
     missing subtree); None where no tree has a value."""
+    return reduce_trees(trees, np.mean)
+
+
+def median_trees(trees: Sequence[Tree | None]) -> Tree | None:
+    """Leaf-wise median, as `mean_trees`."""
+    return reduce_trees(trees, np.median)
+
+
+def reduce_trees(
+    trees: Sequence[Tree | None], reduce: Callable[[list[float]], float]
+) -> Tree | None:
+    """Leaf-wise reduce(values) of trees of one layout, skipping None (a missing value or
+    a missing subtree); None where no tree has a value."""
     present = [t for t in trees if t is not None]
     if not present:
         return None
@@ -334,10 +349,10 @@ def mean_trees(trees: Sequence[Tree | None]) -> Tree | None:
     for name in present[0]:
         column = [t.get(name) for t in present]
         if any(isinstance(value, dict) for value in column):
-            out[name] = mean_trees(column)
+            out[name] = reduce_trees(column, reduce)
         else:
             values = [v for v in column if v is not None]
-            out[name] = float(np.mean(values)) if values else None
+            out[name] = float(reduce(values)) if values else None
     return out
 
 
@@ -482,8 +497,16 @@ def _diffusion_entry(
 
 def _means(entries: list[Tree]) -> Tree:
     """Means over targets (per-target entries) or over scenes (their means), by field."""
-    skip = ("frame", "empty_regions")
-    return mean_trees([{k: v for k, v in e.items() if k not in skip} for e in entries])
+    return mean_trees([_values(e) for e in entries])
+
+
+def _medians(scenes: list[Tree]) -> Tree:
+    """Medians over every target of every scene, by field."""
+    return median_trees([_values(t) for scene in scenes for t in scene["targets"]])
+
+
+def _values(entry: Tree) -> Tree:
+    return {k: v for k, v in entry.items() if k not in ("frame", "empty_regions")}
 
 
 def _empty_region_counts(scenes: list[Tree]) -> Tree:
@@ -583,6 +606,7 @@ def evaluate(
         "num_targets": sum(len(s["targets"]) for s in scenes),
         "seconds": round(time.perf_counter() - start, 3),
         "means": _means([s["means"] for s in scenes]),
+        "medians": _medians(scenes),
         "scenes": scenes,
     }
     if out_dir is not None:
