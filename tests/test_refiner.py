@@ -443,13 +443,19 @@ def test_the_log_depth_loss_is_the_mean_log_ratio_over_valid_pixels(tmp_path):
         num_sources=1, depth=scene.depth[None], depth_valid=torch.ones(1, 3, 8, 8, dtype=bool),
         normalized=scene.c2w[None], scale=torch.ones(1),
     )  # fmt: skip
-    gt, valid = views.target_points()
-    assert float(log_depth_error(gt, gt, valid, views)) < 1e-5
+    gt, _ = views.target_points()  # the true surface points, as a prediction
+    gt_depth, valid = views.target_depth()
+    c2w = views.normalized[:, 1:]
+    assert float(log_depth_error(gt, gt_depth, valid, c2w)) < 1e-5
     centre = scene.c2w[None, 1:, None, None, :3, 3]
     doubled = centre + 2 * (gt - centre)  # every depth twice the truth
     valid[0, 0, :4] = False
     far = torch.where(valid[..., None], doubled, 1e6)  # invalid pixels are not read
-    assert abs(float(log_depth_error(far, gt, valid, views)) - math.log(2)) < 1e-4
+    assert abs(float(log_depth_error(far, gt_depth, valid, c2w)) - math.log(2)) < 1e-4
+    grid_depth, grid_valid = views.target_depth(4)  # the latent grid's pixels, as the points'
+    grid_points, _ = views.target_points(4)
+    assert grid_depth.shape == grid_valid.shape == grid_points.shape[:-1] == (1, 2, 2, 2)
+    torch.testing.assert_close(grid_depth, gt_depth[:, :, 2::4, 2::4])
     run = train(tiny_config(tmp_path, "logdepth", "loss.log_depth=1.0", "train.steps=2"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert all(math.isfinite(r["log_depth"]) for r in records)

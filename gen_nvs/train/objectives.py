@@ -99,20 +99,36 @@ class Views:
         depth = self.depth[:, s:] / self.scale[:, None, None, None]
         points = depth_to_points(depth, self.fxfycxcy[:, s:], self.normalized[:, s:])
         valid = self.depth_valid[:, s:] & torch.isfinite(points).all(dim=-1)
-        if downsample > 1:
-            keep = slice(downsample // 2, None, downsample)
-            points, valid = points[:, :, keep, keep], valid[:, :, keep, keep]
+        points, valid = _on_grid(points, downsample), _on_grid(valid, downsample)
         return torch.where(valid[..., None], points, torch.zeros_like(points)), valid
+
+    def target_depth(self, downsample: int = 1) -> tuple[Tensor, Tensor] | None:
+        """Ground-truth depth [b, t, h/f, w/f] of the targets in the normalised scene scale
+        and its validity (finite and > 0), or None without depth; `downsample` as
+        `target_points`'."""
+        gt = self._depth(slice(self.num_sources, None))
+        return None if gt is None else (_on_grid(gt[0], downsample), _on_grid(gt[1], downsample))
 
     def source_depth(self) -> tuple[Tensor, Tensor] | None:
         """Ground-truth depth [b, s, h, w] of the sources in the normalised scene scale and
         its validity [b, s, h, w] (finite and > 0), or None without depth."""
+        return self._depth(slice(None, self.num_sources))
+
+    def _depth(self, views: slice) -> tuple[Tensor, Tensor] | None:
         if self.depth is None:
             return None
-        s = self.num_sources
-        depth = self.depth[:, :s] / self.scale[:, None, None, None]
-        valid = self.depth_valid[:, :s] & torch.isfinite(depth) & (depth > 0)
+        depth = self.depth[:, views] / self.scale[:, None, None, None]
+        valid = self.depth_valid[:, views] & torch.isfinite(depth) & (depth > 0)
         return torch.where(valid, depth, torch.zeros_like(depth)), valid
+
+
+def _on_grid(x: Tensor, downsample: int) -> Tensor:
+    """[b, v, h, w, ...] -> pixel (f i + f/2, f j + f/2) of each f x f block (f > 1), as
+    `Views.target_points` keeps them; x itself for f = 1."""
+    if downsample == 1:
+        return x
+    keep = slice(downsample // 2, None, downsample)
+    return x[:, :, keep, keep]
 
 
 def select_views(batch: SceneBatch, num_sources: int, generator: torch.Generator) -> Views:
@@ -267,11 +283,12 @@ class RegressionLoss:
                     points, gt_points = compress_points(points), compress_points(gt_points)
                 terms["points"] = self.point_loss(points, output.conf.float(), gt_points, gt[1])
         if self.weights["log_depth"] > 0 and output.points is not None:
-            gt = views.target_points(self.downsample)
+            gt = views.target_depth(self.downsample)
             if gt is None:
                 unused += [output.points]
             else:
-                terms["log_depth"] = log_depth_error(output.points, gt[0], gt[1], views)
+                c2w = views.normalized[:, views.num_sources :]
+                terms["log_depth"] = log_depth_error(output.points, gt[0], gt[1], c2w)
         if self.weights["camera"] > 0:
             if poses is None:
                 raise ValueError("loss.camera > 0 needs the camera head's pose encodings")
@@ -282,14 +299,13 @@ class RegressionLoss:
         return total, terms
 
 
-def log_depth_error(points: Tensor, gt_points: Tensor, valid: Tensor, views: Views) -> Tensor:
-    """Mean |log d - log d_gt| over the valid target pixels of points and gt_points
-    [b, t, h, w, 3] (normalised scene frame; valid [b, t, h, w]), each depth along its
-    target camera's axis; a predicted depth <= 0 counts as 1e-3."""
-    c2w = views.normalized[:, views.num_sources :].float()
-    depth = points_to_depth(points.float(), c2w).clamp_min(1e-3)
-    gt_depth = points_to_depth(gt_points.float(), c2w)
-    error = (depth.log() - torch.where(valid, gt_depth, 1.0).clamp_min(1e-3).log()).abs()
+def log_depth_error(points: Tensor, gt_depth: Tensor, valid: Tensor, c2w: Tensor) -> Tensor:
+    """Mean |log d - log d_gt| over the valid pixels [b, t, h, w] of points [b, t, h, w, 3]
+    (normalised scene frame), d their depth along the axis of their cameras c2w
+    [b, t, 4, 4], against gt_depth [b, t, h, w] (> 0 where valid); a predicted depth <= 0
+    counts as 1e-3."""
+    depth = points_to_depth(points.float(), c2w.float()).clamp_min(1e-3)
+    error = (depth.log() - torch.where(valid, gt_depth.float(), 1.0).log()).abs()
     return (error * valid).sum() / valid.sum().clamp_min(1)
 
 
