@@ -217,17 +217,15 @@ def _print_means(results: dict) -> None:
         print(
             f"  diversity: rms {diversity['rms']:.4f}" + ("" if lp is None else f"  lpips {lp:.4f}")
         )
-    sharpness = [("regression", means["regression"], results["medians"]["regression"])]
+    medians = results["medians"]
+    sharpness = {"regression": (means["regression"], medians["regression"])}
     if "diffusion" in means:
-        mean_of, median_of = means["diffusion"]["mean"], results["medians"]["diffusion"]["mean"]
-        sharpness.append(("samples", mean_of, median_of))
+        sharpness["samples"] = (means["diffusion"]["mean"], medians["diffusion"]["mean"])
     cells = []
-    for name, mean_group, median_group in sharpness:
-        if mean_group.get("unseen") is not None and median_group.get("unseen") is not None:
-            mean_value = mean_group["unseen"]["sharpness"]
-            median_value = median_group["unseen"]["sharpness"]
-            if mean_value is not None and median_value is not None:
-                cells.append(f"{name} {mean_value:.2f} (median {median_value:.2f})")
+    for name, groups in sharpness.items():
+        mean_value, median_value = (_unseen_sharpness(group) for group in groups)
+        if mean_value is not None and median_value is not None:
+            cells.append(f"{name} {mean_value:.2f} (median {median_value:.2f})")
     if cells:
         print("  unseen-region sharpness vs the truth's: " + ", ".join(cells))
     mask = means.get("mask")
@@ -240,6 +238,12 @@ def _print_means(results: dict) -> None:
     if any(counts.values()):
         shown = ", ".join(f"{region} in {n}" for region, n in counts.items() if n)
         print(f"  empty regions (no metrics): {shown} of {results['num_targets']} targets")
+
+
+def _unseen_sharpness(group: dict) -> float | None:
+    """A metrics group's unseen-region sharpness; None where the region is empty."""
+    unseen = group.get("unseen")
+    return None if unseen is None else unseen["sharpness"]
 
 
 def run(args: argparse.Namespace) -> int:
