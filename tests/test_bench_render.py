@@ -60,8 +60,9 @@ def test_figures_are_positive_and_finite(report):
     for entry in report["results"]:
         for name in FIGURES:
             assert math.isfinite(entry[name]) and entry[name] > 0, (entry, name)
+        # The report rounds to 4 decimals: a speedup below 0.1 loses more than 1e-3 of itself.
         assert entry["speedup"] == pytest.approx(
-            entry["ms_per_view_uncached"] / entry["ms_per_view_cached"], rel=1e-3
+            entry["ms_per_view_uncached"] / entry["ms_per_view_cached"], rel=1e-3, abs=6e-5
         )
 
 
