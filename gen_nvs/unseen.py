@@ -29,9 +29,11 @@ CONFIDENCE_FRACTION = 0.5
 # Relative depth tolerance of the "auto" mask's reprojection test. The test compares the
 # model's *predicted* depths (targets against sources), which disagree by far more than
 # measured depths do (`gen_nvs.eval` keeps 0.02 for the dataset's true depth); chosen by
-# the IoU of the model's mask with the true unseen region on held-out procedural scenes
-# (the default model's card, "Unseen region").
-PREDICTED_REL_TOL = 0.5
+# the IoU of the model's mask with the true unseen region on 100 training scenes (the
+# default model's card, "Unseen region"). At 2 a point counts as occluded only when it
+# lies over 3x as far as the sources' surface: the default model's depth is not yet good
+# enough to find occlusions, and a tighter test marks its depth errors unseen.
+PREDICTED_REL_TOL = 2.0
 
 
 def unseen_region(
