@@ -276,8 +276,8 @@ class NVSPipeline:
         regression: the targets' `render` when the caller has it (not rendered again).
         mask: [1, t, h, w] in [0, 1], 1 = generate, instead of the computed one (with
             `config.mask` "auto").
-        options: the further options of `sample_views` (conf_threshold, guidance_rescale,
-            guidance_interval, resample_jumps, max_batch, memory_budget).
+        options: the further options of `sample_views` (conf_threshold, mask_tolerance,
+            guidance_rescale, guidance_interval, resample_jumps, max_batch, memory_budget).
         """
         config = config or SamplingConfig()
         c2w, fxfycxcy = targets.batch(self.device)

@@ -54,7 +54,13 @@ from gen_nvs.memory import samples_per_batch
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.diffusion import DiffusionDecoder, make_model_fn
 from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
-from gen_nvs.unseen import MASK_MODES, soft_edge, unseen_region
+from gen_nvs.unseen import (
+    MASK_MODES,
+    PREDICTED_REL_TOL,
+    check_mask_tolerance,
+    soft_edge,
+    unseen_region,
+)
 from samplers.denoiser import ModelFn
 from samplers.guidance import check_guidance
 
@@ -119,6 +125,7 @@ def check_sampling_options(
     guidance_rescale: float = 0.0,
     guidance_interval: tuple[float, float] | None = None,
     mask_mode: str = "auto",
+    mask_tolerance: float = PREDICTED_REL_TOL,
     resample_jumps: int = 0,
     max_batch: int | None = None,
     memory_budget: float | None = None,
@@ -138,6 +145,7 @@ def check_sampling_options(
     check_guidance(guidance_scale, guidance_rescale, guidance_interval)
     if mask_mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {list(MASK_MODES)}, got {mask_mode!r}")
+    check_mask_tolerance(mask_tolerance)
     if resample_jumps < 0:
         raise ValueError(f"resample jumps must be >= 0, got {resample_jumps}")
     if resample_jumps > 0 and mask_mode == "off":
@@ -172,6 +180,7 @@ def sample_views(
     max_batch: int | None = None,
     source_fxfycxcy: Tensor | None = None,
     conf_threshold: float | None = None,
+    mask_tolerance: float = PREDICTED_REL_TOL,
     memory_budget: int | None = None,
     regression: DecoderOutput | None = None,
     sources: DecoderOutput | None = None,
@@ -193,9 +202,10 @@ def sample_views(
         `gen_nvs.unseen.CONFIDENCE_FRACTION` of the median confidence of the sources'
         renders, or of the targets' when the source cameras are unknown); "auto" uses
         geometry when the source cameras are known or estimated (the sources' depth, from
-        the point head, tests the targets' points by reprojection), else the confidence,
-        else (no point head) off. Computed masks (`gen_nvs.unseen.unseen_region`) get a
-        soft edge into the seen region.
+        the point head, tests the targets' points by reprojection, with the relative depth
+        tolerance `mask_tolerance`), else the confidence, else (no point head) off.
+        Computed masks (`gen_nvs.unseen.unseen_region`) get a soft edge into the seen
+        region.
     mask: [b, t, h, w] in [0, 1], 1 = generate; replaces the computed mask (with mask_mode
         "auto" only).
     callback: called after every solver step with a `samplers.StepInfo` whose `step` and
@@ -229,6 +239,7 @@ def sample_views(
         guidance_rescale=guidance_rescale,
         guidance_interval=guidance_interval,
         mask_mode=mask_mode,
+        mask_tolerance=mask_tolerance,
         resample_jumps=resample_jumps,
         max_batch=max_batch,
         memory_budget=memory_budget,
@@ -268,7 +279,7 @@ def sample_views(
         unseen = unseen_region(
             model, scene, regression, target_c2w, target_fxfycxcy, image_hw,
             mode=mask_mode, source_fxfycxcy=source_fxfycxcy, conf_threshold=conf_threshold,
-            sources=sources,
+            sources=sources, rel_tol=mask_tolerance,
         )  # fmt: skip
         if unseen is not None:
             unseen = soft_edge(unseen.to(regression.rgb))

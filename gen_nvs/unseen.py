@@ -12,6 +12,8 @@ Dimension legend:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -34,6 +36,16 @@ CONFIDENCE_FRACTION = 0.5
 # lies over 3x as far as the sources' surface: the default model's depth is not yet good
 # enough to find occlusions, and a tighter test marks its depth errors unseen.
 PREDICTED_REL_TOL = 2.0
+
+
+def check_mask_tolerance(tolerance: float) -> None:
+    """ValueError unless `tolerance` (the "auto" mask's relative depth tolerance) is a
+    finite number >= 0."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(
+            f"mask tolerance must be a finite number >= 0 (a large one, e.g. 1e9, keeps only "
+            f"the test whether a source's view holds the point), got {tolerance}"
+        )
 
 
 def unseen_region(

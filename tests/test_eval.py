@@ -321,6 +321,37 @@ def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
     assert calls == [3, 1]  # the source for the model's unseen estimate, scored
 
 
+def test_mask_tolerance_sets_the_scored_mask_and_the_samples(workspace, tmp_path, monkeypatch):
+    """--mask-tolerance reaches the model's scored unseen mask and the samples' auto mask,
+    and is recorded; a looser one marks no more pixels unseen."""
+    import gen_nvs.sampling
+
+    scored, sampled = [], []
+    unseen, region = NVSPipeline.unseen, gen_nvs.sampling.unseen_region
+
+    def spy_scored(self, scene, targets, views, rel_tol):
+        scored.append(rel_tol)
+        return unseen(self, scene, targets, views, rel_tol)
+
+    def spy_sampled(*args, rel_tol, **kwargs):
+        sampled.append(rel_tol)
+        return region(*args, rel_tol=rel_tol, **kwargs)
+
+    monkeypatch.setattr(NVSPipeline, "unseen", spy_scored)
+    monkeypatch.setattr(gen_nvs.sampling, "unseen_region", spy_sampled)
+    fractions = {}
+    for tolerance in ("0", "0.7", "1e9"):
+        out = tmp_path / tolerance
+        extra = ["--checkpoint", str(workspace / "diffusion"), "--samples", "1", "--steps", "1"]
+        assert _eval(workspace, out, *extra, "--mask-tolerance", tolerance) == 0
+        results = _load_strict(out / "results.json")
+        assert results["settings"]["mask_tolerance"] == float(tolerance)
+        fractions[tolerance] = results["means"]["mask"]["model_unseen_fraction"]
+    assert scored == sampled == [0.0] * 2 + [0.7] * 2 + [1e9] * 2  # once per scene
+    assert fractions["0"] >= fractions["0.7"] >= fractions["1e9"]
+    assert fractions["0"] > fractions["1e9"]
+
+
 def test_first_views_dataset_needs_a_target_frame(workspace):
     reader = RE10KReader(workspace / "scenes", None)
     dataset = FirstViewsDataset(reader, num_sources=3)
@@ -395,6 +426,8 @@ def test_sampling_a_regression_model_and_missing_lpips(workspace, tmp_path, caps
     assert "patch size" in _error(capsys)
     assert _eval(workspace, tmp_path / "out", *regression, "--max-targets", "0") == 2
     assert "--max-targets must be >= 1, got 0" in _error(capsys)
+    assert _eval(workspace, tmp_path / "out", *regression, "--mask-tolerance", "-1") == 2
+    assert "mask tolerance must be a finite number >= 0" in _error(capsys)
 
 
 def test_a_device_without_cuda_is_a_one_line_error(workspace, tmp_path, capsys, monkeypatch):

@@ -156,6 +156,10 @@ def bad_inputs(setup, tmp_path):
             "no camera for source image(s) ['mask.png']",
         ),
         "targets": (["--trajectory", "orbit", "--azimuth", "3"], "give one kind of target"),
+        "mask tolerance": (
+            ["--mask-tolerance", "inf"],
+            "mask tolerance must be a finite number >= 0",
+        ),
     }
 
 
@@ -173,6 +177,7 @@ def bad_inputs(setup, tmp_path):
         "missing image",
         "cameras",
         "targets",
+        "mask tolerance",
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(setup, bad_inputs, tmp_path, capsys, case):

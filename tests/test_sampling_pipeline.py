@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import Counter
 
@@ -160,6 +161,36 @@ def test_geometry_mask_generates_what_no_source_saw(model, views):
     assert out.mask.shape == (1, 2, *HW)
     assert out.mask[0, 0].max() == 0 and out.mask[0, 1].min() == 1
     assert torch.allclose(out.rgb[0, 0, 0], out.regression.rgb[0, 0], atol=1e-5)
+
+
+def test_mask_tolerance_decides_what_counts_as_occluded(model, views):
+    """Target = source 0's camera; its points lie twice as far as source 0's surface
+    (source 1's surface is right at its camera and sees nothing): occluded at a tolerance
+    of 0.5 (2 > 1 * 1.5), seen at 2 (2 <= 1 * 3)."""
+    images, c2w, k = views.images[None, :2], views.c2w[None, :2], views.fxfycxcy[None, :2]
+    with torch.no_grad():
+        scene = model.encode(images, c2w, k)
+        target_c2w = scene.source_c2w[:, :1]  # the scene frame
+        regression = model.render(scene, target_c2w, k[:, :1], HW, normalized=True)
+        sources = model.render(scene, scene.source_c2w, k, HW, normalized=True)
+
+    def at_depth(c2w, k, depth):  # points [1, v, h, w, 3] at these depths along the rays
+        v = c2w.shape[1]
+        return rgbd.unproject_depth(torch.tensor(depth).view(1, v, 1, 1).expand(1, v, *HW), k, c2w)
+
+    regression = dataclasses.replace(regression, points=at_depth(target_c2w, k[:, :1], [2.0]))
+    sources = dataclasses.replace(sources, points=at_depth(scene.source_c2w, k, [1.0, 0.01]))
+    options = dict(normalized=True, source_fxfycxcy=k, regression=regression, sources=sources)
+    masks = {
+        tolerance: sample_views(
+            model, scene, target_c2w, k[:, :1], HW, mask_tolerance=tolerance, **options, **FAST
+        ).mask
+        for tolerance in (0.5, 2.0)
+    }
+    assert torch.all(masks[0.5] == 1) and torch.all(masks[2.0] == 0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="mask tolerance must be a finite number >= 0"):
+            sample_views(model, scene, target_c2w, k[:, :1], HW, mask_tolerance=bad, **options)
 
 
 def test_confidence_mask_and_soft_edges(model, scene, views):

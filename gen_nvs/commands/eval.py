@@ -36,7 +36,7 @@ from gen_nvs.models.perceptual import load_lpips
 from gen_nvs.options import add_model_arguments, check_render_size, resolve_device
 from gen_nvs.pipeline import NVSPipeline
 from gen_nvs.sampling import SamplingConfig, check_sampling_options
-from gen_nvs.unseen import MASK_MODES
+from gen_nvs.unseen import MASK_MODES, PREDICTED_REL_TOL
 
 DEFAULT_SAMPLES = SamplingConfig().samples
 DEFAULT_MAX_TARGETS = 4
@@ -87,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what the sampler generates: auto (the region the model finds unseen; the "
         "regression render elsewhere), off (everything), confidence (default auto)",
     )
+    parser.add_argument(
+        "--mask-tolerance",
+        type=float,
+        default=PREDICTED_REL_TOL,
+        help="the model's unseen mask (scored against the dataset's depth, and the samples' "
+        "auto mask): the relative depth tolerance of its reprojection test (default "
+        f"{PREDICTED_REL_TOL:g})",
+    )
     parser.add_argument("--max-scenes", type=int, help="evaluate only the first K scenes")
     parser.add_argument(
         "--lpips-weights",
@@ -105,7 +113,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--size must be positive, got {args.size}")
     if args.samples is not None and args.samples < 0:
         raise CommandError(f"--samples must be >= 0, got {args.samples}")
-    check_sampling_options(scheduler=args.sampler, steps=args.steps, guidance_scale=args.guidance)
+    check_sampling_options(
+        scheduler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
+        mask_tolerance=args.mask_tolerance,
+    )  # fmt: skip
     if args.max_scenes is not None and args.max_scenes < 1:
         raise CommandError(f"--max-scenes must be >= 1, got {args.max_scenes}")
     if args.num_sources < 1:
@@ -264,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         lpips_unavailable=lpips_reason,
         sampling=sampling,
         max_scenes=args.max_scenes,
+        mask_tolerance=args.mask_tolerance,
         model_info={
             "checkpoint": args.checkpoint,
             "path": str(args.checkpoint or DEFAULT_MODEL_DIR),

@@ -69,7 +69,7 @@ from gen_nvs.sampling import (
     check_sampling_options,
     scene_to_world,
 )
-from gen_nvs.unseen import MASK_MODES
+from gen_nvs.unseen import MASK_MODES, PREDICTED_REL_TOL
 
 DEFAULTS = SamplingConfig()  # the project's one set of sampling defaults
 
@@ -135,6 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--conf-threshold",
         type=float,
         help="confidence below which a pixel is generated (default: half the sources' median)",
+    )
+    group.add_argument(
+        "--mask-tolerance",
+        type=float,
+        default=PREDICTED_REL_TOL,
+        help="auto mask: a target pixel counts as seen when its predicted point lies within "
+        "this relative depth tolerance of a source's predicted surface (default "
+        f"{PREDICTED_REL_TOL:g}, chosen for the embedded model's depth)",
     )
     group.add_argument(
         "--resample-jumps", type=int, default=0, help="RePaint resampling per step (default 0)"
@@ -231,6 +239,7 @@ def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, dict]:
     options = dict(
         guidance_rescale=args.guidance_rescale,
         guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
+        mask_tolerance=args.mask_tolerance,
         resample_jumps=args.resample_jumps,
         max_batch=args.max_batch,
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30),

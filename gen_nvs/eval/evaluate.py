@@ -58,7 +58,7 @@ from gen_nvs.inputs import SourceViews, TargetCameras
 from gen_nvs.models.nvs import NVSModel
 from gen_nvs.pipeline import NVSPipeline, Scene, Views
 from gen_nvs.sampling import SamplingConfig, check_sampling_options
-from gen_nvs.unseen import PREDICTED_REL_TOL
+from gen_nvs.unseen import PREDICTED_REL_TOL, check_mask_tolerance
 
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
@@ -176,6 +176,7 @@ def unseen_masks(
     rel_tol: float = 0.02,
     *,
     views: Views | None = None,
+    mask_tolerance: float = PREDICTED_REL_TOL,
 ) -> tuple[Tensor | None, str | None]:
     """Which target pixels no source saw -> (bool [t, h, w] or None, how it was found).
 
@@ -183,7 +184,7 @@ def unseen_masks(
     seeing nothing in the sources), tested with `rel_tol`. "predicted_points": the
     model's point maps of the targets tested against the sources'
     (`NVSPipeline.unseen`, the sampler's "auto" mask, with its own tolerance for
-    predicted depth, `PREDICTED_REL_TOL`).
+    predicted depth, `mask_tolerance`).
     (None, None) without depth and without a point head.
 
     scene: `pipe.encode` of the sample's sources. views: `pipe.render` of the targets
@@ -198,7 +199,7 @@ def unseen_masks(
             for k in range(s, sample.num_views)
         ]
         return torch.stack(masks), "depth"
-    unseen = predicted_unseen_masks(pipe, scene, sample, views=views)
+    unseen = predicted_unseen_masks(pipe, scene, sample, mask_tolerance, views=views)
     return (None, None) if unseen is None else (unseen, "predicted_points")
 
 
@@ -409,12 +410,16 @@ def _sample(
     settings: SamplingSettings,
     seed: int,
     views: Views,
+    mask_tolerance: float,
 ) -> tuple[Tensor, Tensor]:
     """settings.num_samples samples of every target (sample k uses seed `seed + k`), from
     the targets' regression render `views` -> (rgb [n, t, 3, h, w], share of each target
     the sampler generated [t])."""
     config = settings.config(seed)
-    sampled = pipe.sample(scene, targets, config, regression=views, max_batch=settings.max_batch)
+    sampled = pipe.sample(
+        scene, targets, config, regression=views, max_batch=settings.max_batch,
+        mask_tolerance=mask_tolerance,
+    )  # fmt: skip
     t = targets.num_views
     generated = torch.ones(t) if sampled.mask is None else sampled.mask[0].mean((-2, -1))
     return sampled.rgb[:, 0].clamp(0, 1), generated
@@ -428,25 +433,30 @@ def evaluate_scene(
     lpips_net=None,
     sampling: SamplingSettings | None = None,
     rel_tol: float = 0.02,
+    mask_tolerance: float = PREDICTED_REL_TOL,
 ) -> tuple[Tree, np.ndarray]:
-    """Metrics of one scene (on the pipeline's device) -> (scene result, grid image)."""
+    """Metrics of one scene (on the pipeline's device) -> (scene result, grid image).
+    rel_tol: the depth test of the dataset's true depth; mask_tolerance: of the model's
+    predicted depth (its unseen mask, which the samples also use)."""
     sample = sample.to(pipe.device)
     sources, targets = sample.split()
     scene = pipe.encode(_sources(sample))
     cameras = _targets(sample)
     views = pipe.render(scene, cameras, out_device=pipe.device)
     regression = views.rgb.clamp(0, 1)  # (t, 3, h, w)
-    unseen, region_source = unseen_masks(pipe, scene, sample, rel_tol, views=views)
+    unseen, region_source = unseen_masks(
+        pipe, scene, sample, rel_tol, views=views, mask_tolerance=mask_tolerance
+    )
     estimate = None
     if region_source == "depth":
-        estimate = predicted_unseen_masks(pipe, scene, sample, views=views)
+        estimate = predicted_unseen_masks(pipe, scene, sample, mask_tolerance, views=views)
     empty = [[]] * sample.num_targets if unseen is None else empty_regions(unseen)
     reg_tree = quality(regression, targets.images, unseen, lpips_net)
 
     samples = None
     if sampling is not None:
         seed = sampling.seed + index * sampling.num_samples
-        samples, generated = _sample(pipe, scene, cameras, sampling, seed, views)
+        samples, generated = _sample(pipe, scene, cameras, sampling, seed, views, mask_tolerance)
         sample_tree = quality(samples, targets.images, unseen, lpips_net)  # leaves (n, t)
         div_tree = None
         if sampling.num_samples >= 2:
@@ -536,6 +546,7 @@ def evaluate(
     sampling: SamplingSettings | None = None,
     max_scenes: int | None = None,
     rel_tol: float = 0.02,
+    mask_tolerance: float = PREDICTED_REL_TOL,
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
     dataset_info: dict[str, Any] | None = None,
@@ -548,6 +559,9 @@ def evaluate(
         sampling: draw and score diffusion samples (the model must be able to sample);
             None evaluates the regression renderer only.
         max_scenes: evaluate only the first scenes.
+        rel_tol: the depth test's tolerance with the dataset's true depth (the regions).
+        mask_tolerance: with the model's predicted depth (its own unseen mask, scored
+            against the regions, and the samples' "auto" mask).
         out_dir: where `results.json` and `grids/*.png` are written (nothing when None).
         model_info, dataset_info: recorded under "model" / "dataset" (e.g. paths).
     Returns:
@@ -556,6 +570,7 @@ def evaluate(
     model = pipe.model
     if sampling is not None and not model.can_sample:
         raise ValueError("this model has no diffusion decoder and cannot draw samples")
+    check_mask_tolerance(mask_tolerance)
     num_scenes = len(dataset) if max_scenes is None else min(len(dataset), max_scenes)
     if num_scenes < 1:
         raise ValueError("the dataset has no scenes to evaluate")
@@ -569,8 +584,9 @@ def evaluate(
     with torch.inference_mode():
         for i in tqdm(range(num_scenes), desc="eval", unit="scene", disable=not progress):
             result, grid = evaluate_scene(
-                pipe, dataset[i], i, lpips_net=lpips_net, sampling=sampling, rel_tol=rel_tol
-            )
+                pipe, dataset[i], i, lpips_net=lpips_net, sampling=sampling, rel_tol=rel_tol,
+                mask_tolerance=mask_tolerance,
+            )  # fmt: skip
             if grid_dir is not None:
                 name = _grid_name(i, result["scene"])
                 Image.fromarray(grid).save(grid_dir / name)
@@ -593,6 +609,7 @@ def evaluate(
                 "k2": metrics.SSIM_K2,
             },
             "visibility_rel_tol": rel_tol,
+            "mask_tolerance": mask_tolerance,
             "sampling": None if sampling is None else asdict(sampling),
         },
         "lpips": {
