@@ -207,7 +207,7 @@ def predicted_unseen_masks(
     pipe: NVSPipeline,
     scene: Scene,
     sample: SceneSample,
-    rel_tol: float = PREDICTED_REL_TOL,
+    mask_tolerance: float = PREDICTED_REL_TOL,
     *,
     views: Views | None = None,
 ) -> Tensor | None:
@@ -219,7 +219,7 @@ def predicted_unseen_masks(
     targets = _targets(sample)
     if views is None:
         views = pipe.render(scene, targets, out_device=pipe.device)
-    return pipe.unseen(scene, targets, views, rel_tol)
+    return pipe.unseen(scene, targets, views, mask_tolerance)
 
 
 def _sources(sample: SceneSample) -> SourceViews:
