@@ -417,11 +417,13 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     result = oracles(model, num_scenes=2)
     results = result.psnr
     assert 0 <= result.depth_within_125 <= 1 and result.depth_median_rel_error >= 0
+    assert result.depth_scale_spread >= 0 and result.depth_shape_rel_error >= 0
     assert set(results) == {
         "decoder render",
         "refined render (the model's)",
         "refiner fed the true depth",
         "refiner fed true 8x8 depth means",
+        "refiner fed its depth, scene scale true",
         "warp by the true depth",
         "warp by the model's depths",
         "the truth's 8x8 patch means",
@@ -429,7 +431,8 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     whole, seen = results["warp by the true depth"]
     assert seen > results["decoder render"][1] + 5 and math.isfinite(whole)
     assert main(["--scenes", "1"]) == 0  # the embedded default model
-    assert "warp by the true depth" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "warp by the true depth" in printed and "once each view's scale" in printed
     with pytest.raises(SystemExit):
         main(["--scenes", "0"])
 
@@ -459,3 +462,21 @@ def test_the_log_depth_loss_is_the_mean_log_ratio_over_valid_pixels(tmp_path):
     run = train(tiny_config(tmp_path, "logdepth", "loss.log_depth=1.0", "train.steps=2"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert all(math.isfinite(r["log_depth"]) for r in records)
+
+
+def test_the_depth_error_splits_into_a_scale_per_view_and_a_shape():
+    from gen_nvs.eval.oracles import scale_and_shape
+
+    true = torch.rand(2, 8, 8) * 4 + 1
+    scaled = true * torch.tensor([1.5, 0.8])[:, None, None]
+    scale, shape = scale_and_shape(scaled, true)
+    torch.testing.assert_close(scale, torch.tensor([1.5, 0.8]).log())
+    torch.testing.assert_close(shape, torch.ones(2, 8, 8))
+    # A wrong shape stays in the shape; a pixel without depth is NaN there, not a scale.
+    bumped = scaled.clone()
+    bumped[0, :2] *= 2.0  # a quarter of view 0 twice as far: the median keeps the scale
+    bumped[1, 0, 0] = 0.0
+    scale, shape = scale_and_shape(bumped, true)
+    torch.testing.assert_close(scale, torch.tensor([1.5, 0.8]).log())
+    assert torch.allclose(shape[0, :2], torch.full((2, 8), 2.0))
+    assert torch.isnan(shape[1, 0, 0]) and torch.allclose(shape[1, 1:], torch.ones(7, 8))

@@ -8,13 +8,17 @@ and on the region some source saw (by the true depth), for:
 
 - the decoder's own render, and the model's render (the warp refiner's, if it has one);
 - the same refiner fed the *true* depth of the targets and sources instead of the point
-  head's (models with a refiner): how much of the gap is geometry;
+  head's (models with a refiner): how much of the gap is geometry; and fed the model's
+  own depths with each scene's scale set right (multiplied by the median ratio of the
+  true to the model's depth of its sources): how much of it is the scene's scale;
 - the sources warped by the true depth, and by the model's own depths (`backward_warp`;
   the decoder's render where no source sees the point): what a plain warp gives;
 - the truth's own 8x8 patch means: the floor of a renderer that paints patch means;
 
 and how far the model's depth of the targets is from the truth (median relative error,
-share of pixels within 1.25x).
+share of pixels within 1.25x), split into a scale per view (the spread of each view's
+median log ratio to the truth) and the shape (the median relative error left once each
+view's scale is divided out).
 
 Dimension legend:
     t   target views    s   source views    h, w   image size
@@ -67,15 +71,31 @@ def _warped(images, depth, c2w, fxfycxcy, target_depth, target_c2w, target_fxfyc
     return mean_color(warped.colors, warped.visible)[0], warped.visible[0].any(1)
 
 
+def scale_and_shape(depth: Tensor, true_depth: Tensor) -> tuple[Tensor, Tensor]:
+    """A depth's error against the truth, split per view: depth, true_depth [t, h, w] ->
+    (scale [t]: each view's median log(depth / true depth), shape [t, h, w]: the ratio
+    to the truth once each view's scale is divided out; NaN where the ratio is not
+    finite and positive)."""
+    log_ratio = (depth / true_depth).log().flatten(1)  # (t, h*w)
+    log_ratio = torch.where(log_ratio.isfinite(), log_ratio, torch.nan)
+    scale = log_ratio.nanmedian(1).values
+    return scale, (log_ratio - scale[:, None]).exp().view_as(depth)
+
+
 @dataclass
 class Oracles:
     """psnr: {name: (whole, seen)} in dB, per-image PSNR averaged over the targets;
     depth_median_rel_error and depth_within_125: the model's depth of the targets against
-    the truth, over all their pixels."""
+    the truth, over all their pixels; depth_scale_spread: the standard deviation over the
+    targets of each one's median log(model / true depth) (a wrong scale per view);
+    depth_shape_rel_error: the median relative error once each target's median ratio is
+    divided out (what is wrong besides the scale)."""
 
     psnr: dict[str, tuple[float, float]]
     depth_median_rel_error: float
     depth_within_125: float
+    depth_scale_spread: float
+    depth_shape_rel_error: float
 
 
 @torch.no_grad()
@@ -83,7 +103,7 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
     """The oracles of the module docstring over `num_scenes` probe scenes."""
     s, t = list(SOURCES), list(TARGETS)
     rows: dict[str, list[Tensor]] = {}
-    ratios = []
+    ratios, view_scales, shapes = [], [], []
 
     def add(name: str, pred: Tensor) -> None:
         rows.setdefault(name, []).append(pred)
@@ -104,6 +124,9 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
         model_t = points_to_depth(out.points[0].float(), target_c2w)
         model_s = points_to_depth(own.points[0].float(), source_c2w)
         ratios.append((model_t / true_t).flatten())
+        view_scale, shape = scale_and_shape(model_t, true_t)
+        view_scales.append(view_scale)
+        shapes.append(shape.flatten())
         sources = (views.images[s], true_s, source_c2w, k_s)
         true_warp, seen = _warped(*sources, true_t, target_c2w, k_t, TRUE_REL_TOL)
         model_sources = (views.images[s], model_s, source_c2w, k_s)
@@ -137,12 +160,21 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
                 target_c2w[None], k_t[None], refiner_sources,
             )  # fmt: skip
             add("refiner fed true 8x8 depth means", fed_patches.rgb[0])
+            # The model's own depths, the scene's scale set by its sources' true depth.
+            k = (true_s / model_s).log().nanmedian().exp()
+            scaled_points = unproject_depth(model_t * k, k_t, target_c2w)[None]
+            rescaled = model.refine(
+                replace(out, rgb=out.decoder_rgb, points=scaled_points),
+                target_c2w[None], k_t[None], replace(refiner_sources, depth=model_s[None] * k),
+            )  # fmt: skip
+            add("refiner fed its depth, scene scale true", rescaled.rgb[0])
         add("warp by the true depth", torch.where(seen[:, None], true_warp, decoder))
         add("warp by the model's depths", torch.where(model_seen[:, None], model_warp, decoder))
         means = F.avg_pool2d(views.images[t], PATCH)
         add("the truth's 8x8 patch means", F.interpolate(means, scale_factor=PATCH))
     truth, seen = torch.cat(truths), torch.cat(seens)
     ratio = torch.cat(ratios).nan_to_num(0.0)  # a pixel without depth counts as far off
+    shape = torch.cat(shapes).nan_to_num(0.0)
     return Oracles(
         psnr={
             name: (_psnr(torch.cat(preds), truth), _psnr(torch.cat(preds), truth, seen))
@@ -150,6 +182,8 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
         },
         depth_median_rel_error=float((ratio - 1).abs().median()),
         depth_within_125=float(((ratio > 1 / 1.25) & (ratio < 1.25)).float().mean()),
+        depth_scale_spread=float(torch.cat(view_scales).std()),
+        depth_shape_rel_error=float((shape - 1).abs().median()),
     )
 
 
@@ -166,11 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     results = oracles(model, args.scenes)
     print(f"{args.scenes} probe scenes x {len(TARGETS)} novel views: PSNR whole / seen (dB)")
     for name, (whole, seen) in results.psnr.items():
-        print(f"  {name:<32} {whole:6.2f} / {seen:6.2f}")
+        print(f"  {name:<40} {whole:6.2f} / {seen:6.2f}")
     print(
         f"the model's depth of the targets: median relative error "
         f"{results.depth_median_rel_error:.3f}, {100 * results.depth_within_125:.1f} % of "
         "pixels within 1.25x of the truth"
+    )
+    print(
+        f"  of which scale: each view's median log ratio to the truth spreads by "
+        f"{results.depth_scale_spread:.3f} (std); shape: median relative error "
+        f"{results.depth_shape_rel_error:.3f} once each view's scale is divided out"
     )
     return 0
 
