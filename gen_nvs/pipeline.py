@@ -290,6 +290,7 @@ class NVSPipeline:
             normalized=targets.normalized, num_samples=config.samples, seed=config.seed,
             scheduler=config.sampler, steps=config.steps, eta=config.eta,
             guidance_scale=config.guidance, mask_mode=config.mask, noise=config.noise,
+            patch_shift=config.patch_shift,
             source_fxfycxcy=None if k is None else k.to(self.device),
             sources=sources, regression=known, mask=mask, callback=callback, **options,
         )  # fmt: skip

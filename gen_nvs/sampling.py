@@ -14,7 +14,9 @@
    saw the scene and the rest is generated. The scene's `diffusion_cache` holds the
    encoder tokens and the source stream, so one encoding serves every step of every
    sample. Schedulers given by name follow the model's training noise schedule
-   (`model_scheduler`). How many samples run at once comes from `gen_nvs.memory`.
+   (`model_scheduler`). How many samples run at once comes from `gen_nvs.memory`. By
+   default the decoder's patch grid moves between network calls (`shifted_model_fn`):
+   a decoder that paints in patches otherwise leaves block seams along a fixed grid.
 
 In the latent mode (a model with an image VAE, `NVSModel.codec`) the same steps run on
 the latent grid: the known region is the regression render's latents (and its points
@@ -51,7 +53,7 @@ import samplers
 from gen_nvs.geometry import rgbd
 from gen_nvs.geometry.cameras import invert_rigid
 from gen_nvs.memory import samples_per_batch
-from gen_nvs.models.decoder import DecoderOutput
+from gen_nvs.models.decoder import DecoderOutput, SourceContext
 from gen_nvs.models.diffusion import DiffusionDecoder, make_model_fn
 from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
 from gen_nvs.unseen import (
@@ -63,6 +65,7 @@ from gen_nvs.unseen import (
 )
 from samplers.denoiser import ModelFn
 from samplers.guidance import check_guidance
+from samplers.schedulers import set_steps
 
 StepCallback = Callable[[samplers.StepInfo], samplers.Signal | None]
 
@@ -97,7 +100,8 @@ class SamplingConfig:
     samples per target view; seed: sample k uses `seed + k`; mask: "auto" keeps what the
     sources saw and generates the rest, "off" generates freely, "confidence" uses the
     point head's confidence; noise: "independent" per view or "shared" by every view of a
-    sample (consistent trajectories); eta: DDIM's stochasticity.
+    sample (consistent trajectories); eta: DDIM's stochasticity; patch_shift: move the
+    decoder's patch grid between network calls (`shifted_model_fn`; no block seams).
     """
 
     sampler: str = samplers.DEFAULT_SCHEDULER
@@ -108,11 +112,12 @@ class SamplingConfig:
     mask: str = "auto"
     noise: str = "independent"
     eta: float = 0.0
+    patch_shift: bool = True
 
     def __post_init__(self) -> None:
         check_sampling_options(
             scheduler=self.sampler, steps=self.steps, num_samples=self.samples,
-            guidance_scale=self.guidance, mask_mode=self.mask,
+            guidance_scale=self.guidance, mask_mode=self.mask, patch_shift=self.patch_shift,
         )  # fmt: skip
 
 
@@ -129,6 +134,7 @@ def check_sampling_options(
     resample_jumps: int = 0,
     max_batch: int | None = None,
     memory_budget: float | None = None,
+    patch_shift: bool = True,
 ) -> None:
     """Raise ValueError, naming the offending value, for options `sample_views` cannot run.
 
@@ -154,6 +160,8 @@ def check_sampling_options(
         raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
     if memory_budget is not None and not (math.isfinite(memory_budget) and memory_budget > 0):
         raise ValueError(f"memory budget must be a positive number of bytes, got {memory_budget}")
+    if not isinstance(patch_shift, bool):
+        raise ValueError(f"patch_shift must be True or False, got {patch_shift!r}")
 
 
 @torch.no_grad()
@@ -185,6 +193,7 @@ def sample_views(
     regression: DecoderOutput | None = None,
     sources: DecoderOutput | None = None,
     noise: str = "independent",
+    patch_shift: bool = True,
 ) -> SampledViews:
     """Draw `num_samples` samples of every target view of the encoded scenes.
 
@@ -222,6 +231,9 @@ def sample_views(
         scene's device) when the caller has it; None: rendered here.
     sources: `model.render` of the source cameras, as for `unseen_region`; None: rendered
         here when the mask needs it.
+    patch_shift: move the decoder's patch grid between network calls (`shifted_model_fn`),
+        so that the samples carry no seams along a fixed patch grid; False: the grid stays
+        on the image's corner.
 
     Raises:
         ValueError: a regression-only model, invalid options, cameras or mask, too little
@@ -243,6 +255,7 @@ def sample_views(
         resample_jumps=resample_jumps,
         max_batch=max_batch,
         memory_budget=memory_budget,
+        patch_shift=patch_shift,
     )
     if scene.diffusion_cache is None or scene.diffusion_cache.decoder is not diffusion.decoder:
         raise ValueError(
@@ -269,10 +282,10 @@ def sample_views(
             "(as model.render gives them)"
         )
     target_c2w = scene.scene_frame(target_c2w, normalized)
-    grid_hw = model.grid_size(image_hw)
     batch = samples_per_batch(
-        diffusion, scene, grid_hw, t, num_samples, max_batch, guidance_scale, memory_budget
-    )
+        diffusion, scene, network_grid(model, image_hw, patch_shift), t, num_samples,
+        max_batch, guidance_scale, memory_budget,
+    )  # fmt: skip
     if mask is not None:
         unseen = _checked_mask(mask, (b, t, *image_hw)).to(regression.rgb)
     else:
@@ -289,7 +302,12 @@ def sample_views(
         context = scene.diffusion_cache.context
         null = diffusion.null_context(b, context.tokens.shape[1], context.rays)
     rays = model.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, gh, gw)
-    denoiser = model_denoiser(model, make_model_fn(diffusion, scene.diffusion_cache, null, rays))
+    model_fn = make_model_fn(diffusion, scene.diffusion_cache, null, rays)
+    if patch_shift and diffusion.decoder.patch_size > 1:
+        model_fn = _patch_shift_fn(
+            model, scene, null, target_c2w, target_fxfycxcy, image_hw, scheduler, steps
+        )
+    denoiser = model_denoiser(model, model_fn)
     options = dict(
         scheduler=scheduler,
         steps=steps,
@@ -382,6 +400,132 @@ def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
+
+
+def network_grid(model: NVSModel, image_hw: tuple[int, int], patch_shift: bool) -> tuple[int, int]:
+    """The grid the diffusion decoder sees when sampling targets of `image_hw`: the
+    model's grid, with `patch_shift` one patch larger on every side."""
+    grid_hw = model.grid_size(image_hw)
+    if not patch_shift:
+        return grid_hw
+    patch = require_diffusion(model, "the model").decoder.patch_size
+    return (grid_hw[0] + 2 * patch, grid_hw[1] + 2 * patch)
+
+
+# Grid offsets, in patches, whose predictions the last network call averages.
+FINAL_SHIFTS = ((0.0, 0.0), (0.5, 0.5), (0.0, 0.5), (0.5, 0.0))
+
+
+def shifted_model_fn(
+    make_fn: Callable[[Tensor], ModelFn],
+    canvas: Tensor,
+    canvas_rays: Tensor,
+    alphas_cumprod: Tensor,
+    patch: int,
+    final_timestep: float,
+) -> ModelFn:
+    """A patch-grid network `model_fn(x_t, t, conditional)` whose grid moves between calls.
+
+    A decoder that embeds and paints its image in patches paints each patch apart: its
+    samples show seams along the fixed patch grid (8 px blocks on the embedded model) that
+    no denoising step removes, since every step sees the same grid. Here each call sees the
+    target inside a window one patch larger on each side, placed so that the grid starts
+    (oy, ox) cells before the target's corner: an offset drawn from the call's timestep
+    (so a seed gives the same samples whatever the batch), and at the last call
+    (`final_timestep` and below) the mean of the predictions at the `FINAL_SHIFTS`
+    offsets. The window's cells outside the target hold `canvas` noised to the call's
+    level (fresh noise, drawn from the timestep too): the part of the canvas around the
+    target. The prediction is cropped back to the target.
+
+    make_fn: rays [b, t, 6, gh + p, gw + p] of a window -> the network on that window
+        (`make_model_fn`); rows of x_t are (samples, scenes, targets) as there.
+    canvas: [b, t, k, gh + 2p, gw + 2p] the targets and one patch around them in
+        diffusion space (the regression render of the enlarged cameras); canvas_rays:
+        their rays [b, t, 6, gh + 2p, gw + 2p].
+    alphas_cumprod: [T] the model's training schedule (the network's input levels).
+    patch: the decoder's patch size in grid cells (p).
+    """
+    b, t, k, height, width = canvas.shape
+    h, w = height - 2 * patch, width - 2 * patch
+    if h < 1 or w < 1 or tuple(canvas_rays.shape) != (b, t, 6, height, width):
+        raise ValueError(
+            f"canvas [b, t, k, gh + 2 * {patch}, gw + 2 * {patch}] and its rays [b, t, 6, "
+            f"same], got {list(canvas.shape)} and {list(canvas_rays.shape)}"
+        )
+    alphas_cumprod = alphas_cumprod.double()
+
+    def window(x: Tensor, oy: int, ox: int) -> Tensor:
+        return x[..., patch - oy : patch - oy + h + patch, patch - ox : patch - ox + w + patch]
+
+    def at_offset(
+        x_t: Tensor, timesteps: Tensor, conditional: bool, offset: tuple[int, int], generator
+    ) -> Tensor:
+        (oy, ox), samples = offset, x_t.shape[0] // (b * t)
+        alpha_bar = _alpha_bar(alphas_cumprod, float(timesteps[0]))
+        around = window(canvas, oy, ox)
+        noise = torch.randn(around.shape, generator=generator).to(around)
+        around = alpha_bar**0.5 * around + (1 - alpha_bar) ** 0.5 * noise
+        x = repeat(around, "b t k h w -> (n b t) k h w", n=samples).to(x_t.dtype).clone()
+        x[..., oy : oy + h, ox : ox + w] = x_t
+        prediction = make_fn(window(canvas_rays, oy, ox))(x, timesteps, conditional)
+        return prediction[..., oy : oy + h, ox : ox + w]
+
+    def model_fn(x_t: Tensor, timesteps: Tensor, conditional: bool) -> Tensor:
+        if tuple(x_t.shape[1:]) != (k, h, w) or x_t.shape[0] % (b * t):
+            raise ValueError(
+                f"x_t must be [samples * {b * t}, {k}, {h}, {w}], got {list(x_t.shape)}"
+            )
+        timestep = float(timesteps[0])
+        generator = torch.Generator().manual_seed(round(timestep * 1000))
+        if timestep <= final_timestep:
+            offsets = [(round(dy * patch), round(dx * patch)) for dy, dx in FINAL_SHIFTS]
+        else:
+            offsets = [tuple(torch.randint(patch, (2,), generator=generator).tolist())]
+        predictions = [at_offset(x_t, timesteps, conditional, o, generator) for o in offsets]
+        return torch.stack(predictions).mean(0)
+
+    return model_fn
+
+
+def _alpha_bar(alphas_cumprod: Tensor, timestep: float) -> float:
+    """The training schedule's alpha-bar at a (possibly fractional) timestep, linearly
+    interpolated between its integer neighbours."""
+    last = len(alphas_cumprod) - 1
+    timestep = min(max(timestep, 0.0), float(last))
+    low = math.floor(timestep)
+    high = min(low + 1, last)
+    return float(torch.lerp(alphas_cumprod[low], alphas_cumprod[high], timestep - low))
+
+
+def _patch_shift_fn(
+    model: NVSModel,
+    scene: EncodedScene,
+    null: SourceContext | None,
+    target_c2w: Tensor,
+    target_fxfycxcy: Tensor,
+    image_hw: tuple[int, int],
+    scheduler: SchedulerMixin,
+    steps: int,
+) -> ModelFn:
+    """`shifted_model_fn` for `sample_views`: the canvas is the regression render of the
+    target cameras (scene frame) enlarged by one patch on each side."""
+    diffusion = require_diffusion(model, "the model")
+    patch = diffusion.decoder.patch_size
+    pad = patch * model.downsample  # pixels
+    big_fxfycxcy = target_fxfycxcy + target_fxfycxcy.new_tensor([0, 0, pad, pad])
+    big_hw = (image_hw[0] + 2 * pad, image_hw[1] + 2 * pad)
+    render = model.render(scene, target_c2w, big_fxfycxcy, big_hw, normalized=True)
+    canvas_rays = model.target_rays(target_c2w, big_fxfycxcy, big_hw)
+    cache = scene.diffusion_cache
+    timesteps = set_steps(scheduler, steps).timesteps
+    return shifted_model_fn(
+        lambda rays: make_model_fn(diffusion, cache, null, rays),
+        _known(model, diffusion, render),
+        canvas_rays,
+        model_scheduler(model, "ddpm").alphas_cumprod,
+        patch,
+        float(timesteps.min()),
+    )
 
 
 def _row(x: Tensor | None, i: int) -> Tensor | None:

@@ -304,21 +304,23 @@ def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
     calls = []
     render = model.render
 
-    def counted(scene, c2w, *args, **kwargs):
-        calls.append(c2w.shape[1])
-        return render(scene, c2w, *args, **kwargs)
+    def counted(scene, c2w, fxfycxcy, image_hw, **kwargs):
+        calls.append((c2w.shape[1], tuple(image_hw)))
+        return render(scene, c2w, fxfycxcy, image_hw, **kwargs)
 
     monkeypatch.setattr(model, "render", counted)
+    hw = tuple(sample.images.shape[-2:])
+    canvas = (hw[0] + 2 * 8, hw[1] + 2 * 8)  # the patch shift's: one patch (8 px) around
     sampling = SamplingSettings(num_samples=2, steps=1, scheduler="ddim", mask_mode="auto")
     with torch.inference_mode():
         result, _ = evaluate_scene(NVSPipeline(model), no_depth, 0, sampling=sampling)
     assert result["region_source"] == "predicted_points"
-    assert calls == [3, 1]  # the three targets, then the source
+    assert calls == [(3, hw), (1, hw), (3, canvas)]  # the targets, the source, the canvas
     calls.clear()
-    off = dataclasses.replace(sampling, mask_mode="off")
+    off = dataclasses.replace(sampling, mask_mode="off", patch_shift=False)
     with torch.inference_mode():
         evaluate_scene(NVSPipeline(model), sample, 0, sampling=off)  # depth splits the regions
-    assert calls == [3, 1]  # the source for the model's unseen estimate, scored
+    assert calls == [(3, hw), (1, hw)]  # the source for the model's unseen estimate, scored
 
 
 def test_mask_tolerance_sets_the_scored_mask_and_the_samples(workspace, tmp_path, monkeypatch):

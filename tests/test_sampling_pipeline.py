@@ -18,11 +18,14 @@ from gen_nvs.memory import estimate_sample_bytes
 from gen_nvs.models.config import model_config
 from gen_nvs.models.nvs import NVSModel, build_model
 from gen_nvs.sampling import (
+    FINAL_SHIFTS,
     SampledViews,
     model_scheduler,
+    network_grid,
     sample_seeds,
     sample_views,
     scene_to_world,
+    shifted_model_fn,
 )
 from gen_nvs.unseen import unseen_region
 
@@ -103,7 +106,8 @@ def test_sample_k_does_not_depend_on_the_number_of_samples_or_batches(model, sce
 
 def per_sample_bytes(model, scene) -> int:
     """`sample_views`' memory estimate of one sample of the two targets."""
-    return estimate_sample_bytes(model.diffusion, scene.diffusion_cache.num_source_tokens, HW, 2)
+    grid = network_grid(model, HW, patch_shift=True)
+    return estimate_sample_bytes(model.diffusion, scene.diffusion_cache.num_source_tokens, grid, 2)
 
 
 def test_a_small_memory_budget_batches_the_same_samples(model, scene, views):
@@ -275,7 +279,8 @@ def test_encoder_and_source_stream_run_once(views, guidance):
         "regression sources": 1,
         # With guidance the null sources are prepared once too, for every batch.
         "diffusion sources": 1 + guided,
-        "denoise": 2 * steps * (1 + guided),
+        # The patch shift averages len(FINAL_SHIFTS) grid offsets at the last step.
+        "denoise": 2 * (steps - 1 + len(FINAL_SHIFTS)) * (1 + guided),
     }
 
 
@@ -324,6 +329,107 @@ def test_errors_name_the_problem(model, scene, views):
         sample_views(regression, plain, *targets(views), HW)
     with pytest.raises(ValueError, match="not encoded for this model's diffusion decoder"):
         sample_views(tiny_model(), scene, *targets(views), HW)
+    with pytest.raises(ValueError, match="patch_shift must be True or False, got 'yes'"):
+        draw(model, scene, views, patch_shift="yes")
+
+
+# --------------------------------------------------------------------------------------
+# Patch shift
+# --------------------------------------------------------------------------------------
+
+P, GRID = 4, 8  # patch and target grid of the patch-shift tests
+
+
+def shift_fixture(final_timestep: float = 49.0, value: float = 0.0):
+    """A shifted model_fn over a fake network that records its windows and predicts its
+    input plus `value` times the window's first row index on the canvas (which says
+    where the window sat). Canvas rays hold each cell's canvas row and column."""
+    size = GRID + 2 * P
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    rays = torch.zeros(1, 2, 6, size, size)
+    rays[:, :, 0], rays[:, :, 1] = rows.float(), cols.float()
+    canvas = torch.randn(1, 2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def make_fn(window_rays):
+        def fn(x, timesteps, conditional):
+            seen.append((window_rays, x))
+            return x + value * window_rays[0, 0, 0, 0, 0]
+
+        return fn
+
+    alphas_cumprod = model_scheduler(tiny_model(diffusion=True), "ddpm").alphas_cumprod
+    model_fn = shifted_model_fn(make_fn, canvas, rays, alphas_cumprod, P, final_timestep)
+    return model_fn, canvas, seen
+
+
+def test_patch_shift_puts_the_target_where_its_rays_are_and_crops_it_back():
+    model_fn, canvas, seen = shift_fixture(final_timestep=-1.0)  # one grid, even at t = 0
+    x_t = torch.randn(3 * 2, 3, GRID, GRID)  # 3 samples of 1 scene x 2 targets
+    out = model_fn(x_t, torch.full((6,), 0.0), True)
+    assert torch.equal(out, x_t)  # the fake predicts its input: the crop is exact
+    ((window_rays, x),) = seen
+    assert window_rays.shape[-2:] == x.shape[-2:] == (GRID + P, GRID + P)
+    oy, ox = P - int(window_rays[0, 0, 0, 0, 0]), P - int(window_rays[0, 0, 1, 0, 0])
+    assert 0 <= oy < P and 0 <= ox < P
+    assert torch.equal(x[:, :, oy : oy + GRID, ox : ox + GRID], x_t)
+    # Around the target the window holds the canvas: at timestep 0 barely noised.
+    around = canvas[0, :, :, P - oy : P - oy + GRID + P, P - ox : P - ox + GRID + P]
+    inside = torch.zeros(GRID + P, GRID + P, dtype=torch.bool)
+    inside[oy : oy + GRID, ox : ox + GRID] = True
+    for sample in range(3):
+        rows = x[2 * sample : 2 * sample + 2]
+        assert torch.allclose(rows[..., ~inside], around[..., ~inside], atol=0.05)
+
+
+def test_patch_shift_noises_the_canvas_to_the_calls_level_and_moves_the_grid():
+    model_fn, _, seen = shift_fixture()
+    x_t = torch.zeros(2, 3, GRID, GRID)
+    model_fn(x_t, torch.full((2,), 999.0), True)
+    window_rays, x = seen[-1]
+    oy = P - int(window_rays[0, 0, 0, 0, 0])
+    border = x[:, :, : oy + GRID + P, GRID + oy :] if oy < P else x[..., GRID:, :]
+    assert 0.8 < border.std() < 1.2  # nearly pure noise at the first step
+    offsets = {}
+    for t in range(100, 1000, 50):
+        model_fn(x_t, torch.full((2,), float(t)), True)
+        offsets[t] = tuple(seen[-1][0][0, 0, :2, 0, 0].tolist())
+        model_fn(x_t, torch.full((2,), float(t)), True)  # the same timestep: the same grid
+        assert tuple(seen[-1][0][0, 0, :2, 0, 0].tolist()) == offsets[t]
+    assert len(set(offsets.values())) >= 4
+
+
+def test_patch_shift_averages_four_grids_at_the_last_step():
+    model_fn, _, seen = shift_fixture(final_timestep=49.0, value=1.0)
+    x_t = torch.randn(2, 3, GRID, GRID)
+    out = model_fn(x_t, torch.full((2,), 49.0), False)
+    starts = sorted(tuple(rays[0, 0, :2, 0, 0].tolist()) for rays, _ in seen)
+    assert starts == sorted((P - dy * P, P - dx * P) for dy, dx in FINAL_SHIFTS)
+    mean_start = sum(P - dy * P for dy, _ in FINAL_SHIFTS) / len(FINAL_SHIFTS)
+    assert torch.allclose(out, x_t + mean_start)  # the mean of the four predictions
+
+
+def test_patch_shift_checks_its_shapes():
+    model_fn, _, _ = shift_fixture()
+    with pytest.raises(
+        ValueError, match=r"x_t must be \[samples \* 2, 3, 8, 8\], got \[2, 3, 8, 9\]"
+    ):
+        model_fn(torch.zeros(2, 3, GRID, GRID + 1), torch.zeros(2), True)
+    with pytest.raises(ValueError, match="canvas .* and its rays"):
+        shifted_model_fn(lambda r: None, torch.zeros(1, 1, 3, 16, 16), torch.zeros(1, 1, 6, 16, 15),
+                         torch.ones(10), P, 0.0)  # fmt: skip
+
+
+def test_patch_shift_changes_the_samples_not_what_is_kept(model, scene, views):
+    mask = torch.zeros(1, 2, *HW)
+    mask[..., :, HW[1] // 2 :] = 1
+    shifted = draw(model, scene, views, num_samples=2, mask=mask)
+    fixed = draw(model, scene, views, num_samples=2, mask=mask, patch_shift=False)
+    kept = slice(None, HW[1] // 2)  # the columns the mask keeps
+    for out in (shifted, fixed):
+        expected = shifted.regression.rgb[..., kept].expand_as(out.rgb[..., kept])
+        assert torch.allclose(out.rgb[..., kept], expected, atol=1e-5)
+    assert not torch.allclose(shifted.rgb, fixed.rgb, atol=1e-3)
 
 
 def test_schedulers_follow_the_models_noise_schedule(model, scene, views, monkeypatch):

@@ -81,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (0)")
     parser.add_argument(
+        "--no-patch-shift",
+        dest="patch_shift",
+        action="store_false",
+        help="keep the decoder's patch grid fixed at the image corner (default: it moves "
+        "between denoising steps, so samples carry no block seams along it)",
+    )
+    parser.add_argument(
         "--mask-mode",
         choices=MASK_MODES,
         default="auto",
@@ -188,6 +195,7 @@ def _sampling(args: argparse.Namespace, can_sample: bool) -> SamplingSettings | 
         guidance_scale=args.guidance,
         mask_mode=args.mask_mode,
         seed=args.seed,
+        patch_shift=args.patch_shift,
     )
 
 

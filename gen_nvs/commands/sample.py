@@ -113,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM stochasticity (0)")
     group.add_argument(
+        "--no-patch-shift",
+        dest="patch_shift",
+        action="store_false",
+        help="keep the decoder's patch grid fixed at the image corner (default: it moves "
+        "between denoising steps, so samples carry no block seams along it)",
+    )
+    group.add_argument(
         "--samples", type=int, default=DEFAULTS.samples,
         help=f"samples per target (default {DEFAULTS.samples})",
     )  # fmt: skip
@@ -250,7 +257,7 @@ def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, dict]:
     )  # fmt: skip
     config = SamplingConfig(
         sampler=args.sampler, steps=args.steps, guidance=args.guidance, samples=args.samples,
-        seed=args.seed, mask=args.mask, eta=args.eta,
+        seed=args.seed, mask=args.mask, eta=args.eta, patch_shift=args.patch_shift,
     )  # fmt: skip
     return config, {**options, "conf_threshold": args.conf_threshold}
 

@@ -93,6 +93,7 @@ class SamplingSettings:
     mask_mode: str = SamplingConfig.mask
     seed: int = SamplingConfig.seed
     max_batch: int | None = None
+    patch_shift: bool = SamplingConfig.patch_shift
 
     def config(self, seed: int) -> SamplingConfig:
         """The pipeline's sampling options, with sample k at seed `seed + k`."""
@@ -103,6 +104,7 @@ class SamplingSettings:
             samples=self.num_samples,
             seed=seed,
             mask=self.mask_mode,
+            patch_shift=self.patch_shift,
         )
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ class SamplingSettings:
             guidance_scale=self.guidance_scale,
             mask_mode=self.mask_mode,
             max_batch=self.max_batch,
+            patch_shift=self.patch_shift,
         )
 
 
