@@ -157,7 +157,7 @@ def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
     assert results["lpips"]["available"] is True and results["lpips"]["reason"] is None
     sampling = results["settings"]["sampling"]
     assert sampling["num_samples"] == 2 and sampling["steps"] == 2
-    assert sampling["mask_mode"] == "off"
+    assert sampling["mask_mode"] == "off" and sampling["patch_shift"] is True
     assert results["dataset"]["num_scenes"] == 1 and len(results["scenes"]) == 1
 
     diffusion = results["means"]["diffusion"]
@@ -438,3 +438,22 @@ def test_a_device_without_cuda_is_a_one_line_error(workspace, tmp_path, capsys, 
     assert main([*argv, "--checkpoint", str(workspace / "regression"), "--device", "cuda"]) == 2
     assert "device 'cuda' was asked for but CUDA is not available" in _error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_no_patch_shift_is_recorded_and_reaches_the_sampler(workspace, tmp_path, monkeypatch):
+    import gen_nvs.pipeline
+
+    seen = []
+    original = gen_nvs.pipeline.sample_views
+
+    def spy(*args, patch_shift, **kwargs):
+        seen.append(patch_shift)
+        return original(*args, patch_shift=patch_shift, **kwargs)
+
+    monkeypatch.setattr(gen_nvs.pipeline, "sample_views", spy)
+    out = tmp_path / "out"
+    extra = ["--checkpoint", str(workspace / "diffusion"), "--samples", "1", "--steps", "1"]
+    assert _eval(workspace, out, *extra, "--max-scenes", "1", "--no-patch-shift") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["sampling"]["patch_shift"] is False
+    assert seen == [False]

@@ -198,3 +198,20 @@ def test_side_by_side_video_of_regression_sample_and_depth(setup, tmp_path):
     regression = read(out / "target_001" / "regression_rgb.png").astype(int)
     assert np.abs(frames[1, :, :32].astype(int) - regression).mean() < 8
     assert (out / "side_by_side.gif").is_file() and (out / "sample_01.gif").is_file()
+
+
+def test_no_patch_shift_reaches_the_sampler(setup, tmp_path, monkeypatch):
+    import gen_nvs.pipeline
+
+    seen = []
+    original = gen_nvs.pipeline.sample_views
+
+    def spy(*args, patch_shift, **kwargs):
+        seen.append(patch_shift)
+        return original(*args, patch_shift=patch_shift, **kwargs)
+
+    monkeypatch.setattr(gen_nvs.pipeline, "sample_views", spy)
+    one = ["--azimuth", "20", "--samples", "1", "--steps", "1"]
+    assert sample(setup, tmp_path / "shifted", *one) == 0
+    assert sample(setup, tmp_path / "fixed", *one, "--no-patch-shift") == 0
+    assert seen == [True, False]
