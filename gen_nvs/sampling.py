@@ -34,6 +34,7 @@ Dimension legend:
                                 latent mode the VAE's latent channels, + 3 xyz)
     h, w    render height / width       gh, gw  the decoder's grid (h/f, w/f in the
                                                 latent mode, f the VAE's downsampling)
+    p       the decoder's patch size in grid cells; oy, ox  a patch-shift grid offset
 """
 
 from __future__ import annotations
@@ -398,18 +399,19 @@ def scene_to_world(scene: EncodedScene, points: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# Internals
+# Patch shift
 # --------------------------------------------------------------------------------------
 
 
 def network_grid(model: NVSModel, image_hw: tuple[int, int], patch_shift: bool) -> tuple[int, int]:
-    """The grid the diffusion decoder sees when sampling targets of `image_hw`: the
-    model's grid, with `patch_shift` one patch larger on every side."""
+    """The grid (gh, gw) the diffusion decoder sees when sampling targets of `image_hw`:
+    the model's grid, with `patch_shift` (and patches larger than a cell) one patch
+    larger, (gh + p, gw + p): the window of `shifted_model_fn`."""
     grid_hw = model.grid_size(image_hw)
-    if not patch_shift:
-        return grid_hw
     patch = require_diffusion(model, "the model").decoder.patch_size
-    return (grid_hw[0] + 2 * patch, grid_hw[1] + 2 * patch)
+    if not patch_shift or patch == 1:
+        return grid_hw
+    return (grid_hw[0] + patch, grid_hw[1] + patch)
 
 
 # Grid offsets, in patches, whose predictions the last network call averages.
@@ -429,46 +431,63 @@ def shifted_model_fn(
     A decoder that embeds and paints its image in patches paints each patch apart: its
     samples show seams along the fixed patch grid (8 px blocks on the embedded model) that
     no denoising step removes, since every step sees the same grid. Here each call sees the
-    target inside a window one patch larger on each side, placed so that the grid starts
-    (oy, ox) cells before the target's corner: an offset drawn from the call's timestep
-    (so a seed gives the same samples whatever the batch), and at the last call
-    (`final_timestep` and below) the mean of the predictions at the `FINAL_SHIFTS`
-    offsets. The window's cells outside the target hold `canvas` noised to the call's
-    level (fresh noise, drawn from the timestep too): the part of the canvas around the
-    target. The prediction is cropped back to the target.
+    target inside a window one patch larger than it, (gh + p, gw + p), placed so that the
+    grid starts (oy, ox) cells before the target's corner (and ends p - oy, p - ox cells
+    after it): an offset drawn from the call's timestep alone (every row of a call shares
+    its window, so sample k of seed s stays sample 0 of seed s + k, whatever the batch),
+    and at every call at `final_timestep` or below the
+    mean of the predictions at the `FINAL_SHIFTS` offsets (one call for most schedulers;
+    Heun's last two, a Karras schedule's calls rounded to the same timestep and RePaint's
+    repeats of the last step pay it too). The window's cells outside the target hold
+    `canvas` noised to the call's level (fresh noise, drawn from the same generator): the
+    part of the canvas around the target, for the unconditional branch of guidance too.
+    The prediction is cropped back to the target.
 
     make_fn: rays [b, t, 6, gh + p, gw + p] of a window -> the network on that window
         (`make_model_fn`); rows of x_t are (samples, scenes, targets) as there.
-    canvas: [b, t, k, gh + 2p, gw + 2p] the targets and one patch around them in
-        diffusion space (the regression render of the enlarged cameras); canvas_rays:
-        their rays [b, t, 6, gh + 2p, gw + 2p].
+    canvas: [b, t, k, gh + 2p, gw + 2p] the targets and one patch around them on every
+        side, in diffusion space (the regression render of the enlarged cameras);
+        canvas_rays: their rays [b, t, 6, gh + 2p, gw + 2p].
     alphas_cumprod: [T] the model's training schedule (the network's input levels).
     patch: the decoder's patch size in grid cells (p).
     """
     b, t, k, height, width = canvas.shape
     h, w = height - 2 * patch, width - 2 * patch
-    if h < 1 or w < 1 or tuple(canvas_rays.shape) != (b, t, 6, height, width):
+    if h < 1 or w < 1:
         raise ValueError(
-            f"canvas [b, t, k, gh + 2 * {patch}, gw + 2 * {patch}] and its rays [b, t, 6, "
-            f"same], got {list(canvas.shape)} and {list(canvas_rays.shape)}"
+            f"the canvas must hold a target of at least 1 x 1 cells inside a {patch}-cell "
+            f"border, got canvas {list(canvas.shape)}"
+        )
+    if tuple(canvas_rays.shape) != (b, t, 6, height, width):
+        raise ValueError(
+            f"canvas rays must be {[b, t, 6, height, width]} like the canvas, got "
+            f"{list(canvas_rays.shape)}"
         )
     alphas_cumprod = alphas_cumprod.double()
 
     def window(x: Tensor, oy: int, ox: int) -> Tensor:
+        """The window of offset (oy, ox) of a canvas-sized x [..., gh + 2p, gw + 2p] ->
+        [..., gh + p, gw + p]; the target starts at (oy, ox) in it."""
         return x[..., patch - oy : patch - oy + h + patch, patch - ox : patch - ox + w + patch]
 
     def at_offset(
-        x_t: Tensor, timesteps: Tensor, conditional: bool, offset: tuple[int, int], generator
+        x_t: Tensor,
+        timesteps: Tensor,
+        conditional: bool,
+        offset: tuple[int, int],
+        generator: torch.Generator,
     ) -> Tensor:
+        """The network's prediction [(n b t), k, gh, gw] for x_t [(n b t), k, gh, gw] seen
+        through the window at `offset`."""
         (oy, ox), samples = offset, x_t.shape[0] // (b * t)
         alpha_bar = _alpha_bar(alphas_cumprod, float(timesteps[0]))
-        around = window(canvas, oy, ox)
+        around = window(canvas, oy, ox)  # (b, t, k, gh + p, gw + p)
         noise = torch.randn(around.shape, generator=generator).to(around)
         around = alpha_bar**0.5 * around + (1 - alpha_bar) ** 0.5 * noise
         x = repeat(around, "b t k h w -> (n b t) k h w", n=samples).to(x_t.dtype).clone()
         x[..., oy : oy + h, ox : ox + w] = x_t
         prediction = make_fn(window(canvas_rays, oy, ox))(x, timesteps, conditional)
-        return prediction[..., oy : oy + h, ox : ox + w]
+        return prediction[..., oy : oy + h, ox : ox + w]  # ((n b t), k, gh, gw)
 
     def model_fn(x_t: Tensor, timesteps: Tensor, conditional: bool) -> Tensor:
         if tuple(x_t.shape[1:]) != (k, h, w) or x_t.shape[0] % (b * t):
@@ -487,14 +506,9 @@ def shifted_model_fn(
     return model_fn
 
 
-def _alpha_bar(alphas_cumprod: Tensor, timestep: float) -> float:
-    """The training schedule's alpha-bar at a (possibly fractional) timestep, linearly
-    interpolated between its integer neighbours."""
-    last = len(alphas_cumprod) - 1
-    timestep = min(max(timestep, 0.0), float(last))
-    low = math.floor(timestep)
-    high = min(low + 1, last)
-    return float(torch.lerp(alphas_cumprod[low], alphas_cumprod[high], timestep - low))
+# --------------------------------------------------------------------------------------
+# Internals
+# --------------------------------------------------------------------------------------
 
 
 def _patch_shift_fn(
@@ -526,6 +540,16 @@ def _patch_shift_fn(
         patch,
         float(timesteps.min()),
     )
+
+
+def _alpha_bar(alphas_cumprod: Tensor, timestep: float) -> float:
+    """The training schedule's alpha-bar at a (possibly fractional) timestep, linearly
+    interpolated between its integer neighbours."""
+    last = len(alphas_cumprod) - 1
+    timestep = min(max(timestep, 0.0), float(last))
+    low = math.floor(timestep)
+    high = min(low + 1, last)
+    return float(torch.lerp(alphas_cumprod[low], alphas_cumprod[high], timestep - low))
 
 
 def _row(x: Tensor | None, i: int) -> Tensor | None:

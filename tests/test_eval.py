@@ -310,7 +310,8 @@ def test_targets_and_sources_are_rendered_once(workspace, monkeypatch):
 
     monkeypatch.setattr(model, "render", counted)
     hw = tuple(sample.images.shape[-2:])
-    canvas = (hw[0] + 2 * 8, hw[1] + 2 * 8)  # the patch shift's: one patch (8 px) around
+    pad = 2 * model.diffusion.decoder.patch_size
+    canvas = (hw[0] + pad, hw[1] + pad)  # the patch shift's: one patch on every side
     sampling = SamplingSettings(num_samples=2, steps=1, scheduler="ddim", mask_mode="auto")
     with torch.inference_mode():
         result, _ = evaluate_scene(NVSPipeline(model), no_depth, 0, sampling=sampling)

@@ -279,7 +279,8 @@ def test_encoder_and_source_stream_run_once(views, guidance):
         "regression sources": 1,
         # With guidance the null sources are prepared once too, for every batch.
         "diffusion sources": 1 + guided,
-        # The patch shift averages len(FINAL_SHIFTS) grid offsets at the last step.
+        # DDIM calls the network once a step; the patch shift averages len(FINAL_SHIFTS)
+        # grid offsets at the last one.
         "denoise": 2 * (steps - 1 + len(FINAL_SHIFTS)) * (1 + guided),
     }
 
@@ -383,13 +384,22 @@ def test_patch_shift_puts_the_target_where_its_rays_are_and_crops_it_back():
 
 
 def test_patch_shift_noises_the_canvas_to_the_calls_level_and_moves_the_grid():
-    model_fn, _, seen = shift_fixture()
+    model_fn, canvas, seen = shift_fixture()
+    canvas.fill_(3.0)  # a constant canvas: the ring's mean and spread give the level
+    alphas_cumprod = model_scheduler(tiny_model(diffusion=True), "ddpm").alphas_cumprod
     x_t = torch.zeros(2, 3, GRID, GRID)
-    model_fn(x_t, torch.full((2,), 999.0), True)
-    window_rays, x = seen[-1]
-    oy = P - int(window_rays[0, 0, 0, 0, 0])
-    border = x[:, :, : oy + GRID + P, GRID + oy :] if oy < P else x[..., GRID:, :]
-    assert 0.8 < border.std() < 1.2  # nearly pure noise at the first step
+    for t in (999, 500):
+        model_fn(x_t, torch.full((2,), float(t)), True)
+        window_rays, x = seen[-1]
+        oy, ox = P - int(window_rays[0, 0, 0, 0, 0]), P - int(window_rays[0, 0, 1, 0, 0])
+        ring = torch.ones(GRID + P, GRID + P, dtype=torch.bool)
+        ring[oy : oy + GRID, ox : ox + GRID] = False
+        alpha_bar = alphas_cumprod[t].item()
+        assert x[..., ring].mean().item() == pytest.approx(3 * alpha_bar**0.5, abs=0.15)
+        assert x[..., ring].std().item() == pytest.approx((1 - alpha_bar) ** 0.5, rel=0.15)
+        # Guidance's unconditional branch sees the same window and ring.
+        model_fn(x_t, torch.full((2,), float(t)), False)
+        assert torch.equal(seen[-1][0], window_rays) and torch.equal(seen[-1][1], x)
     offsets = {}
     for t in range(100, 1000, 50):
         model_fn(x_t, torch.full((2,), float(t)), True)
@@ -397,6 +407,26 @@ def test_patch_shift_noises_the_canvas_to_the_calls_level_and_moves_the_grid():
         model_fn(x_t, torch.full((2,), float(t)), True)  # the same timestep: the same grid
         assert tuple(seen[-1][0][0, 0, :2, 0, 0].tolist()) == offsets[t]
     assert len(set(offsets.values())) >= 4
+
+
+def test_patch_shift_canvas_rays_are_the_targets_rays_around_them(model, scene, views, monkeypatch):
+    import gen_nvs.sampling
+
+    captured = {}
+    original = gen_nvs.sampling.shifted_model_fn
+
+    def spy(make_fn, canvas, canvas_rays, *args, **kwargs):
+        captured.update(canvas=canvas, rays=canvas_rays)
+        return original(make_fn, canvas, canvas_rays, *args, **kwargs)
+
+    monkeypatch.setattr(gen_nvs.sampling, "shifted_model_fn", spy)
+    draw(model, scene, views, mask_mode="off", steps=1)
+    p = model.diffusion.decoder.patch_size
+    c2w, fxfycxcy = targets(views)
+    own = model.target_rays(scene.scene_frame(c2w, False), fxfycxcy, HW)
+    assert captured["rays"].shape[-2:] == (HW[0] + 2 * p, HW[1] + 2 * p)
+    assert torch.allclose(captured["rays"][..., p : p + HW[0], p : p + HW[1]], own, atol=1e-5)
+    assert captured["canvas"].shape[:3] == (1, 2, model.diffusion.noise_channels)
 
 
 def test_patch_shift_averages_four_grids_at_the_last_step():
@@ -415,12 +445,15 @@ def test_patch_shift_checks_its_shapes():
         ValueError, match=r"x_t must be \[samples \* 2, 3, 8, 8\], got \[2, 3, 8, 9\]"
     ):
         model_fn(torch.zeros(2, 3, GRID, GRID + 1), torch.zeros(2), True)
-    with pytest.raises(ValueError, match="canvas .* and its rays"):
+    with pytest.raises(ValueError, match=r"canvas rays must be \[1, 1, 6, 16, 16\]"):
         shifted_model_fn(lambda r: None, torch.zeros(1, 1, 3, 16, 16), torch.zeros(1, 1, 6, 16, 15),
+                         torch.ones(10), P, 0.0)  # fmt: skip
+    with pytest.raises(ValueError, match="at least 1 x 1 cells inside a 4-cell border"):
+        shifted_model_fn(lambda r: None, torch.zeros(1, 1, 3, 8, 8), torch.zeros(1, 1, 6, 8, 8),
                          torch.ones(10), P, 0.0)  # fmt: skip
 
 
-def test_patch_shift_changes_the_samples_not_what_is_kept(model, scene, views):
+def test_patch_shift_changes_the_generated_region_only(model, scene, views):
     mask = torch.zeros(1, 2, *HW)
     mask[..., :, HW[1] // 2 :] = 1
     shifted = draw(model, scene, views, num_samples=2, mask=mask)
