@@ -37,6 +37,10 @@ def test_figures_are_positive_and_both_paths_draw_the_same_samples(report):
     results = report["results"]
     for name in ("seconds_cached", "seconds_naive", "seconds_per_view_cached", "speedup"):
         assert results[name] > 0
+    # The patch shift's cost: the cached path with it on, against the fixed grid's.
+    assert results["seconds_cached_patch_shift"] > 0
+    shift = results["seconds_cached_patch_shift"] / results["seconds_cached"]
+    assert results["patch_shift_cost"] == pytest.approx(shift, rel=0.05, abs=2e-3)
     # The report rounds to 4 decimals.
     per_view = results["seconds_naive"] / 4
     assert results["seconds_per_view_naive"] == pytest.approx(per_view, rel=1e-3, abs=1e-4)
