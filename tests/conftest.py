@@ -1,4 +1,5 @@
-"""Shared test helpers: the reference fixtures copied from the official implementation."""
+"""Shared test helpers: the reference fixtures copied from the official implementation, and
+a spy on the pipeline's sampler options."""
 
 from __future__ import annotations
 
@@ -35,3 +36,20 @@ def load_fixture(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 @pytest.fixture(params=FIXTURES, ids=[p.stem for p in FIXTURES])
 def fixture(request):
     return load_fixture(request.param)
+
+
+@pytest.fixture
+def patch_shifts(monkeypatch) -> list[bool]:
+    """The `patch_shift` of every `sample_views` call the pipeline makes during the test,
+    in order (the calls themselves run unchanged)."""
+    import gen_nvs.pipeline
+
+    seen = []
+    original = gen_nvs.pipeline.sample_views
+
+    def spy(*args, patch_shift, **kwargs):
+        seen.append(patch_shift)
+        return original(*args, patch_shift=patch_shift, **kwargs)
+
+    monkeypatch.setattr(gen_nvs.pipeline, "sample_views", spy)
+    return seen

@@ -441,20 +441,10 @@ def test_a_device_without_cuda_is_a_one_line_error(workspace, tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
-def test_no_patch_shift_is_recorded_and_reaches_the_sampler(workspace, tmp_path, monkeypatch):
-    import gen_nvs.pipeline
-
-    seen = []
-    original = gen_nvs.pipeline.sample_views
-
-    def spy(*args, patch_shift, **kwargs):
-        seen.append(patch_shift)
-        return original(*args, patch_shift=patch_shift, **kwargs)
-
-    monkeypatch.setattr(gen_nvs.pipeline, "sample_views", spy)
+def test_no_patch_shift_is_recorded_and_reaches_the_sampler(workspace, tmp_path, patch_shifts):
     out = tmp_path / "out"
     extra = ["--checkpoint", str(workspace / "diffusion"), "--samples", "1", "--steps", "1"]
     assert _eval(workspace, out, *extra, "--max-scenes", "1", "--no-patch-shift") == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["sampling"]["patch_shift"] is False
-    assert seen == [False]
+    assert patch_shifts == [False]

@@ -200,18 +200,8 @@ def test_side_by_side_video_of_regression_sample_and_depth(setup, tmp_path):
     assert (out / "side_by_side.gif").is_file() and (out / "sample_01.gif").is_file()
 
 
-def test_no_patch_shift_reaches_the_sampler(setup, tmp_path, monkeypatch):
-    import gen_nvs.pipeline
-
-    seen = []
-    original = gen_nvs.pipeline.sample_views
-
-    def spy(*args, patch_shift, **kwargs):
-        seen.append(patch_shift)
-        return original(*args, patch_shift=patch_shift, **kwargs)
-
-    monkeypatch.setattr(gen_nvs.pipeline, "sample_views", spy)
+def test_no_patch_shift_reaches_the_sampler(setup, tmp_path, patch_shifts):
     one = ["--azimuth", "20", "--samples", "1", "--steps", "1"]
     assert sample(setup, tmp_path / "shifted", *one) == 0
     assert sample(setup, tmp_path / "fixed", *one, "--no-patch-shift") == 0
-    assert seen == [True, False]
+    assert patch_shifts == [True, False]
