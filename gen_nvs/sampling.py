@@ -283,6 +283,7 @@ def sample_views(
             "(as model.render gives them)"
         )
     target_c2w = scene.scene_frame(target_c2w, normalized)
+    shifted = _shifts_grid(diffusion, patch_shift)
     batch = samples_per_batch(
         diffusion, scene, network_grid(model, image_hw, patch_shift), t, num_samples,
         max_batch, guidance_scale, memory_budget,
@@ -302,12 +303,13 @@ def sample_views(
     if guidance_scale != 1:
         context = scene.diffusion_cache.context
         null = diffusion.null_context(b, context.tokens.shape[1], context.rays)
-    rays = model.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, gh, gw)
-    model_fn = make_model_fn(diffusion, scene.diffusion_cache, null, rays)
-    if patch_shift and diffusion.decoder.patch_size > 1:
+    if shifted:
         model_fn = _patch_shift_fn(
             model, scene, null, target_c2w, target_fxfycxcy, image_hw, scheduler, steps
         )
+    else:
+        rays = model.target_rays(target_c2w, target_fxfycxcy, image_hw)  # (b, t, 6, gh, gw)
+        model_fn = make_model_fn(diffusion, scene.diffusion_cache, null, rays)
     denoiser = model_denoiser(model, model_fn)
     options = dict(
         scheduler=scheduler,
@@ -408,9 +410,10 @@ def network_grid(model: NVSModel, image_hw: tuple[int, int], patch_shift: bool) 
     the model's grid, with `patch_shift` (and patches larger than a cell) one patch
     larger, (gh + p, gw + p): the window of `shifted_model_fn`."""
     grid_hw = model.grid_size(image_hw)
-    patch = require_diffusion(model, "the model").decoder.patch_size
-    if not patch_shift or patch == 1:
+    diffusion = require_diffusion(model, "the model")
+    if not _shifts_grid(diffusion, patch_shift):
         return grid_hw
+    patch = diffusion.decoder.patch_size
     return (grid_hw[0] + patch, grid_hw[1] + patch)
 
 
@@ -435,13 +438,13 @@ def shifted_model_fn(
     grid starts (oy, ox) cells before the target's corner (and ends p - oy, p - ox cells
     after it): an offset drawn from the call's timestep alone (every row of a call shares
     its window, so sample k of seed s stays sample 0 of seed s + k, whatever the batch),
-    and at every call at `final_timestep` or below the
-    mean of the predictions at the `FINAL_SHIFTS` offsets (one call for most schedulers;
-    Heun's last two, a Karras schedule's calls rounded to the same timestep and RePaint's
-    repeats of the last step pay it too). The window's cells outside the target hold
-    `canvas` noised to the call's level (fresh noise, drawn from the same generator): the
-    part of the canvas around the target, for the unconditional branch of guidance too.
-    The prediction is cropped back to the target.
+    and at every call at `final_timestep` or below the mean of the predictions at the
+    `FINAL_SHIFTS` offsets (one call for most schedulers; Heun's last two, a Karras
+    schedule's calls rounded to the same timestep and RePaint's repeats of the last step
+    pay it too). The window's cells outside the target hold `canvas` noised to the call's
+    level (fresh noise, drawn from the same generator): the part of the canvas around the
+    target, for the unconditional branch of guidance too. The prediction is cropped back
+    to the target.
 
     make_fn: rays [b, t, 6, gh + p, gw + p] of a window -> the network on that window
         (`make_model_fn`); rows of x_t are (samples, scenes, targets) as there.
@@ -540,6 +543,12 @@ def _patch_shift_fn(
         patch,
         float(timesteps.min()),
     )
+
+
+def _shifts_grid(diffusion: DiffusionDecoder, patch_shift: bool) -> bool:
+    """Whether sampling moves the decoder's patch grid: asked for, and patches larger
+    than one grid cell (a one-cell grid has no seams to move)."""
+    return patch_shift and diffusion.decoder.patch_size > 1
 
 
 def _alpha_bar(alphas_cumprod: Tensor, timestep: float) -> float:
