@@ -525,19 +525,25 @@ def _patch_shift_fn(
     steps: int,
 ) -> ModelFn:
     """`shifted_model_fn` for `sample_views`: the canvas is the regression render of the
-    target cameras (scene frame) enlarged by one patch on each side."""
+    target cameras (scene frame) enlarged by one patch on each side. In the latent mode
+    only its latents are read: the decoder's own output, not decoded by the VAE."""
     diffusion = require_diffusion(model, "the model")
     patch = diffusion.decoder.patch_size
     pad = patch * model.downsample  # pixels
     big_fxfycxcy = target_fxfycxcy + target_fxfycxcy.new_tensor([0, 0, pad, pad])
     big_hw = (image_hw[0] + 2 * pad, image_hw[1] + 2 * pad)
-    render = model.render(scene, target_c2w, big_fxfycxcy, big_hw, normalized=True)
     canvas_rays = model.target_rays(target_c2w, big_fxfycxcy, big_hw)
+    if diffusion.latent:
+        raw = scene.cache.render(canvas_rays)  # latents and points on the latent grid
+        canvas = diffusion.to_sample(raw.latents, raw.points if diffusion.with_points else None)
+    else:
+        render = model.render(scene, target_c2w, big_fxfycxcy, big_hw, normalized=True)
+        canvas = _known(model, diffusion, render)
     cache = scene.diffusion_cache
     timesteps = set_steps(scheduler, steps).timesteps
     return shifted_model_fn(
         lambda rays: make_model_fn(diffusion, cache, null, rays),
-        _known(model, diffusion, render),
+        canvas,
         canvas_rays,
         model_scheduler(model, "ddpm").alphas_cumprod,
         patch,

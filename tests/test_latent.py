@@ -272,6 +272,40 @@ def test_sampling_returns_decoded_images_and_completes_on_the_latent_grid():
     assert grid.shape == (1, 2, 8, 12) and grid.sum() == 1 and grid[0, 0, 1, 1] == 1
 
 
+def test_patch_shift_canvas_is_the_renders_latents_and_is_not_decoded(monkeypatch):
+    import gen_nvs.sampling
+
+    model = latent_model(diffusion=True)
+    images, c2w, k = scene_views(model)
+    captured, decoded = {}, []
+    original_shift, original_decode = gen_nvs.sampling.shifted_model_fn, model.codec.decode
+
+    def spy_shift(make_fn, canvas, *args, **kwargs):
+        captured["canvas"] = canvas
+        return original_shift(make_fn, canvas, *args, **kwargs)
+
+    def spy_decode(latents):
+        decoded.append(tuple(latents.shape[-2:]))
+        return original_decode(latents)
+
+    monkeypatch.setattr(gen_nvs.sampling, "shifted_model_fn", spy_shift)
+    monkeypatch.setattr(model.codec, "decode", spy_decode)
+    with torch.no_grad():
+        scene = model.encode(images[:, :2], c2w[:, :2], k[:, :2])
+        sample_views(model, scene, c2w[:, 2:], k[:, 2:], HW, mask_mode="off", steps=1, seed=0)
+        # Only the target views' latents were decoded, never the enlarged canvas's.
+        assert decoded and set(decoded) == {model.grid_size(HW)}
+        # The canvas: the regression render of the cameras enlarged by one patch (2 latent
+        # cells = 8 pixels) on each side, its points back on the latent grid.
+        pad = model.diffusion.decoder.patch_size * model.downsample
+        big_k = k[:, 2:] + torch.tensor([0.0, 0, pad, pad])
+        big_hw = (HW[0] + 2 * pad, HW[1] + 2 * pad)
+        target_c2w = scene.scene_frame(c2w[:, 2:], False)
+        render = model.render(scene, target_c2w, big_k, big_hw, normalized=True)
+    expected = model.diffusion.to_sample(render.latents, render.points[:, :, ::4, ::4])
+    torch.testing.assert_close(captured["canvas"], expected)
+
+
 def test_pixel_configs_and_exports_are_unchanged(tmp_path):
     """Without `latent`: no new key in any config, and the shipped export (written before
     the latent mode existed) writes back byte for byte."""
