@@ -133,6 +133,29 @@ def test_sample_views_single_source_and_clipped_gap():
         assert max(targets + sources) - min(targets + sources) <= 5
 
 
+def test_sample_views_target_margin_reaches_past_the_sources_within_the_scene():
+    args = (12, 2, 3, (2, 4))
+    outside = 0
+    for seed in range(300):
+        plain = sample_views(*args, torch.Generator().manual_seed(seed))
+        zero = sample_views(*args, torch.Generator().manual_seed(seed), target_margin=0)
+        assert zero == plain  # margin 0: the published draw, unchanged
+        sources, targets = sample_views(*args, torch.Generator().manual_seed(seed),
+                                        target_margin=2)  # fmt: skip
+        assert sources == plain[0]  # the margin moves targets only
+        left, right = sources[0], sources[-1]
+        assert len(set(targets)) == 3 and targets == sorted(targets)
+        assert all(max(0, left - 2) <= t <= min(11, right + 2) for t in targets)
+        outside += sum(t < left or t > right for t in targets)
+        # At the scene's end the widened window is clipped, not shifted.
+        edge = sample_views(6, 2, 3, (5, 5), torch.Generator().manual_seed(seed),
+                            target_margin=3)  # fmt: skip
+        assert edge[0] == [0, 5] and all(0 <= t <= 5 for t in edge[1])
+    assert outside > 100  # both sides are reached
+    with pytest.raises(ValueError, match="target_margin must be >= 0, got -1"):
+        sample_views(*args, torch.Generator(), target_margin=-1)
+
+
 def test_sample_views_rejects_impossible_requests():
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="from a scene of 4 frames \\(needs 6\\)"):
@@ -305,6 +328,15 @@ def test_re10k_dataset_resizes_and_samples_deterministically(tmp_path):
         dataset.set_epoch(epoch)
         draws.add(tuple(dataset[1].frame_indices.tolist()))
     assert len(draws) > 1
+    wide = RE10KDataset(tmp_path, seed=1, target_margin=3, **kwargs)
+    frames = []
+    for epoch in range(20):
+        wide.set_epoch(epoch)
+        frames += [wide[i].frame_indices.tolist() for i in range(3)]
+    assert all(max(0, f[0] - 3) <= t <= min(9, f[1] + 3) for f in frames for t in f[2:])
+    assert any(t < f[0] or t > f[1] for f in frames for t in f[2:])
+    with pytest.raises(ValueError, match="target_margin must be >= 0, got -2"):
+        RE10KDataset(tmp_path, seed=1, target_margin=-2, **kwargs)
 
 
 def test_re10k_short_scenes_are_skipped_or_raise(tmp_path):

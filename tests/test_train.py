@@ -267,6 +267,23 @@ def test_empty_data_path_fails_before_training(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
+def test_negative_target_margin_fails_before_training(tmp_path):
+    views = generate_scene(0, 4, (16, 16))
+    write_re10k_scene(tmp_path / "data", "s", views.images, views.c2w, views.fxfycxcy)
+    config = tiny_config(
+        tmp_path,
+        "margin",
+        "data.datasets.scenes.weight=0",
+        "data.datasets.disk.type=re10k",
+        f"data.datasets.disk.root={tmp_path / 'data'}",
+        "data.datasets.disk.list_file=null",
+        "data.datasets.disk.target_margin=-1",
+    )
+    with pytest.raises(ValueError, match=r"data.datasets.disk.target_margin must be >= 0, got -1"):
+        train(config)
+    assert not (tmp_path / "margin").exists()
+
+
 def test_images_smaller_than_requested_fail_before_training(tmp_path):
     views = generate_scene(0, 4, (16, 16))
     write_re10k_scene(tmp_path / "data", "small", views.images, views.c2w, views.fxfycxcy)
@@ -344,9 +361,11 @@ def test_mixture_of_procedural_and_disk_scenes(tmp_path):
         "data.datasets.disk.list_file=null",
         "data.datasets.disk.frame_gap=[1, 3]",
         "data.datasets.disk.weight=3",
+        "data.datasets.disk.target_margin=1",
     )
     data = TrainingData(config["data"], batch_size=4, seed=0, rank=0)
     assert data.names == ["scenes", "disk"]
+    assert data.mixture.datasets[1].target_margin == 1
     batches = list(data.batches(0, 3))
     assert len(batches) == 3
     for batch in batches:

@@ -233,6 +233,9 @@ class NerfstudioDataset(ViewSampledDataset):
         seed: int = 0,
         image_folder: str | None = None,
         skip_short_scenes: bool = True,
+        target_margin: int = 0,
     ) -> None:
         reader = NerfstudioReader(root, image_hw, image_folder=image_folder)
-        super().__init__(reader, num_sources, num_targets, frame_gap, seed, skip_short_scenes)
+        super().__init__(
+            reader, num_sources, num_targets, frame_gap, seed, skip_short_scenes, target_margin
+        )

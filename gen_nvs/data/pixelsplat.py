@@ -182,6 +182,9 @@ class PixelSplatDataset(ViewSampledDataset):
         frame_gap: tuple[int, int],
         seed: int = 0,
         skip_short_scenes: bool = True,
+        target_margin: int = 0,
     ) -> None:
         reader = PixelSplatReader(root, image_hw)
-        super().__init__(reader, num_sources, num_targets, frame_gap, seed, skip_short_scenes)
+        super().__init__(
+            reader, num_sources, num_targets, frame_gap, seed, skip_short_scenes, target_margin
+        )

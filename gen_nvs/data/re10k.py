@@ -283,9 +283,12 @@ class RE10KDataset(ViewSampledDataset):
         list_file: str | None = FULL_LIST,
         load_depth: bool = True,
         skip_short_scenes: bool = True,
+        target_margin: int = 0,
     ) -> None:
         reader = RE10KReader(root, image_hw, list_file=list_file, load_depth=load_depth)
-        super().__init__(reader, num_sources, num_targets, frame_gap, seed, skip_short_scenes)
+        super().__init__(
+            reader, num_sources, num_targets, frame_gap, seed, skip_short_scenes, target_margin
+        )
 
 
 def load_scene(

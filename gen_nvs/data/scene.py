@@ -242,6 +242,8 @@ def sample_views(
     num_targets: int,
     frame_gap: tuple[int, int],
     generator: torch.Generator,
+    *,
+    target_margin: int = 0,
 ) -> tuple[list[int], list[int]]:
     """Pick source and target frames of one scene, as the published training setups do.
 
@@ -250,7 +252,9 @@ def sample_views(
     last sources sit at the window's ends, further sources at distinct frames in
     between (a single source sits at one end, chosen at random); the targets are
     distinct frames drawn uniformly from the whole window and may coincide with
-    sources.
+    sources. With `target_margin` m > 0 (not in the published setups) the targets are
+    drawn from the window widened by up to m frames on each side (within the scene),
+    so that training also sees views beyond the sources (extrapolation).
 
     Args:
         num_frames: frames in the scene.
@@ -258,9 +262,12 @@ def sample_views(
         num_targets: target count (>= 0).
         frame_gap: inclusive (min, max) range of the distance between the window ends.
         generator: the only source of randomness.
+        target_margin: frames (>= 0) the targets' window reaches past each end.
     Returns:
         (source frame indices, target frame indices), targets sorted.
     """
+    if target_margin < 0:
+        raise ValueError(f"target_margin must be >= 0, got {target_margin}")
     needed = frames_needed(num_sources, num_targets, frame_gap)
     if num_frames < needed:
         raise ValueError(
@@ -279,7 +286,9 @@ def sample_views(
     else:
         inner = torch.randperm(gap - 1, generator=generator)[: n_src - 2] + left + 1
         sources = [left, *sorted(inner.tolist()), right]
-    targets = torch.randperm(gap + 1, generator=generator)[:num_targets] + left
+    low = max(0, left - target_margin)
+    high = min(num_frames - 1, right + target_margin)
+    targets = torch.randperm(high - low + 1, generator=generator)[:num_targets] + low
     return sources, sorted(targets.tolist())
 
 
@@ -290,7 +299,7 @@ class ViewSampledDataset(Dataset):
     so a sample does not depend on batch size, worker count or iteration order; call
     `set_epoch` to draw new views each epoch. Scenes too short for the requested
     views are replaced by the next long-enough scene when `skip_short_scenes`,
-    otherwise they raise ValueError.
+    otherwise they raise ValueError. `target_margin`: as `sample_views`'.
     """
 
     def __init__(
@@ -301,11 +310,15 @@ class ViewSampledDataset(Dataset):
         frame_gap: tuple[int, int],
         seed: int = 0,
         skip_short_scenes: bool = True,
+        target_margin: int = 0,
     ) -> None:
+        if target_margin < 0:
+            raise ValueError(f"target_margin must be >= 0, got {target_margin}")
         self.reader = reader
         self.num_sources = num_sources
         self.num_targets = num_targets
         self.frame_gap = frame_gap
+        self.target_margin = target_margin
         self.seed = seed
         self.epoch = 0
         self.skip_short_scenes = skip_short_scenes
@@ -340,8 +353,9 @@ class ViewSampledDataset(Dataset):
                 )
             generator = torch.Generator().manual_seed(self.item_seed(index))
             sources, targets = sample_views(
-                num_frames, self.num_sources, self.num_targets, self.frame_gap, generator
-            )
+                num_frames, self.num_sources, self.num_targets, self.frame_gap, generator,
+                target_margin=self.target_margin,
+            )  # fmt: skip
             return self.reader.load(scene, sources + targets, num_sources=len(sources))
         raise ValueError(f"no scene has the {self.frames_needed} frames needed")
 

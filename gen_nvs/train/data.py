@@ -44,10 +44,15 @@ DATASET_TYPES: dict[str, dict[str, Any]] = {
     "procedural": {"num_scenes": 1_000_000, "seed": 0, "scene": {}},
     # The processed RealEstate10K layout (also what `gen-nvs make-scenes` writes).
     # list_file null lists metadata/*.json instead of reading full_list.txt.
-    "re10k": {"root": None, "list_file": "full_list.txt", "frame_gap": [2, 8], "load_depth": True},
-    "pixelsplat": {"root": None, "frame_gap": [2, 8]},
-    "nerfstudio": {"root": None, "frame_gap": [2, 8], "image_folder": None},
-}
+    # target_margin (frames, off in the published setups): targets may also lie up to
+    # that far beyond the sources' window (`gen_nvs.data.sample_views`).
+    "re10k": {
+        "root": None, "list_file": "full_list.txt", "frame_gap": [2, 8], "load_depth": True,
+        "target_margin": 0,
+    },
+    "pixelsplat": {"root": None, "frame_gap": [2, 8], "target_margin": 0},
+    "nerfstudio": {"root": None, "frame_gap": [2, 8], "image_folder": None, "target_margin": 0},
+}  # fmt: skip
 
 
 def dataset_entries(data_config: dict) -> dict[str, dict]:
@@ -127,7 +132,12 @@ def build_dataset(name: str, entry: dict, data_config: dict) -> Dataset:
     root = Path(entry["root"]).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"{where}.root: {root} does not exist")
-    common = dict(num_sources=sources, num_targets=targets, frame_gap=tuple(entry["frame_gap"]))
+    if entry["target_margin"] < 0:
+        raise ValueError(f"{where}.target_margin must be >= 0, got {entry['target_margin']}")
+    common = dict(
+        num_sources=sources, num_targets=targets, frame_gap=tuple(entry["frame_gap"]),
+        target_margin=entry["target_margin"],
+    )  # fmt: skip
     if kind == "re10k":
         options = {"list_file": entry["list_file"]}
         probe = RE10KReader(root, None, load_depth=False, **options)
