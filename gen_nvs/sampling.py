@@ -60,12 +60,14 @@ from gen_nvs.models.nvs import EncodedScene, NVSModel, require_diffusion
 from gen_nvs.unseen import (
     MASK_MODES,
     PREDICTED_REL_TOL,
+    check_conf_threshold,
     check_mask_tolerance,
     soft_edge,
     unseen_region,
 )
 from samplers.denoiser import ModelFn
 from samplers.guidance import check_guidance
+from samplers.sampling import check_eta, check_seeds
 from samplers.schedulers import set_steps
 
 StepCallback = Callable[[samplers.StepInfo], samplers.Signal | None]
@@ -117,8 +119,9 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         check_sampling_options(
-            scheduler=self.sampler, steps=self.steps, num_samples=self.samples,
-            guidance_scale=self.guidance, mask_mode=self.mask, patch_shift=self.patch_shift,
+            scheduler=self.sampler, steps=self.steps, num_samples=self.samples, seed=self.seed,
+            eta=self.eta, guidance_scale=self.guidance, mask_mode=self.mask,
+            patch_shift=self.patch_shift,
         )  # fmt: skip
 
 
@@ -127,10 +130,13 @@ def check_sampling_options(
     scheduler: str | SchedulerMixin = samplers.DEFAULT_SCHEDULER,
     steps: int = 20,
     num_samples: int = 1,
+    seed: int = 0,
+    eta: float = 0.0,
     guidance_scale: float = 1.0,
     guidance_rescale: float = 0.0,
     guidance_interval: tuple[float, float] | None = None,
     mask_mode: str = "auto",
+    conf_threshold: float | None = None,
     mask_tolerance: float = PREDICTED_REL_TOL,
     resample_jumps: int = 0,
     max_batch: int | None = None,
@@ -149,9 +155,12 @@ def check_sampling_options(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if num_samples < 1:
         raise ValueError(f"the number of samples must be >= 1, got {num_samples}")
+    check_seeds(seed, num_samples)
+    check_eta(eta)
     check_guidance(guidance_scale, guidance_rescale, guidance_interval)
     if mask_mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {list(MASK_MODES)}, got {mask_mode!r}")
+    check_conf_threshold(conf_threshold)
     check_mask_tolerance(mask_tolerance)
     if resample_jumps < 0:
         raise ValueError(f"resample jumps must be >= 0, got {resample_jumps}")
@@ -202,13 +211,14 @@ def sample_views(
     target_c2w [b, t, 4, 4], target_fxfycxcy [b, t, 4] (pixels of the `image_hw` renders):
         as for `NVSModel.render`, in the input world frame or, with `normalized`, in the
         scene's normalised frame.
-    seed: sample k uses seed `seed + k`, whatever `num_samples` and `max_batch`.
+    seed: sample k uses seed `seed + k` (each in [0, 2**64 - 1]), whatever `num_samples` and
+        `max_batch`.
     noise: "independent" (each view its own noise) or "shared" (every view of a sample
         the same: consistent frames along a trajectory; `sample_seeds`).
     scheduler, steps, eta, guidance_*, resample_jumps: as for `samplers.sample`; a
         scheduler name builds it on the model's noise schedule (`model_scheduler`).
     mask_mode: "off" generates everything; "confidence" generates where the point head's
-        confidence of the regression render is below `conf_threshold` (None: a share
+        confidence of the regression render is below `conf_threshold` (> 1; None: a share
         `gen_nvs.unseen.CONFIDENCE_FRACTION` of the median confidence of the sources'
         renders, or of the targets' when the source cameras are unknown); "auto" uses
         geometry when the source cameras are known or estimated (the sources' depth, from
@@ -248,10 +258,13 @@ def sample_views(
         scheduler=scheduler,
         steps=steps,
         num_samples=num_samples,
+        seed=seed,
+        eta=eta,
         guidance_scale=guidance_scale,
         guidance_rescale=guidance_rescale,
         guidance_interval=guidance_interval,
         mask_mode=mask_mode,
+        conf_threshold=conf_threshold,
         mask_tolerance=mask_tolerance,
         resample_jumps=resample_jumps,
         max_batch=max_batch,

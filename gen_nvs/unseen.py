@@ -48,6 +48,17 @@ def check_mask_tolerance(tolerance: float) -> None:
         )
 
 
+def check_conf_threshold(threshold: float | None) -> None:
+    """ValueError unless the "confidence" mask's `threshold` is None (the default share of
+    the median) or a finite number > 1: the point head's confidence is 1 + exp(x) > 1, so
+    below a threshold <= 1 there is no pixel to generate."""
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 1):
+        raise ValueError(
+            f"confidence threshold must be a finite number > 1 (the point head's confidence "
+            f"is 1 + exp(x), above 1, so no pixel falls below a lower one), got {threshold}"
+        )
+
+
 def unseen_region(
     model: NVSModel,
     scene: EncodedScene,
@@ -79,10 +90,12 @@ def unseen_region(
         caller has it; None: rendered here when needed.
     rel_tol: the geometry test's depth tolerance (`rgbd.unseen_mask`).
 
-    Raises ValueError for an unknown mode, or mode "confidence" without a point head.
+    Raises ValueError for an unknown mode, a threshold `check_conf_threshold` refuses, or
+    mode "confidence" without a point head.
     """
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {list(MASK_MODES)}, got {mode!r}")
+    check_conf_threshold(conf_threshold)
     if mode == "off" or (mode == "auto" and regression.points is None):
         return None
     if regression.points is None:

@@ -6,6 +6,7 @@ All functions work on predictions of any `prediction_type` (epsilon, v or x0) of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -13,9 +14,14 @@ from torch import Tensor
 
 
 def check_guidance(scale: float, rescale: float, interval: tuple[float, float] | None) -> None:
-    """Raise ValueError for a negative scale, a rescale outside [0, 1] or an empty interval."""
-    if scale < 0:
-        raise ValueError(f"guidance scale must be >= 0, got {scale}")
+    """Raise ValueError for a scale that is not a finite number >= 0, a rescale outside
+    [0, 1] (NaN included) or an interval that is not 0 <= low < high (NaN fails it).
+
+    The interval's high may be infinite: the noise-to-signal ratio of a zero terminal SNR
+    schedule's first step is, and (low, inf] guides it too.
+    """
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"guidance scale must be a finite number >= 0, got {scale}")
     if not 0 <= rescale <= 1:
         raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
     if interval is not None:

@@ -39,6 +39,10 @@ from samplers.schedulers import (
     solver_steps,
 )
 
+# The largest seed of a `torch.Generator`; it takes negative ones too, but folds them onto
+# large ones (-1 is 2**64 - 1), so seeds are kept to [0, MAX_SEED].
+MAX_SEED = 2**64 - 1
+
 
 class SamplingCancelled(Exception):
     """Sampling was cancelled by the step callback; `step` is the last finished step."""
@@ -105,8 +109,8 @@ def sample(
         at the scheduler's timesteps `t` [n] (integer-valued except for fractional
         Euler/Heun spacings), `conditional=False` for guidance's unconditional branch.
         Runs without autograd.
-    seeds: one seed per sample, or a base seed `s` giving sample k the seed `s + k`. Sample k
-        depends only on its seed, not on `num_samples`.
+    seeds: one seed per sample, or a base seed `s` giving sample k the seed `s + k`, all in
+        [0, MAX_SEED]. Sample k depends only on its seed, not on `num_samples`.
     scheduler: a name from `SCHEDULER_NAMES` (built for the denoiser's prediction type,
         default options otherwise) or a scheduler from `build_scheduler`, which must expect
         the denoiser's prediction type and run its schedule (`scheduler_for`); it is
@@ -235,14 +239,39 @@ class _Loop:
         return x, first_call
 
 
+def check_seeds(first: int, count: int = 1, name: str = "seed") -> None:
+    """ValueError, naming the option `name`, unless the seeds `first` ... `first + count - 1`
+    all lie in [0, MAX_SEED]."""
+    if 0 <= first <= MAX_SEED - (count - 1):
+        return
+    if count == 1:
+        raise ValueError(
+            f"{name} must be in [0, 2**64 - 1] (a torch generator's seeds), got {first}"
+        )
+    raise ValueError(
+        f"{name} must be in [0, 2**64 - {count}]: the {count} samples use seeds {name} to "
+        f"{name} + {count - 1}, and a torch generator's seeds are in [0, 2**64 - 1]; got {first}"
+    )
+
+
+def check_eta(eta: float) -> None:
+    """ValueError unless DDIM's `eta` is a finite number >= 0."""
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+
+
 def _seed_list(seeds: int | Sequence[int], num_samples: int) -> list[int]:
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if not isinstance(seeds, Sequence):
-        return [operator.index(seeds) + k for k in range(num_samples)]
+        first = operator.index(seeds)
+        check_seeds(first, num_samples)
+        return [first + k for k in range(num_samples)]
     seeds = [operator.index(seed) for seed in seeds]
     if len(seeds) != num_samples:
         raise ValueError(f"expected {num_samples} seeds (one per sample), got {len(seeds)}")
+    for seed in seeds:
+        check_seeds(seed)
     return seeds
 
 
@@ -281,11 +310,10 @@ def _completion_inputs(
 def _step_kwargs(scheduler: SchedulerMixin, eta: float, generators: list[torch.Generator]) -> dict:
     """Keyword arguments for `scheduler.step`: the per-sample generators where it draws
     noise, and DDIM's eta."""
+    check_eta(eta)
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {"generator": generators} if "generator" in accepted else {}
     if "eta" in accepted:
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         kwargs["eta"] = eta
     elif eta != 0:
         raise ValueError(f"eta applies to DDIM only, got eta={eta} for {type(scheduler).__name__}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -448,3 +449,73 @@ def test_no_patch_shift_is_recorded_and_reaches_the_sampler(workspace, tmp_path,
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["sampling"]["patch_shift"] is False
     assert patch_shifts == [False]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--guidance", "nan"], "guidance scale must be a finite number >= 0, got nan"),
+        (["--guidance", "inf"], "guidance scale must be a finite number >= 0, got inf"),
+        (["--seed", "-1"], "--seed must be in [0, 2**64 - 1] (a torch generator's seeds), got -1"),
+        # Scene i's sample k uses seed + i * samples + k: 2 scenes of 2 samples use 4 seeds.
+        (
+            ["--seed", str(2**64 - 3), "--samples", "2"],
+            "--seed must be in [0, 2**64 - 4]: the 4 samples use seeds --seed to --seed + 3",
+        ),
+    ],
+)
+def test_bad_sampling_options_fail_before_any_work(
+    workspace, tmp_path, capsys, monkeypatch, extra, message
+):
+    # --guidance nan used to run the whole evaluation, then fail writing results.json.
+    def evaluate_nothing(*args, **kwargs):
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr("gen_nvs.commands.eval.evaluate", evaluate_nothing)
+    diffusion = ["--checkpoint", str(workspace / "diffusion")]
+    assert _eval(workspace, tmp_path / "out", *diffusion, *extra) == 2
+    assert message in _error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_out_needs_overwrite(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("the last evaluation's")
+    regression = ["--checkpoint", str(workspace / "regression"), "--max-scenes", "1"]
+    assert _eval(workspace, out, *regression) == 2
+    assert f"output directory {out} is not empty; pass --overwrite" in _error(capsys)
+    assert (out / "results.json").read_text() == "the last evaluation's"
+    assert [p.name for p in out.iterdir()] == ["results.json"]
+    assert _eval(workspace, out, *regression, "--overwrite") == 0
+    assert json.loads((out / "results.json").read_text())["dataset"]["num_scenes"] == 1
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")
+    assert _eval(workspace, tmp_path / "file", *regression) == 2
+    assert "exists and is not a directory" in _error(capsys)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_evaluation_takes_back_what_it_wrote(workspace, tmp_path, capsys, existing):
+    # The second scene's image is damaged: the first scene's grid was written by then.
+    data = tmp_path / "scenes"
+    shutil.copytree(workspace / "scenes", data)
+    second = RE10KReader(data, None).scene_names[1]
+    image = sorted((data / "images" / second).iterdir())[0]
+    image.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    overwrite = []
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("the user's")
+        overwrite = ["--overwrite"]
+    argv = ["eval", "--data", str(data), "--out", str(out), "--device", "cpu"]
+    regression = ["--checkpoint", str(workspace / "regression")]
+    assert main([*argv, *regression, *overwrite]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after "LPIPS skipped: ..."
+    assert error.startswith("gen-nvs eval: error: cannot read image") and str(image) in error
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+        assert (out / "notes.txt").read_text() == "the user's"
+    else:
+        assert not out.exists()

@@ -132,7 +132,66 @@ def bad_inputs(setup, tmp_path):
     return {
         "sampler": (["--sampler", "plms"], "unknown sampler 'plms', expected one of ["),
         "steps": (["--steps", "0"], "steps must be >= 1, got 0"),
-        "guidance": (["--guidance", "-0.5"], "guidance scale must be >= 0, got -0.5"),
+        "guidance": (
+            ["--guidance", "-0.5"],
+            "guidance scale must be a finite number >= 0, got -0.5",
+        ),
+        "guidance NaN": (
+            ["--guidance", "nan"],
+            "guidance scale must be a finite number >= 0, got nan",
+        ),
+        "guidance inf": (
+            ["--guidance", "inf"],
+            "guidance scale must be a finite number >= 0, got inf",
+        ),
+        "guidance rescale NaN": (
+            ["--guidance", "2", "--guidance-rescale", "nan"],
+            "guidance rescale must be in [0, 1], got nan",
+        ),
+        "guidance interval NaN": (
+            ["--guidance", "2", "--guidance-interval", "0", "nan"],
+            "guidance interval must be (low, high) with 0 <= low < high, got (0.0, nan)",
+        ),
+        "eta NaN": (["--eta", "nan"], "eta must be a finite number >= 0, got nan"),
+        "conf threshold NaN": (
+            ["--mask", "confidence", "--conf-threshold", "nan"],
+            "confidence threshold must be a finite number > 1 (the point head's confidence",
+        ),
+        "conf threshold 1": (
+            ["--mask", "confidence", "--conf-threshold", "1"],
+            "confidence threshold must be a finite number > 1",
+        ),
+        "conf threshold unused": (
+            ["--mask", "off", "--conf-threshold", "3"],
+            "--conf-threshold sets the confidence mask's threshold, but --mask off has no",
+        ),
+        "seed too large": (
+            ["--seed", "99999999999999999999999"],
+            "--seed must be in [0, 2**64 - 2]: the 2 samples use seeds --seed to --seed + 1, "
+            "and a torch generator's seeds are in [0, 2**64 - 1]; got 99999999999999999999999",
+        ),
+        "seed + k too large": (
+            ["--seed", str(2**64 - 1)],
+            f"--seed must be in [0, 2**64 - 2]: the 2 samples use seeds --seed to --seed + 1, "
+            f"and a torch generator's seeds are in [0, 2**64 - 1]; got {2**64 - 1}",
+        ),
+        "seed negative": (["--seed", "-1"], "--seed must be in [0, 2**64 - 2]"),
+        "memory budget NaN": (
+            ["--memory-budget", "nan"],
+            "--memory-budget must be a positive number of GiB, got nan",
+        ),
+        "memory budget 0": (
+            ["--memory-budget", "0"],
+            "--memory-budget must be a positive number of GiB, got 0.0",
+        ),
+        "side by side without video": (
+            ["--trajectory", "orbit", "--frames", "2", "--side-by-side", "--video", "none"],
+            "--side-by-side writes a video; it needs --video mp4 or gif, got --video none",
+        ),
+        "side by side of one view": (
+            ["--azimuth", "10", "--side-by-side"],
+            "--side-by-side writes a video of the target views; it needs more than one, got 1",
+        ),
         "mask size": (
             ["--mask-file", str(tmp_path / "mask.png")],
             "mask.png is 16x16, expected 32x32",
@@ -160,6 +219,10 @@ def bad_inputs(setup, tmp_path):
             ["--mask-tolerance", "inf"],
             "mask tolerance must be a finite number >= 0",
         ),
+        "mask tolerance NaN": (
+            ["--mask-tolerance", "nan"],
+            "mask tolerance must be a finite number >= 0 (a large one, e.g. 1e9, keeps only",
+        ),
     }
 
 
@@ -169,6 +232,21 @@ def bad_inputs(setup, tmp_path):
         "sampler",
         "steps",
         "guidance",
+        "guidance NaN",
+        "guidance inf",
+        "guidance rescale NaN",
+        "guidance interval NaN",
+        "eta NaN",
+        "conf threshold NaN",
+        "conf threshold 1",
+        "conf threshold unused",
+        "seed too large",
+        "seed + k too large",
+        "seed negative",
+        "memory budget NaN",
+        "memory budget 0",
+        "side by side without video",
+        "side by side of one view",
         "mask size",
         "memory",
         "batch memory",
@@ -178,6 +256,7 @@ def bad_inputs(setup, tmp_path):
         "cameras",
         "targets",
         "mask tolerance",
+        "mask tolerance NaN",
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(setup, bad_inputs, tmp_path, capsys, case):
@@ -185,6 +264,26 @@ def test_bad_input_is_one_line_and_exit_code_2(setup, bad_inputs, tmp_path, caps
     assert sample(setup, tmp_path / "out", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gen-nvs sample: error: ") and message in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_side_by_side_of_explicit_cameras_needs_two(setup, tmp_path, capsys):
+    # How many cameras a file holds is known once it is read: the check runs after the
+    # encoding, and the output folder it made goes again.
+    out = tmp_path / "out"
+    assert sample(setup, out, "--trajectory", "orbit", "--frames", "2") == 0
+    cameras = json.loads((out / "cameras.json").read_text())
+    cameras["frames"] = cameras["frames"][:1]
+    (tmp_path / "one.json").write_text(json.dumps(cameras))
+    again = tmp_path / "again"
+    assert (
+        sample(setup, again, "--target-cameras", str(tmp_path / "one.json"), "--side-by-side") == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        "--side-by-side writes a video of the target views; it needs more than one, got 1"
+    )
+    assert not again.exists()
 
 
 def test_side_by_side_video_of_regression_sample_and_depth(setup, tmp_path):

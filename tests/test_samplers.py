@@ -33,6 +33,8 @@ from samplers import (
     set_steps,
 )
 from samplers.denoiser import prediction_target, prediction_to_x0
+from samplers.guidance import check_guidance
+from samplers.sampling import MAX_SEED, check_seeds
 
 # diffusers' set_timesteps calls np.array on torch tensors, which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -402,7 +404,7 @@ def test_cfg_and_rescale():
     torch.testing.assert_close(
         rescaled / guided, torch.full_like(guided, (cond.std() / guided.std()).item())
     )
-    with pytest.raises(ValueError, match="guidance scale must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="guidance scale must be a finite number >= 0, got -1"):
         cfg(cond, uncond, -1.0)
     with pytest.raises(ValueError, match=r"guidance rescale must be in \[0, 1\], got 1.5"):
         rescale_guidance(guided, cond, 1.5)
@@ -574,7 +576,7 @@ def test_sample_errors():
         sample(model_fn, **{**run, "scheduler": "nope"})
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         sample(model_fn, **{**run, "steps": 0})
-    with pytest.raises(ValueError, match="guidance scale must be >= 0, got -0.5"):
+    with pytest.raises(ValueError, match="guidance scale must be a finite number >= 0, got -0.5"):
         sample(model_fn, guidance_scale=-0.5, **run)
     with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
         sample(model_fn, num_samples=0, **run)
@@ -588,3 +590,49 @@ def test_sample_errors():
         ValueError, match=r"model_fn returned shape \(1, 3, 4, 4\), expected \(1, 3, 8, 8\)"
     ):
         sample(Denoiser(lambda x, t, c: x[..., :4, :4], "epsilon", model_fn.alphas_cumprod), **run)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_guidance_and_eta_are_refused_before_sampling(value):
+    # NaN passed the old `< 0` checks and gave black samples; inf made the guided
+    # prediction NaN. Neither reaches the network now.
+    model_fn = optimal_model(build_scheduler("ddim"))
+    run = dict(shape=SHAPE, scheduler="ddim", steps=3)
+    with pytest.raises(
+        ValueError, match=f"guidance scale must be a finite number >= 0, got {value}"
+    ):
+        sample(model_fn, guidance_scale=value, **run)
+    with pytest.raises(ValueError, match=rf"guidance rescale must be in \[0, 1\], got {value}"):
+        sample(model_fn, guidance_scale=2.0, guidance_rescale=value, **run)
+    with pytest.raises(ValueError, match=f"eta must be a finite number >= 0, got {value}"):
+        sample(model_fn, eta=value, **run)
+    with pytest.raises(ValueError, match=f"eta must be a finite number >= 0, got {value}"):
+        sample(model_fn, eta=value, **{**run, "scheduler": "euler"})
+    assert model_fn.calls == []
+
+
+def test_guidance_interval_refuses_nan_and_takes_an_open_end():
+    for interval in [(math.nan, 1.0), (0.5, math.nan), (math.inf, math.inf)]:
+        with pytest.raises(ValueError, match=r"0 <= low < high, got \("):
+            check_guidance(2.0, 0.0, interval)
+    check_guidance(2.0, 0.0, (0.5, math.inf))  # a zero terminal SNR schedule's first level
+
+
+def test_seeds_outside_a_generators_range_name_the_option():
+    model_fn = optimal_model(build_scheduler("ddim"))
+    run = dict(shape=SHAPE, scheduler="ddim", steps=1)
+    # torch folds -1 onto 2**64 - 1 and overflows past it, with a message that names nothing.
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64 - 1\].*got -1"):
+        sample(model_fn, seeds=[3, -1], num_samples=2, **run)
+    with pytest.raises(ValueError, match=f"seed must be in .*got {MAX_SEED + 1}"):
+        sample(model_fn, seeds=MAX_SEED + 1, **run)
+    with pytest.raises(
+        ValueError,
+        match=r"seed must be in \[0, 2\*\*64 - 2\]: the 2 samples use seeds seed to seed \+ 1"
+        f".*got {MAX_SEED}",
+    ):
+        sample(model_fn, seeds=MAX_SEED, num_samples=2, **run)
+    assert model_fn.calls == []
+    assert sample(model_fn, seeds=MAX_SEED - 1, num_samples=2, **run).shape == (2, *SHAPE)
+    with pytest.raises(ValueError, match=rf"--seed must be in \[0, 2\*\*64 - 4\].*got {10**23}"):
+        check_seeds(10**23, 4, "--seed")

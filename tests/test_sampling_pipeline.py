@@ -20,6 +20,8 @@ from gen_nvs.models.nvs import NVSModel, build_model
 from gen_nvs.sampling import (
     FINAL_SHIFTS,
     SampledViews,
+    SamplingConfig,
+    check_sampling_options,
     model_scheduler,
     network_grid,
     sample_seeds,
@@ -207,7 +209,8 @@ def test_confidence_mask_and_soft_edges(model, scene, views):
     assert torch.all(out.mask[0][~near] == 0)  # the edge reaches two pixels into the rest
     soft = out.mask[(out.mask > 0) & (out.mask < 1)]
     assert soft.numel() > 0  # the edge fades into the seen region
-    everything = draw(model, scene, views, mask_mode="confidence", conf_threshold=math.inf)
+    above_all = 2 * conf.max().item()
+    everything = draw(model, scene, views, mask_mode="confidence", conf_threshold=above_all)
     assert torch.all(everything.mask == 1)
 
 
@@ -308,7 +311,7 @@ def test_errors_name_the_problem(model, scene, views):
         draw(model, scene, views, scheduler="plms")
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         draw(model, scene, views, steps=0)
-    with pytest.raises(ValueError, match="guidance scale must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="guidance scale must be a finite number >= 0, got -1"):
         draw(model, scene, views, guidance_scale=-1.0)
     with pytest.raises(ValueError, match=r"mask must be \[1, 2, 32, 32\].*got \[1, 2, 16, 16\]"):
         draw(model, scene, views, mask=torch.zeros(1, 2, 16, 16))
@@ -332,6 +335,49 @@ def test_errors_name_the_problem(model, scene, views):
         sample_views(tiny_model(), scene, *targets(views), HW)
     with pytest.raises(ValueError, match="patch_shift must be True or False, got 'yes'"):
         draw(model, scene, views, patch_shift="yes")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_options_are_refused_before_any_rendering(model, scene, views, value):
+    # NaN passed the old `< 0` checks: black samples (guidance, eta) or an empty mask
+    # (the confidence threshold), with exit code 0.
+    calls = []
+    counting = copy.copy(model)
+    counting.render = lambda *args, **kwargs: calls.append(args)
+    cases = {
+        "guidance_scale": "guidance scale must be a finite number >= 0",
+        "eta": "eta must be a finite number >= 0",
+        "conf_threshold": "confidence threshold must be a finite number > 1",
+        "mask_tolerance": "mask tolerance must be a finite number >= 0",
+    }
+    for option, message in cases.items():
+        with pytest.raises(ValueError, match=f"{message}.*got {value}"):
+            draw(counting, scene, views, mask_mode="confidence", **{option: value})
+    assert calls == []
+
+
+def test_a_confidence_threshold_at_or_below_one_is_refused(model, scene, views):
+    # The point head's confidence is 1 + exp(x) > 1: no pixel falls below 1, and the
+    # "confidence" mask would silently generate nothing.
+    for bad in (1.0, 0.5, -3.0):
+        with pytest.raises(ValueError, match=f"threshold must be a finite number > 1.*got {bad}"):
+            check_sampling_options(conf_threshold=bad)
+    with pytest.raises(ValueError, match="confidence threshold must be a finite number > 1"):
+        unseen_region(model, scene, None, None, None, HW, mode="confidence", conf_threshold=1.0)
+    check_sampling_options(conf_threshold=1.5)
+
+
+def test_sampling_config_checks_seed_and_eta():
+    # Sample k uses seed + k: every one must be a seed a torch generator takes.
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64 - 4\].*got 18446"):
+        SamplingConfig(seed=2**64 - 2, samples=4)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64 - 1\].*got -1"):
+        SamplingConfig(seed=-1, samples=1)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0, got nan"):
+        SamplingConfig(sampler="ddim", eta=math.nan)
+    with pytest.raises(ValueError, match="guidance scale must be a finite number >= 0, got inf"):
+        SamplingConfig(guidance=math.inf)
+    assert SamplingConfig(seed=2**64 - 4, samples=4).seed == 2**64 - 4
 
 
 # --------------------------------------------------------------------------------------

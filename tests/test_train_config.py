@@ -171,6 +171,28 @@ def test_recipe_warm_starts_from_an_export_and_sets_stage_options(tmp_path):
     assert exit_info.value.code == 2 and not runs.exists() and not data.exists()
 
 
+def test_recipe_evaluates_its_last_export_again_on_every_run(tmp_path, monkeypatch):
+    """`gen-nvs eval` refuses a non-empty --out without --overwrite: the recipe's own
+    evaluation folders are rewritten on a rerun (the stages themselves skipped here)."""
+    from types import SimpleNamespace
+
+    import gen_nvs.train.recipe as recipe
+
+    calls = []
+    monkeypatch.setattr(recipe, "make_data", lambda data: None)
+    monkeypatch.setattr(recipe, "exported_step", lambda export: 10**9)  # every stage done
+    monkeypatch.setattr(recipe, "load_model", lambda path: SimpleNamespace(can_sample=True))
+    monkeypatch.setattr(recipe, "_gen_nvs", calls.append)
+    runs = tmp_path / "runs"
+    for _ in range(2):
+        assert recipe.main(["--runs", str(runs), "--data", str(tmp_path / "data")]) == 0
+    evals = [call for call in calls if call[0] == "eval"]
+    assert len(evals) == 4
+    outs = [call[call.index("--out") + 1] for call in evals]
+    assert outs == [str(runs / "eval"), str(runs / "eval-copy")] * 2
+    assert all("--overwrite" in call for call in evals)
+
+
 def test_recipe_skips_only_finished_stages(tmp_path):
     """Training writes its export at every checkpoint: the recipe treats a stage as done
     only when its export reached the stage's last step (a part-way export resumes)."""

@@ -16,7 +16,8 @@ unseen estimate (the sampler's "auto" mask) against the depth's: IoU and unseen 
 Targets may repeat the sources (`configs/eval/procedural64-copy.json`, the copy probe):
 their unseen region is empty, and null in the results.
 
-Writes OUT/results.json and OUT/grids/*.png, and prints the means.
+Writes OUT/results.json and OUT/grids/*.png, and prints the means. OUT must be new or
+empty unless `--overwrite`; a failed evaluation takes back what it wrote there.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSetti
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR
 from gen_nvs.models.perceptual import load_lpips
 from gen_nvs.options import add_model_arguments, check_render_size, resolve_device
+from gen_nvs.outputs import check_output_dir, output_dir
 from gen_nvs.pipeline import NVSPipeline
 from gen_nvs.sampling import SamplingConfig, check_sampling_options
 from gen_nvs.unseen import MASK_MODES, PREDICTED_REL_TOL
+from samplers.sampling import check_seeds
 
 DEFAULT_SAMPLES = SamplingConfig().samples
 DEFAULT_MAX_TARGETS = 4
@@ -44,7 +47,15 @@ DEFAULT_MAX_TARGETS = 4
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root (RE10K layout)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR",
+        help="output directory for results.json and grids/ (new or empty; see --overwrite)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="write into a non-empty --out directory: results.json and the evaluated scenes' "
+        "grids are replaced, other files stay",
+    )  # fmt: skip
     parser.add_argument(
         "--index", type=Path, help="evaluation index JSON (default: first views are sources)"
     )
@@ -122,16 +133,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--samples must be >= 0, got {args.samples}")
     check_sampling_options(
         scheduler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
-        mask_tolerance=args.mask_tolerance,
+        mask_mode=args.mask_mode, mask_tolerance=args.mask_tolerance,
     )  # fmt: skip
+    check_seeds(args.seed, name="--seed")  # and for every sample, once they are counted
     if args.max_scenes is not None and args.max_scenes < 1:
         raise CommandError(f"--max-scenes must be >= 1, got {args.max_scenes}")
     if args.num_sources < 1:
         raise CommandError(f"--num-sources must be >= 1, got {args.num_sources}")
     if args.max_targets < 1:
         raise CommandError(f"--max-targets must be >= 1, got {args.max_targets}")
-    if args.out.exists() and not args.out.is_dir():
-        raise CommandError(f"--out {args.out} exists and is not a directory")
+    check_output_dir(args.out, args.overwrite)
 
 
 def _reader(args: argparse.Namespace) -> RE10KReader:
@@ -177,7 +188,11 @@ def _lpips(args: argparse.Namespace, device: torch.device):
         return None, str(err)
 
 
-def _sampling(args: argparse.Namespace, can_sample: bool) -> SamplingSettings | None:
+def _sampling(
+    args: argparse.Namespace, can_sample: bool, num_scenes: int
+) -> SamplingSettings | None:
+    """The sampling settings, or None for regression only; CommandError for samples from
+    a regression model, ValueError for a --seed too large for every sample's seed."""
     samples = args.samples
     if samples is None:
         samples = DEFAULT_SAMPLES if can_sample else 0
@@ -188,6 +203,7 @@ def _sampling(args: argparse.Namespace, can_sample: bool) -> SamplingSettings | 
             f"--samples {samples}: the model is a regression model (no diffusion decoder) "
             "and cannot sample; use a diffusion checkpoint or --samples 0"
         )
+    check_seeds(args.seed, num_scenes * samples, "--seed")  # scene i: seed + i * samples + k
     return SamplingSettings(
         num_samples=samples,
         steps=args.steps,
@@ -273,30 +289,32 @@ def run(args: argparse.Namespace) -> int:
     pipe = NVSPipeline.from_pretrained(args.checkpoint, device)
     if args.size is not None:
         check_render_size(tuple(args.size), pipe.model.patch_size)
-    sampling = _sampling(args, pipe.model.can_sample)
+    num_scenes = len(dataset) if args.max_scenes is None else min(len(dataset), args.max_scenes)
+    sampling = _sampling(args, pipe.model.can_sample, num_scenes)
     lpips_net, lpips_reason = _lpips(args, device)
-    results = evaluate(
-        pipe,
-        dataset,
-        out_dir=args.out,
-        lpips_net=lpips_net,
-        lpips_unavailable=lpips_reason,
-        sampling=sampling,
-        max_scenes=args.max_scenes,
-        mask_tolerance=args.mask_tolerance,
-        model_info={
-            "checkpoint": args.checkpoint,
-            "path": str(args.checkpoint or DEFAULT_MODEL_DIR),
-            "embedded": args.checkpoint is None,
-        },
-        dataset_info={
-            "root": str(args.data),
-            "index": None if args.index is None else str(args.index),
-            "num_sources": None if args.index is not None else args.num_sources,
-            "max_targets": None if args.index is not None else args.max_targets,
-            "image_size": None if args.size is None else list(args.size),
-        },
-    )
+    with output_dir(args.out, args.overwrite) as out:  # removed again if anything fails
+        results = evaluate(
+            pipe,
+            dataset,
+            out_dir=out,
+            lpips_net=lpips_net,
+            lpips_unavailable=lpips_reason,
+            sampling=sampling,
+            max_scenes=args.max_scenes,
+            mask_tolerance=args.mask_tolerance,
+            model_info={
+                "checkpoint": args.checkpoint,
+                "path": str(args.checkpoint or DEFAULT_MODEL_DIR),
+                "embedded": args.checkpoint is None,
+            },
+            dataset_info={
+                "root": str(args.data),
+                "index": None if args.index is None else str(args.index),
+                "num_sources": None if args.index is not None else args.num_sources,
+                "max_targets": None if args.index is not None else args.max_targets,
+                "image_size": None if args.size is None else list(args.size),
+            },
+        )
     _print_means(results)
-    print(f"wrote {args.out / RESULTS_FILE} and {len(results['scenes'])} grid(s)")
+    print(f"wrote {out / RESULTS_FILE} and {len(results['scenes'])} grid(s)")
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -70,6 +71,7 @@ from gen_nvs.sampling import (
     scene_to_world,
 )
 from gen_nvs.unseen import MASK_MODES, PREDICTED_REL_TOL
+from samplers.sampling import check_seeds
 
 DEFAULTS = SamplingConfig()  # the project's one set of sampling defaults
 
@@ -86,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--side-by-side", action="store_true",
-        help="also write side_by_side.<format>: regression | sample 0 | depth of sample 0",
+        help="also write side_by_side.<format>, a video of regression | sample 0 | depth of "
+        "sample 0 (needs more than one target view and a --video format)",
     )  # fmt: skip
     group = parser.add_argument_group("sampling")
     group.add_argument(
@@ -124,7 +127,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"samples per target (default {DEFAULTS.samples})",
     )  # fmt: skip
     group.add_argument(
-        "--seed", type=int, default=DEFAULTS.seed, help="sample k uses seed + k (default 0)"
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="sample k uses seed + k, each in [0, 2**64 - 1] (default 0)",
     )
     group.add_argument(
         "--mask",
@@ -141,7 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--conf-threshold",
         type=float,
-        help="confidence below which a pixel is generated (default: half the sources' median)",
+        help="the confidence mask's threshold, > 1: a pixel whose confidence is below it is "
+        "generated (default: half the sources' median)",
     )
     group.add_argument(
         "--mask-tolerance",
@@ -170,11 +177,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config, options = _sampling(args)  # checked before any loading
     videos = video_formats(args)
-    if args.mask_file is not None and args.mask != "auto":
-        raise ValueError(f"give --mask-file or --mask, got both (--mask {args.mask})")
+    spec = target_spec_from_args(args)
+    if args.side_by_side:  # explicit cameras are counted once read, below
+        _check_side_by_side(videos, 1 if spec.kind == "view" else spec.frames)
     check_output_dir(args.out, args.overwrite)  # before any loading
     device = resolve_device(args.device)
-    spec = target_spec_from_args(args)
     pipe = NVSPipeline.from_pretrained(args.checkpoint, device)
     require_diffusion(pipe.model, f"checkpoint {args.checkpoint or '(the embedded default)'}")
     image_hw = source_render_size(args, pipe.model.patch_size)
@@ -185,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         scene = pipe.encode(sources)
         spec = scene.focused(spec)
         targets = pipe.targets(scene, spec)
+        if args.side_by_side:
+            _check_side_by_side(videos, targets.num_views)
         if mask is not None:
             mask = mask.expand(1, targets.num_views, *image_hw).to(device)
         config = dataclasses.replace(config, noise=_noise(args, targets.num_views))
@@ -234,6 +243,19 @@ def _write_videos(
     return written
 
 
+def _check_side_by_side(videos: list[str], num_views: int) -> None:
+    """ValueError unless --side-by-side has a video to write: a format, more than one view."""
+    if not videos:
+        raise ValueError(
+            "--side-by-side writes a video; it needs --video mp4 or gif, got --video none"
+        )
+    if num_views < 2:
+        raise ValueError(
+            f"--side-by-side writes a video of the target views; it needs more than one, got "
+            f"{num_views}"
+        )
+
+
 def _noise(args: argparse.Namespace, num_views: int) -> str:
     if args.noise != "auto":
         return args.noise
@@ -243,23 +265,42 @@ def _noise(args: argparse.Namespace, num_views: int) -> str:
 def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, dict]:
     """The sampling options of the command line, checked (`check_sampling_options`) ->
     (SamplingConfig, the further options of `NVSPipeline.sample`)."""
+    _check_options(args)
     options = dict(
         guidance_rescale=args.guidance_rescale,
         guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
+        conf_threshold=args.conf_threshold,
         mask_tolerance=args.mask_tolerance,
         resample_jumps=args.resample_jumps,
         max_batch=args.max_batch,
-        memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30),
+        memory_budget=None if args.memory_budget is None else math.ceil(args.memory_budget * 2**30),
     )
     check_sampling_options(
-        scheduler=args.sampler, steps=args.steps, num_samples=args.samples,
+        scheduler=args.sampler, steps=args.steps, num_samples=args.samples, eta=args.eta,
         guidance_scale=args.guidance, mask_mode=args.mask, **options,
     )  # fmt: skip
     config = SamplingConfig(
         sampler=args.sampler, steps=args.steps, guidance=args.guidance, samples=args.samples,
         seed=args.seed, mask=args.mask, eta=args.eta, patch_shift=args.patch_shift,
     )  # fmt: skip
-    return config, {**options, "conf_threshold": args.conf_threshold}
+    return config, options
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError, naming the option, for what the command line alone gets wrong (before
+    `check_sampling_options` sees the values, in the units it takes)."""
+    if args.samples >= 1:  # fewer is check_sampling_options' error
+        check_seeds(args.seed, args.samples, "--seed")
+    budget = args.memory_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--memory-budget must be a positive number of GiB, got {budget}")
+    if args.mask_file is not None and args.mask != "auto":
+        raise ValueError(f"give --mask-file or --mask, got both (--mask {args.mask})")
+    if args.conf_threshold is not None and (args.mask == "off" or args.mask_file is not None):
+        used = "--mask off" if args.mask == "off" else "--mask-file"
+        raise ValueError(
+            f"--conf-threshold sets the confidence mask's threshold, but {used} has no such mask"
+        )
 
 
 def _read_mask(path: Path, image_hw: tuple[int, int]) -> Tensor:

@@ -59,6 +59,7 @@ from gen_nvs.models.nvs import NVSModel
 from gen_nvs.pipeline import NVSPipeline, Scene, Views
 from gen_nvs.sampling import SamplingConfig, check_sampling_options
 from gen_nvs.unseen import PREDICTED_REL_TOL, check_mask_tolerance
+from samplers.sampling import check_seeds
 
 PSNR_MAX_DB = 100.0
 RESULTS_FILE = "results.json"
@@ -112,6 +113,7 @@ class SamplingSettings:
             scheduler=self.scheduler,
             steps=self.steps,
             num_samples=self.num_samples,
+            seed=self.seed,
             guidance_scale=self.guidance_scale,
             mask_mode=self.mask_mode,
             max_batch=self.max_batch,
@@ -577,6 +579,8 @@ def evaluate(
     num_scenes = len(dataset) if max_scenes is None else min(len(dataset), max_scenes)
     if num_scenes < 1:
         raise ValueError("the dataset has no scenes to evaluate")
+    if sampling is not None:  # before the first scene, not at the one whose seeds overflow
+        check_seeds(sampling.seed, num_scenes * sampling.num_samples)
     grid_dir = None
     if out_dir is not None:
         grid_dir = Path(out_dir) / GRID_DIR

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         _gen_nvs(
             ["eval", "--checkpoint", str(final), "--data", str(test), "--out",
-             str(args.runs / out), "--index", str(CONFIG_DIR / "eval" / index), "--samples", count]
+             str(args.runs / out), "--index", str(CONFIG_DIR / "eval" / index), "--samples", count,
+             "--overwrite"]  # the recipe's own evaluation of its latest export
         )  # fmt: skip
     if args.install:
         for name in ("config.json", "model.safetensors"):
