@@ -38,18 +38,21 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from gen_nvs.data.re10k import read_metadata
-from gen_nvs.data.scene import center_crop_resize, load_image
+from gen_nvs.data.scene import center_crop_resize, exif_orientation_size, load_image
 from gen_nvs.geometry.cameras import (
+    MAX_FOV_DEG,
     center_crop_box,
     crop_resize_intrinsics,
     fov_to_focal,
     invert_rigid,
     look_at,
+    normalize_scene,
     validate_cameras,
 )
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.geometry.trajectories import (
     TRAJECTORY_PRESETS,
+    check_distance,
     interpolate,
     make_trajectory,
 )
@@ -66,6 +69,9 @@ MAX_VIEWS = 10
 MAX_ASPECT_SPREAD = 1.25  # largest aspect ratio / smallest
 MAX_SIZE_SPREAD = 4.0  # longest side / shortest longest side
 MIN_IMAGE_SIDE = 16  # pixels on the shorter side of a source image
+# The longest side of an image the commands make (renders, procedural scenes): 4096 x
+# 4096 RGB is 200 MB in float32 per view, and every larger request seen was a typo.
+MAX_IMAGE_SIDE = 4096
 DEFAULT_RESOLUTION = 64  # render/sample without --size: about 64 x 64 pixels
 CROP_NOTE_FRACTION = 0.02  # cropping more of a side than this is said on stderr
 MAX_UPSAMPLING = 4.0  # beyond this a source image is upsampled with a warning
@@ -73,6 +79,9 @@ MAX_UPSAMPLING = 4.0  # beyond this a source image is upsampled with a warning
 DEFAULT_FOV_DEG = 60.0
 # Focus distance (normalised scene units) when no depth tells a better one.
 DEFAULT_FOCUS = 1.0
+# How far (normalised scene units, the scene about 1 across) float32 rounding may move a
+# source camera before its cameras file is refused (`_check_float32_placement`).
+MAX_PLACEMENT_ERROR = 1e-3
 
 
 # --------------------------------------------------------------------------------------
@@ -147,6 +156,8 @@ def render_size(image_hw: tuple[int, int], resolution: int, patch_size: int) -> 
     both sides multiples of `patch_size` (at least one patch)."""
     if resolution < patch_size:
         raise ValueError(f"--resolution must be >= the patch size {patch_size}, got {resolution}")
+    if resolution > MAX_IMAGE_SIDE:
+        raise ValueError(f"--resolution must be at most {MAX_IMAGE_SIDE}, got {resolution}")
     aspect = image_hw[1] / image_hw[0]
     h, w = resolution / math.sqrt(aspect) / patch_size, resolution * math.sqrt(aspect) / patch_size
     # Of the patch grids around (h, w), the one closest in aspect, then in area.
@@ -163,11 +174,12 @@ def render_size(image_hw: tuple[int, int], resolution: int, patch_size: int) -> 
 
 
 def first_image_size(paths: Sequence[str | Path]) -> tuple[int, int]:
-    """(h, w) of the first source image, read from its header."""
+    """(h, w) of the first source image as `load_image` reads it (EXIF orientation
+    applied), from its header."""
     files = list_image_files(paths)
     try:
         with Image.open(files[0]) as image:
-            return image.height, image.width
+            return exif_orientation_size(image)
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {files[0]}: {err}") from None
 
@@ -236,6 +248,10 @@ def load_source_views(
 def _check_image_hw(image_hw: Sequence[int]) -> None:
     if len(image_hw) != 2 or min(image_hw) < 1:
         raise ValueError(f"image size must be two positive numbers (H W), got {list(image_hw)}")
+    if max(image_hw) > MAX_IMAGE_SIDE:
+        raise ValueError(
+            f"image size {list(image_hw)} is too large: at most {MAX_IMAGE_SIDE} pixels a side"
+        )
 
 
 def _check_sizes(files: list[Path], sizes: list[tuple[int, int]]) -> None:
@@ -304,10 +320,45 @@ def _source_cameras(
     c2w, fxfycxcy = [], []
     for row, name, size in zip(rows, names, sizes, strict=True):
         w2c, k = meta.w2c[row : row + 1], meta.fxfycxcy[row : row + 1]
-        validate_cameras(w2c, k, size, f"{path}: frames[{row}] ({name}, {_wxh(size)})")
+        where = f"{path}: frames[{row}] ({name}, {_wxh(size)})"
+        validate_cameras(w2c, k, size, where, max_fov_deg=MAX_FOV_DEG)
         c2w.append(invert_rigid(w2c[0]))
         fxfycxcy.append(crop_resize_intrinsics(k[0], size, image_hw))
-    return torch.stack(c2w).float(), torch.stack(fxfycxcy).float()
+    c2w = torch.stack(c2w)  # (s, 4, 4) float64
+    _check_float32_placement(path, c2w, [f"frames[{row}]" for row in rows])
+    return c2w.float(), torch.stack(fxfycxcy).float()
+
+
+def _check_float32_placement(path: Path, c2w: Tensor, views: list[str]) -> None:
+    """ValueError unless the source cameras c2w [s, 4, 4] (float64) keep their places in
+    the normalised scene when held in float32, as the model holds them.
+
+    float32 keeps about 7 digits of a translation: cameras a few metres apart but
+    millions of units from the origin (geo-referenced reconstructions) would land on a
+    coarse grid and the scene come out distorted, not failing.
+    """
+    if c2w.shape[0] < 2:
+        return  # one source is the normalised frame's origin, wherever it is
+    exact, _ = normalize_scene(c2w, c2w.shape[0])
+    try:
+        rounded, _ = normalize_scene(c2w.float(), c2w.shape[0])
+        error = (rounded.double() - exact)[:, :3, 3].norm(dim=-1).nan_to_num(math.inf).max()
+    except ValueError:  # rounded onto one position
+        error = math.inf
+    if error > MAX_PLACEMENT_ERROR:
+        far = int(c2w[:, :3, 3].norm(dim=-1).argmax())
+        raise ValueError(
+            f"{path}: the source cameras are {c2w[:, :3, 3].norm(dim=-1).max():.4g} units from "
+            f"the world origin ({views[far]}) but only {_spread(c2w):.4g} apart: in float32 they "
+            f"move by up to {error:.2g} of the scene's size; subtract a common offset "
+            "(e.g. the first camera's position) from the cameras"
+        )
+
+
+def _spread(c2w: Tensor) -> float:
+    """The largest distance between two camera centres of c2w [s, 4, 4]."""
+    centres = c2w[:, :3, 3]
+    return (centres[:, None] - centres[None]).norm(dim=-1).max().item()
 
 
 def _preview(names: list[str], limit: int = 5) -> str:
@@ -367,14 +418,18 @@ class TargetSpec:
             )
         if self.frames < 1:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.azimuth_deg is not None and not math.isfinite(self.azimuth_deg):
+            raise ValueError(f"azimuth must be a finite number of degrees, got {self.azimuth_deg}")
         if not -90 < self.elevation_deg < 90:
             raise ValueError(
                 f"elevation must be strictly between -90 and 90, got {self.elevation_deg}"
             )
-        if self.distance is not None and not self.distance > 0:
-            raise ValueError(f"distance must be positive, got {self.distance}")
-        if self.focus is not None and not self.focus > 0:
-            raise ValueError(f"focus must be positive, got {self.focus}")
+        if self.distance is not None and not (self.distance > 0 and math.isfinite(self.distance)):
+            raise ValueError(f"distance must be positive and finite, got {self.distance}")
+        if self.focus is not None and not (self.focus > 0 and math.isfinite(self.focus)):
+            raise ValueError(f"focus must be positive and finite, got {self.focus}")
+        if self.kind == "trajectory":
+            check_distance(self.trajectory or "orbit", self.trajectory_distance)
         if self.from_source < 0:
             raise ValueError(f"source index must be >= 0, got {self.from_source}")
 
@@ -523,7 +578,8 @@ def _file_targets(path: Path, image_hw: tuple[int, int]) -> TargetCameras:
     for k, stored in enumerate(meta.image_paths):
         size = _stored_image_size(path, stored) or tuple(image_hw)
         w2c, intrinsics = meta.w2c[k : k + 1], meta.fxfycxcy[k : k + 1]
-        validate_cameras(w2c, intrinsics, size, f"{path}: frames[{k}] ({_wxh(size)} image)")
+        where = f"{path}: frames[{k}] ({_wxh(size)} image)"
+        validate_cameras(w2c, intrinsics, size, where, max_fov_deg=MAX_FOV_DEG)
         c2w.append(invert_rigid(w2c[0]))
         fxfycxcy.append(crop_resize_intrinsics(intrinsics[0], size, image_hw))
     return TargetCameras(
@@ -540,7 +596,7 @@ def _stored_image_size(metadata: Path, stored: str) -> tuple[int, int] | None:
         if candidate.is_file():
             try:
                 with Image.open(candidate) as image:
-                    return image.height, image.width
+                    return exif_orientation_size(image)
             except (UnidentifiedImageError, OSError) as err:
                 raise ValueError(f"{metadata}: cannot read image {candidate}: {err}") from err
     return None

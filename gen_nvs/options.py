@@ -7,18 +7,21 @@ cameras and videos, and the helpers that check their values and turn them into w
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
-from gen_nvs.geometry.trajectories import DISTANCE_MEANING
+from gen_nvs.geometry.trajectories import DISTANCE_MEANING, MAX_TRAVEL
 from gen_nvs.inputs import (
     DEFAULT_RESOLUTION,
+    MAX_IMAGE_SIDE,
     MAX_VIEWS,
     TRAJECTORY_NAMES,
     TargetSpec,
     first_image_size,
     render_size,
 )
+from gen_nvs.models.checkpoint import HF_EXPORT_FORM
 from gen_nvs.outputs import DEFAULT_CRF, VIDEO_FORMATS
 
 
@@ -45,8 +48,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_RESOLUTION,
         metavar="N",
         help="without --size: render about N x N pixels at the first image's aspect ratio, "
-        f"sides multiples of the patch size (default {DEFAULT_RESOLUTION}, the embedded "
-        "model's training size)",
+        f"sides multiples of the patch size, at most {MAX_IMAGE_SIDE} (default "
+        f"{DEFAULT_RESOLUTION}, the embedded model's training size)",
     )
     group.add_argument("--out", required=True, metavar="DIR", help="output directory")
     group.add_argument(
@@ -70,7 +73,7 @@ def add_model_arguments(
     group.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="model export (directory or hf://org/repo[/subdir]); default: the embedded model",
+        help=f"model export (directory or {HF_EXPORT_FORM}); default: the embedded model",
     )
     group.add_argument(
         "--size",
@@ -78,7 +81,8 @@ def add_model_arguments(
         type=int,
         default=None if default_size is None else list(default_size),
         metavar=("H", "W"),
-        help=f"input and render size, multiples of the model's patch size ({default})",
+        help=f"input and render size, multiples of the model's patch size, at most "
+        f"{MAX_IMAGE_SIDE} ({default})",
     )
     group.add_argument(
         "--device",
@@ -143,7 +147,17 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
-    """The TargetSpec of the `add_target_arguments` options; ValueError on a conflict."""
+    """The TargetSpec of the `add_target_arguments` options; ValueError on a conflict or
+    a value out of range, naming the option."""
+    for option in ("azimuth", "elevation", "distance", "focus", "trajectory_distance"):
+        value = getattr(args, option)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{option.replace('_', '-')} must be a finite number, got {value}")
+    for option, value in (("--distance", args.distance), ("--focus", args.focus)):
+        if value is not None and not 0 < value <= MAX_TRAVEL:
+            raise ValueError(
+                f"{option} must be in (0, {MAX_TRAVEL:g}] (normalised scene units), got {value}"
+            )
     view_options = {
         "--azimuth": args.azimuth,
         "--elevation": args.elevation,
@@ -189,28 +203,51 @@ def source_render_size(args: argparse.Namespace, patch_size: int) -> tuple[int, 
         image_hw = (int(args.size[0]), int(args.size[1]))
         check_render_size(image_hw, patch_size)
         return image_hw
-    return render_size(first_image_size(args.images), args.resolution, patch_size)
+    first = first_image_size(args.images)
+    image_hw = render_size(first, args.resolution, patch_size)
+    if max(image_hw) > MAX_IMAGE_SIDE:
+        raise ValueError(
+            f"--resolution {args.resolution} at the aspect of the first image ({first[1]}x"
+            f"{first[0]}) renders {image_hw[1]}x{image_hw[0]}, more than {MAX_IMAGE_SIDE} "
+            "pixels a side; lower --resolution or give --size"
+        )
+    return image_hw
 
 
 def check_render_size(image_hw: tuple[int, int], patch_size: int) -> None:
-    """ValueError unless `--size` is a multiple of the model's patch size."""
+    """ValueError unless `--size` is positive, at most `MAX_IMAGE_SIDE` and a multiple of
+    the model's patch size."""
+    given = f"--size {image_hw[0]} {image_hw[1]}"
+    if min(image_hw) < 1 or max(image_hw) > MAX_IMAGE_SIDE:
+        raise ValueError(f"{given} must be between 1 and {MAX_IMAGE_SIDE} pixels a side")
     if image_hw[0] % patch_size or image_hw[1] % patch_size:
-        raise ValueError(
-            f"--size {image_hw[0]} {image_hw[1]} must be multiples of the model's patch size "
-            f"{patch_size}"
-        )
+        raise ValueError(f"{given} must be multiples of the model's patch size {patch_size}")
 
 
 def resolve_device(name: str) -> torch.device:
-    """A `--device` value -> torch.device ("auto": cuda when available, else cpu)."""
+    """A `--device` value -> torch.device ("auto": cuda when available, else cpu);
+    ValueError naming the option for a device that is unknown or not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+        raise ValueError(
+            f"--device: unknown device {name!r}; expected auto, cpu or cuda[:N]"
+        ) from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device: device {name!r} was asked for but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device: device {name!r} was asked for but there are "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device: device {name!r} was asked for but MPS is not available")
+    elif device.type != "cpu":
+        raise ValueError(f"--device: device {name!r} is not supported: use auto, cpu or cuda[:N]")
     return device
 
 
@@ -230,8 +267,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 def video_formats(args: argparse.Namespace) -> list[str]:
     """The checked video options of `add_video_arguments` -> the formats to write."""
-    if not args.fps > 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
+    if not (args.fps > 0 and math.isfinite(args.fps)):
+        raise ValueError(f"--fps must be positive and finite, got {args.fps}")
     if not 0 <= args.video_quality <= 51:
         raise ValueError(f"--video-quality must be in 0..51, got {args.video_quality}")
     if "none" in args.video:

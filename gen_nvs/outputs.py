@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
@@ -226,20 +227,34 @@ def side_by_side(*rows: Sequence[Image.Image]) -> list[Image.Image]:
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """ValueError unless `path` can be written: absent, an empty directory, or (with
-    `overwrite`) a directory whose files are then replaced. Creates nothing."""
+    """ValueError unless `path` can be written: absent (below a folder this process may
+    write in), an empty directory, or (with `overwrite`) a directory whose files are then
+    replaced. Creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ValueError(f"output directory {path} is not empty; pass --overwrite to write into it")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the output folder {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == path else f"its parent {existing}"
+        raise ValueError(f"cannot write the output folder {path}: {where} is not writable")
     return path
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create `path` after `check_output_dir`."""
+    """Create `path` after `check_output_dir`; ValueError naming the folder and the reason
+    when the system refuses (permissions, a read-only or virtual file system)."""
     path = check_output_dir(path, overwrite)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parent = next(p for p in path.parents if p.is_dir() or p == p.parent)
+        raise ValueError(
+            f"cannot create the output folder {path} in {parent}: {err.strerror or err}"
+        ) from err
     return path
 
 

@@ -25,6 +25,7 @@ from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.models.config import model_config
 from gen_nvs.models.nvs import build_model, save_model
 from gen_nvs.train.loop import main as train_main
+from tests.conftest import FIXTURES
 
 SIZE = ["--size", "32", "32"]
 
@@ -126,6 +127,50 @@ def cameras_non_finite(work):
     return _render(work, *_images(work), *_cameras(work))
 
 
+def cameras_translation_overflows(work):
+    def edit(record):
+        record["frames"][0]["w2c"][0][3] = 1e30  # finite, but float32 normalisation overflows
+
+    _edit_json(work / "data" / "metadata" / "scene.json", edit)
+    return _render(work, *_images(work), *_cameras(work))
+
+
+def cameras_normalised_intrinsics(work):
+    def edit(record):
+        for frame in record["frames"]:
+            frame["fxfycxcy"] = [x / 32 for x in frame["fxfycxcy"]]  # as raw RealEstate10K
+
+    _edit_json(work / "data" / "metadata" / "scene.json", edit)
+    return _render(work, *_images(work), *_cameras(work))
+
+
+def size_too_large(work):
+    return _render(work, *_images(work), "--size", "100000", "100000")
+
+
+def resolution_too_large(work):
+    model = ["--checkpoint", str(work / "model"), "--resolution", "50000"]
+    return ["render", *model, *_images(work), "--out", str(work / "out")]
+
+
+def trajectory_distance_zero(work):
+    return _render(work, *_images(work), "--trajectory", "zoom-out", "--trajectory-distance", "0")
+
+
+def trajectory_distance_overflows(work):
+    args = ["--trajectory", "dolly-zoom", "--trajectory-distance", "1e300"]
+    return _render(work, *_images(work), *args)
+
+
+def azimuth_infinite(work):
+    return _render(work, *_images(work), "--azimuth", "inf")
+
+
+def output_under_a_file(work):
+    out = work / "data" / "full_list.txt" / "out"
+    return ["render", "--checkpoint", str(work / "model"), *_images(work), "--out", str(out)]
+
+
 def checkpoint_truncated(work):
     weights = work / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -154,6 +199,14 @@ def checkpoint_other_file(work):
 
 def checkpoint_missing(work):
     return _render(work, *_images(work), *_cameras(work), checkpoint=work / "nowhere")
+
+
+def checkpoint_hub_without_repo(work):
+    return _render(work, *_images(work), checkpoint="hf://")
+
+
+def checkpoint_web_address(work):
+    return _render(work, *_images(work), checkpoint="https://huggingface.co/org/repo")
 
 
 def config_unknown_key(work):
@@ -198,6 +251,28 @@ def eval_data_missing(work):
     return _eval(work)
 
 
+def _make_scenes(work: Path, *args: str) -> list[str]:
+    scenes = ["--scenes", "1", "--views", "1", "--size", "16", "16"]
+    return ["make-scenes", *scenes, *args, "--out", str(work / "out")]
+
+
+def make_scenes_unknown_device(work):
+    return _make_scenes(work, "--device", "tpu")
+
+
+def make_scenes_size_too_large(work):
+    return _make_scenes(work, "--size", "100000", "100000")
+
+
+def reference_negative_tolerance(work):
+    return ["check-reference", "--tolerance", "-1", str(FIXTURES[0])]
+
+
+def reference_meta_not_json(work):
+    save_file({"io.images": torch.zeros(1)}, str(work / "bad.safetensors"), {"meta": "{nope"})
+    return ["check-reference", str(work / "bad.safetensors")]
+
+
 def _train(work: Path, *overrides: str) -> list[str]:
     return [
         "model.preset=tiny", "data.datasets.scenes.type=procedural", "train.cpu=true",
@@ -231,12 +306,37 @@ CASES = {
     "cameras invalid JSON": (cameras_invalid_json, "scene.json"),
     "cameras missing frame": (cameras_missing_frame, "scene.json"),
     "cameras non-finite": (cameras_non_finite, "non-finite"),
+    "cameras translation overflows": (
+        cameras_translation_overflows,
+        "scene.json: frames[0] (00000.png, 32x32): view 0: pose translation (1e+30",
+    ),
+    "cameras normalised intrinsics": (
+        cameras_normalised_intrinsics,
+        "scene.json: frames[0] (00000.png, 32x32): view 0: fx=",
+    ),
+    "size too large": (size_too_large, "--size 100000 100000 must be between 1 and 4096"),
+    "resolution too large": (resolution_too_large, "--resolution must be at most 4096, got 50000"),
+    "trajectory distance zero": (
+        trajectory_distance_zero,
+        "(--trajectory-distance) of zoom-out is a focal factor in [0.1, 10], got 0",
+    ),
+    "trajectory distance overflows": (
+        trajectory_distance_overflows,
+        "of dolly-zoom is a travel in scene units in [-100, 100], got 1e+300",
+    ),
+    "azimuth infinite": (azimuth_infinite, "--azimuth must be a finite number, got inf"),
+    "output under a file": (output_under_a_file, "cannot create the output folder"),
     "checkpoint truncated": (checkpoint_truncated, "not a readable safetensors file"),
     "checkpoint pickle": (checkpoint_pickle, "not a readable safetensors file"),
     "checkpoint NaN weights": (checkpoint_nan_weights, "non-finite value(s)"),
     "checkpoint missing tensor": (checkpoint_missing_tensor, "missing (1)"),
     "checkpoint other file": (checkpoint_other_file, "not 'model.pt'"),
     "checkpoint missing": (checkpoint_missing, "not found"),
+    "checkpoint hub without repo": (
+        checkpoint_hub_without_repo,
+        "'hf://' is not a Hugging Face path: expected hf://org/repo[/subdir][@revision]",
+    ),
+    "checkpoint web address": (checkpoint_web_address, "is a URL; give a local path or"),
     "config unknown key": (config_unknown_key, "'bogus'"),
     "config invalid JSON": (config_invalid_json, "invalid JSON"),
     "config not an object": (config_not_an_object, "expected a JSON object"),
@@ -244,6 +344,19 @@ CASES = {
     "eval index invalid JSON": (eval_index_invalid_json, "index.json"),
     "eval index unknown frame": (eval_index_unknown_frame, "frame"),
     "eval data missing": (eval_data_missing, "data"),
+    "make-scenes unknown device": (make_scenes_unknown_device, "--device: unknown device 'tpu'"),
+    "make-scenes size too large": (
+        make_scenes_size_too_large,
+        "--size must be between 1 and 4096 pixels a side, got [100000, 100000]",
+    ),
+    "reference negative tolerance": (
+        reference_negative_tolerance,
+        "--tolerance must be a finite number >= 0, got -1.0",
+    ),
+    "reference meta not JSON": (
+        reference_meta_not_json,
+        "bad.safetensors: the 'meta' entry of the safetensors header is not valid JSON",
+    ),
     "train unknown key": (train_unknown_key, "stepz"),
     "train bad value": (train_bad_value, "train.lr must be >= 0, got -1"),
     "train not a number": (train_not_a_number, "train.batch_size expects an integer"),

@@ -157,6 +157,7 @@ def test_look_at_points_camera_at_target():
         (lambda c, k: c.__setitem__((0, slice(0, 3), 0), torch.zeros(3)), "not a proper rotation"),
         (lambda c, k: k.__setitem__((0, 0), -5.0), "focal lengths must be positive"),
         (lambda c, k: k.__setitem__((1, 2), 500.0), "outside the"),
+        (lambda c, k: c.__setitem__((1, 0, 3), 1e30), r"view 1: pose translation \(1e\+30, 0, 0\)"),
     ],
 )
 def test_validate_cameras_errors(mutate, message):
@@ -167,6 +168,62 @@ def test_validate_cameras_errors(mutate, message):
     with pytest.raises(ValueError, match=message) as err:
         C.validate_cameras(c2w, k, (64, 64), "scene.json")
     assert "scene.json" in str(err.value)
+
+
+def test_translations_that_float32_normalisation_overflows_are_refused():
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 2e19  # finite in float32, but its distance to camera 0 squared is not
+    assert not torch.isfinite(C.scene_normalization(c2w, 2)[1])
+    with pytest.raises(ValueError, match=r"cams.json: view 1: pose translation .* more than 4.6"):
+        C.validate_cameras(
+            c2w, torch.tensor([[50.0, 50.0, 32.0, 32.0]]).repeat(2, 1), (64, 64), "cams.json"
+        )
+    c2w[1, 0, 3] = C.MAX_TRANSLATION
+    c2w[0, 0, 3] = -C.MAX_TRANSLATION  # as far apart as the bound allows: still finite
+    assert torch.isfinite(C.scene_normalization(c2w, 2)[1])
+
+
+def test_an_implausible_field_of_view_is_refused_when_asked():
+    c2w, hw = torch.eye(4)[None], (64, 64)
+    normalised = torch.tensor([[0.98, 0.98, 0.5, 0.5]])  # raw RealEstate10K intrinsics
+    C.validate_cameras(c2w, normalised, hw)  # only when asked: estimates are not users' files
+    message = r"cams.json: view 0: fx=0.98, fy=0.98 give a 176.5 degree field of view on the 64x64"
+    with pytest.raises(ValueError, match=message):
+        C.validate_cameras(c2w, normalised, hw, "cams.json", max_fov_deg=C.MAX_FOV_DEG)
+    wide = C.fov_to_focal(math.radians(C.MAX_FOV_DEG - 1), 64)
+    C.validate_cameras(c2w, torch.tensor([[wide, wide, 32.0, 32.0]]), hw, max_fov_deg=C.MAX_FOV_DEG)
+
+
+@pytest.mark.parametrize(
+    ("name", "distance", "message"),
+    [
+        ("zoom-out", 0.0, r"of zoom-out is a focal factor in \[0.1, 10\], got 0$"),
+        ("zoom-in", -2.0, r"of zoom-in is a focal factor in \[0.1, 10\], got -2$"),
+        (
+            "dolly-zoom",
+            1e300,
+            r"of dolly-zoom is a travel in scene units in \[-100, 100\], got 1e\+300",
+        ),
+        ("move-forward", 1e300, r"of move-forward is a travel .* got 1e\+300"),
+        ("orbit", 720.0, r"of orbit is degrees in \[-360, 360\], got 720"),
+        ("spiral", float("nan"), r"of spiral is a radius in scene units in \[0, 100\], got nan"),
+        ("orbit-360", 90.0, "does not apply to orbit-360"),
+        ("interpolate", 1.0, "does not apply to interpolate"),
+    ],
+)
+def test_trajectory_distance_out_of_range_names_the_option(name, distance, message):
+    with pytest.raises(ValueError, match=message) as err:
+        T.make_trajectory(name, torch.eye(4)[None], 4, distance=distance)
+    assert "--trajectory-distance" in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(T.DISTANCE_RANGES))
+def test_trajectory_distance_limits_give_finite_cameras(name):
+    _, low, high = T.DISTANCE_RANGES[name]
+    for distance in (low, high):
+        path = T.make_trajectory(name, torch.eye(4)[None], 4, focus=2.0, distance=distance)
+        assert torch.isfinite(path.c2w).all() and torch.isfinite(path.focal_scale).all()
+        assert (path.focal_scale > 0).all()
 
 
 @pytest.mark.parametrize("name", [*T.TRAJECTORY_PRESETS, "interpolate"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -77,6 +79,50 @@ def test_export_round_trip_and_hf_export(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     hub_config, hub_sd = ck.load_export("hf://gen-nvs/tiny")
     assert hub_config == config and torch.equal(hub_sd["a.weight"], sd["a.weight"])
+
+
+@pytest.mark.parametrize("given", ["hf://", "hf://justname", "hf://org//repo", "hf://org/repo@"])
+def test_malformed_hub_checkpoints_say_what_was_given_and_the_form(given):
+    expected = f"{given!r} is not a Hugging Face path: expected hf://org/repo[/subdir][@revision]"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        ck.load_export(given)
+
+
+def test_hub_paths_split_into_repo_folder_and_revision():
+    assert ck.split_hf_path("hf://org/repo/sub/model.safetensors@v1") == (
+        "org/repo",
+        "sub/model.safetensors",
+        "v1",
+    )
+    assert ck.split_hf_path("hf://org/repo/", ck.HF_EXPORT_FORM) == ("org/repo", "", None)
+    with pytest.raises(ValueError, match=re.escape("expected hf://org/repo/file[@revision]")):
+        ck.split_hf_path("hf://org/repo")  # a file needs its path in the repo
+
+
+@pytest.mark.parametrize(
+    ("url", "spelling"),
+    [
+        ("https://huggingface.co/org/repo", "hf://org/repo"),
+        ("https://huggingface.co/org/repo/tree/v2/export", "hf://org/repo/export@v2"),
+        ("https://example.com/model", None),
+    ],
+)
+def test_urls_are_refused_with_their_hub_spelling(url, spelling):
+    message = f"checkpoint {url!r} is a URL; give a local path or a Hugging Face path, "
+    message += "hf://org/repo[/subdir][@revision]"
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        ck.load_export(url)
+    assert (f"(here: {spelling})" in str(err.value)) == (spelling is not None)
+
+
+def test_checkpoint_help_gives_the_accepted_form():
+    import argparse
+
+    from gen_nvs.options import add_model_arguments
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert ck.HF_EXPORT_FORM in " ".join(parser.format_help().split())
 
 
 def test_export_missing_config_is_named(tmp_path):

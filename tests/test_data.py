@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from gen_nvs.data import (
     EvalDataset,
@@ -26,6 +26,7 @@ from gen_nvs.data import (
     center_crop_resize,
     center_crop_resize_depth,
     collate_scenes,
+    decode_image,
     load_image,
     load_scene,
     sample_views,
@@ -240,6 +241,69 @@ def test_load_image_errors(tmp_path):
     write_png(tmp_path / "ok.png", np.full((3, 5, 3), 255, np.uint8))
     image = load_image(tmp_path / "ok.png")
     assert image.shape == (3, 3, 5) and image.dtype == torch.float32 and image.max() == 1.0
+
+
+def test_load_image_reads_16_bit_greyscale_at_full_range(tmp_path):
+    ramp = np.linspace(0, 65535, 20).astype(np.uint16).reshape(4, 5)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    expected = torch.from_numpy(ramp.astype(np.float32) / 65535).expand(3, 4, 5)
+    torch.testing.assert_close(load_image(tmp_path / "g16.png"), expected)  # not clipped white
+    # 32-bit integer and float greyscale (TIFF): 16-bit values and [0, 1] are read as such.
+    Image.fromarray(ramp.astype(np.int32)).save(tmp_path / "i32.tif")
+    torch.testing.assert_close(load_image(tmp_path / "i32.tif"), expected)
+    Image.fromarray(ramp.astype(np.float32) / 65535).save(tmp_path / "f32.tif")
+    torch.testing.assert_close(load_image(tmp_path / "f32.tif"), expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.array([[0.0, 2.5]], np.float32), r"f.tif: a floating-point image .* \[0, 2.5\]"),
+        (np.array([[0.0, np.nan]], np.float32), r"f.tif: a floating-point image"),
+        (np.array([[-1, 70000]], np.int32), r"f.tif: a 32-bit integer image .* -1..70000"),
+    ],
+)
+def test_load_image_refuses_values_it_cannot_scale(tmp_path, values, message):
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match=message):
+        load_image(tmp_path / "f.tif")
+
+
+def test_load_image_other_modes(tmp_path):
+    Image.new("LA", (3, 2), (100, 0)).save(tmp_path / "la.png")  # alpha dropped
+    torch.testing.assert_close(load_image(tmp_path / "la.png"), torch.full((3, 2, 3), 100 / 255))
+    palette = Image.new("P", (3, 2), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    palette.save(tmp_path / "p.png", transparency=1)
+    assert Image.open(tmp_path / "p.png").info["transparency"] == 1
+    colour = torch.tensor([10, 20, 30]) / 255
+    torch.testing.assert_close(
+        load_image(tmp_path / "p.png"), colour[:, None, None].expand(3, 2, 3)
+    )
+    Image.new("CMYK", (3, 2), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
+    assert load_image(tmp_path / "cmyk.jpg").min() > 0.98  # no ink: white
+
+
+def _turned_jpeg(orientation: int) -> bytes:
+    """A JPEG stored 8 wide and 4 high, white in its top-left 2x2 corner, with this EXIF
+    orientation."""
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    pixels[:2, :2] = 255
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=100, exif=exif)
+    return buffer.getvalue()
+
+
+def test_images_are_turned_upright_by_their_exif_orientation(tmp_path):
+    (tmp_path / "turned.jpg").write_bytes(_turned_jpeg(6))  # 6: shown turned 90 degrees CW
+    for image in (load_image(tmp_path / "turned.jpg"), decode_image(_turned_jpeg(6), "x")):
+        assert image.shape == (3, 8, 4)  # shown 4 wide and 8 high
+        assert image[:, :2, 2:].min() > 0.9 and image[:, 2:, :].max() < 0.1  # corner top right
+    upright = decode_image(_turned_jpeg(1), "x")
+    assert upright.shape == (3, 4, 8) and upright[:, :2, :2].min() > 0.9
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -117,6 +118,70 @@ def test_camera_file_errors(scene, tmp_path):
         load_source_views(image_paths(root, 1), cameras=tmp_path / "none.json")
 
 
+def _edited_cameras(meta, tmp_path, edit) -> object:
+    record = json.loads(meta.read_text())
+    for frame in record["frames"]:
+        edit(frame)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_camera_files_with_normalised_intrinsics_are_refused(scene, tmp_path):
+    """Raw RealEstate10K stores fxfycxcy divided by the image size: a 170+ degree view."""
+    _, root, meta = scene
+
+    def normalise(frame):
+        fx, fy, cx, cy = frame["fxfycxcy"]
+        frame["fxfycxcy"] = [fx / 48, fy / 32, cx / 48, cy / 32]
+
+    cameras = _edited_cameras(meta, tmp_path, normalise)
+    message = r"edited.json: frames\[1\] \(00001.png, 48x32\).*fx=.* degree field of view"
+    with pytest.raises(ValueError, match=message):
+        load_source_views(image_paths(root, 1), cameras=cameras)
+    with pytest.raises(ValueError, match=r"edited.json: frames\[0\] .*degree field of view"):
+        target_cameras(TargetSpec(cameras=cameras), HW)
+
+
+def test_camera_files_float32_cannot_place_are_refused(scene, tmp_path):
+    _, root, meta = scene
+
+    def far(frame, offset):
+        w2c = torch.tensor(frame["w2c"], dtype=torch.float64)
+        w2c[:3, 3] -= w2c[:3, :3] @ torch.tensor(offset, dtype=torch.float64)  # moves the world
+        frame["w2c"] = w2c.tolist()
+
+    cameras = _edited_cameras(meta, tmp_path, lambda f: far(f, [1e30, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"edited.json: frames\[0\] .*pose translation .*1e\+30"):
+        load_source_views(image_paths(root, 0, 1), cameras=cameras)
+    # Geo-referenced: millions of units out, fine in float64, a coarse grid in float32.
+    cameras = _edited_cameras(meta, tmp_path, lambda f: far(f, [5e6, 5e6, 0.0]))
+    with pytest.raises(
+        ValueError,
+        match=r"edited.json: the source cameras are 7.071e\+06 units from the world origin",
+    ):
+        load_source_views(image_paths(root, 0, 1), cameras=cameras)
+    cameras = _edited_cameras(meta, tmp_path, lambda f: far(f, [1e3, 1e3, 0.0]))
+    moved = load_source_views(image_paths(root, 0, 1), cameras=cameras)
+    assert torch.allclose(
+        moved.c2w[:, 0, 3],
+        load_source_views(image_paths(root, 0, 1), cameras=meta).c2w[:, 0, 3] + 1e3,
+    )
+
+
+def test_exif_orientation_sets_the_size_and_the_pixels(tmp_path):
+    from PIL import ExifTags
+
+    from gen_nvs.inputs import first_image_size
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored 96 x 64, shown 64 wide and 96 high
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(tmp_path / "turned.jpg", exif=exif)
+    assert first_image_size([tmp_path / "turned.jpg"]) == (96, 64)
+    views = load_source_views([tmp_path / "turned.jpg"], None, (48, 32))
+    assert views.images.shape == (1, 3, 48, 32)
+
+
 # --------------------------------------------------------------------------------------
 # Target cameras
 # --------------------------------------------------------------------------------------
@@ -202,6 +267,44 @@ def test_trajectory_distance_and_zoom_reach_the_targets():
         target_spec_from_args(parse("--trajectory-distance", "2"))
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--azimuth", "inf"], "--azimuth must be a finite number, got inf"),
+        (["--azimuth", "nan"], "--azimuth must be a finite number, got nan"),
+        (["--elevation", "nan"], "--elevation must be a finite number, got nan"),
+        (["--distance", "1e300"], r"--distance must be in \(0, 100\] .* got 1e\+300"),
+        (["--focus", "inf"], "--focus must be a finite number, got inf"),
+        (["--focus", "0"], r"--focus must be in \(0, 100\]"),
+        (["--trajectory", "orbit", "--trajectory-distance", "nan"], "--trajectory-distance must"),
+        (
+            ["--trajectory", "zoom-out", "--trajectory-distance", "0"],
+            r"--trajectory-distance\) of zoom-out is a focal factor in \[0.1, 10\], got 0",
+        ),
+        (
+            ["--trajectory", "dolly-zoom", "--trajectory-distance", "1e300"],
+            r"--trajectory-distance\) of dolly-zoom is a travel .* got 1e\+300",
+        ),
+    ],
+)
+def test_camera_options_out_of_range_are_named(argv, message):
+    with pytest.raises(ValueError, match=message):
+        target_spec_from_args(parse(*argv))
+
+
+def test_target_spec_checks_its_numbers():
+    with pytest.raises(ValueError, match="azimuth must be a finite number of degrees, got inf"):
+        TargetSpec(azimuth_deg=math.inf)
+    with pytest.raises(ValueError, match="distance must be positive and finite, got inf"):
+        TargetSpec(azimuth_deg=0.0, distance=math.inf)
+    with pytest.raises(ValueError, match="focus must be positive and finite, got nan"):
+        TargetSpec(focus=math.nan)
+    with pytest.raises(ValueError, match="--trajectory-distance.* of pan is degrees"):
+        TargetSpec(trajectory="pan", trajectory_distance=1000.0)
+    with pytest.raises(ValueError, match="--trajectory-distance.* of orbit is degrees"):
+        TargetSpec(trajectory_distance=1000.0)  # the default trajectory, orbit
+
+
 def test_target_errors():
     with pytest.raises(ValueError, match="one kind of target cameras, got a trajectory and an az"):
         TargetSpec(trajectory="orbit", azimuth_deg=10.0)
@@ -271,6 +374,58 @@ def test_auto_device_is_cuda_only_when_available(monkeypatch, cuda):
     if not cuda:
         with pytest.raises(ValueError, match="device 'cuda:1' was asked for but CUDA is not"):
             resolve_device("cuda:1")
+
+
+def test_output_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from gen_nvs.outputs import check_output_dir
+
+    (tmp_path / "file.txt").write_text("mine")
+    message = r"cannot create the output folder .*file.txt/out: .*file.txt is not a directory"
+    with pytest.raises(ValueError, match=message):
+        prepare_output_dir(tmp_path / "file.txt" / "out", overwrite=False)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    message = (
+        rf"cannot create the output folder {tmp_path}/new/out in {tmp_path}: Permission denied"
+    )
+    with pytest.raises(ValueError, match=message):
+        prepare_output_dir(tmp_path / "new" / "out", overwrite=False)
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    with pytest.raises(ValueError, match=rf"new/out: its parent {tmp_path} is not writable"):
+        check_output_dir(tmp_path / "new" / "out", overwrite=False)
+
+
+def test_unusable_devices_are_named(monkeypatch):
+    with pytest.raises(ValueError, match="--device: device 'meta' is not supported"):
+        resolve_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="--device: device 'cuda:3' was asked for but there are 1"):
+        resolve_device("cuda:3")
+
+
+def test_sizes_beyond_the_limit_are_refused(tmp_path):
+    from gen_nvs.inputs import render_size
+    from gen_nvs.options import check_render_size, source_render_size
+
+    with pytest.raises(ValueError, match="--size 100000 100000 must be between 1 and 4096"):
+        check_render_size((100000, 100000), 8)
+    with pytest.raises(ValueError, match="--size 0 64 must be between 1 and 4096"):
+        check_render_size((0, 64), 8)
+    with pytest.raises(ValueError, match="--resolution must be at most 4096, got 50000"):
+        render_size((64, 64), 50000, 8)
+    Image.new("RGB", (4000, 40)).save(tmp_path / "strip.png")
+    args = parse("--resolution", "4096")
+    args.images = [str(tmp_path / "strip.png")]
+    with pytest.raises(ValueError, match=r"--resolution 4096 at the aspect .*4000x40.* renders"):
+        source_render_size(args, 8)
+    with pytest.raises(ValueError, match="image size \\[8192, 64\\] is too large"):
+        target_cameras(TargetSpec(), (8192, 64))
 
 
 def test_render_size_keeps_the_aspect_ratio_patch_aligned():

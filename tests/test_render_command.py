@@ -129,6 +129,10 @@ def test_pose_free_with_the_embedded_default_model(scene, tmp_path):
         (["--elevation", "95"], "elevation must be strictly between -90 and 90"),
         (["--from-source", "7", "--azimuth", "5"], "source index 7 does not exist"),
         (["--fps", "0"], "--fps must be positive"),
+        (["--fps", "inf"], "--fps must be positive and finite, got inf"),
+        (["--azimuth", "nan"], "--azimuth must be a finite number, got nan"),
+        (["--size", "100000", "100000"], "--size 100000 100000 must be between 1 and 4096"),
+        (["--device", "tpu"], "--device: unknown device 'tpu'"),
     ],
 )
 def test_bad_options_fail_in_one_line(checkpoint, scene, tmp_path, capsys, args, message):

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+from gen_nvs.cli import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fixtures", nargs="+", help="fixture .safetensors files")
-    parser.add_argument("--tolerance", type=float, default=None, help="default 1e-4")
+    parser.add_argument(
+        "--tolerance", type=float, default=None, help="largest error accepted, >= 0 (default 1e-4)"
+    )
     parser.add_argument("--json", action="store_true", help="print the errors as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_nvs.fixtures import TOLERANCE, check_fixture
+    from gen_nvs.fixtures import TOLERANCE
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise CommandError(f"--tolerance must be a finite number >= 0, got {tolerance}")
     results, failed = {}, []
     for path in args.fixtures:
-        errors = check_fixture(path)
+        errors = _check(path)
         results[path] = errors
         bad = {k: v for k, v in errors.items() if not v <= tolerance}
         if bad:
@@ -38,3 +45,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} of {len(args.fixtures)} fixture(s) exceed {tolerance:g}")
         return 1
     return 0
+
+
+def _check(path: str) -> dict[str, float]:
+    """`check_fixture`, with a damaged `meta` header named: the JSON parser's own error
+    says neither the file nor the entry."""
+    from gen_nvs.fixtures import check_fixture
+
+    try:
+        return check_fixture(path)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: the 'meta' entry of the safetensors header is not valid JSON ({err})"
+        ) from err

@@ -15,6 +15,9 @@ from tqdm import tqdm
 from gen_nvs.cli import CommandError
 from gen_nvs.data.procedural import RIGS, WALLS, SceneConfig, generate_scene, scene_name
 from gen_nvs.data.re10k import write_full_list, write_re10k_scene
+from gen_nvs.inputs import MAX_IMAGE_SIDE
+from gen_nvs.options import resolve_device
+from gen_nvs.outputs import prepare_output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         default=(128, 128),
         metavar=("H", "W"),
-        help="image size (default 128 128)",
+        help=f"image size, at most {MAX_IMAGE_SIDE} a side (default 128 128)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first scene (default 0)")
     parser.add_argument("--rig", choices=RIGS, default="mixed", help="camera rig (default mixed)")
     parser.add_argument("--walls", choices=WALLS, default="random", help="walls (default random)")
-    parser.add_argument("--device", default="cpu", help="torch device to render on (default cpu)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to render on: cpu (default), cuda, cuda:1, ..., auto (cuda when "
+        "available)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -43,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.scenes < 1 or args.views < 1:
         raise CommandError(f"--scenes and --views must be >= 1, got {args.scenes}, {args.views}")
-    if min(args.size) < 1:
-        raise CommandError(f"--size must be positive, got {args.size}")
+    if min(args.size) < 1 or max(args.size) > MAX_IMAGE_SIDE:
+        raise CommandError(
+            f"--size must be between 1 and {MAX_IMAGE_SIDE} pixels a side, got {args.size}"
+        )
     if args.seed < 0:
         raise CommandError(f"--seed must be >= 0, got {args.seed}")
     out: Path = args.out
@@ -52,11 +62,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise CommandError(f"--out {out} is not empty (pass --overwrite to write into it)")
+    device = resolve_device(args.device)
+    prepare_output_dir(out, args.overwrite)
 
     config = SceneConfig(rig=args.rig, walls=args.walls)
     image_hw = tuple(args.size)
     for seed in tqdm(range(args.seed, args.seed + args.scenes), desc="scenes", unit="scene"):
-        views = generate_scene(seed, args.views, image_hw, config, args.device)
+        views = generate_scene(seed, args.views, image_hw, config, device)
         write_re10k_scene(
             out,
             scene_name(seed),

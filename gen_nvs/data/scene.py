@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -365,13 +365,62 @@ class ViewSampledDataset(Dataset):
 # --------------------------------------------------------------------------------------
 
 
+# Greyscale modes whose samples are 16-bit (as Pillow reads 16-bit PNG and TIFF files).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
 def _pil_to_tensor(image: Image.Image) -> Tensor:
+    """A PIL image -> [3, h, w] float RGB in [0, 1], turned upright by its EXIF orientation.
+
+    8-bit modes go through `convert("RGB")` (greyscale repeated, palettes looked up,
+    CMYK converted); an alpha channel is dropped, keeping the colour under it. 16-bit
+    greyscale is scaled by 65535 (`convert` would clip it to white), 32-bit integer
+    greyscale likewise when its values fit 16 bits, float greyscale is taken as is when
+    in [0, 1]; other values raise ValueError.
+    """
+    if _orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        gray = torch.from_numpy(np.asarray(image).astype(np.float32))  # (h, w)
+        return _high_depth_gray(gray, image.mode).expand(3, -1, -1).clone()
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow's route for palettes with transparency
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (h, w, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
+def _high_depth_gray(gray: Tensor, mode: str) -> Tensor:
+    """A greyscale image [h, w] of PIL mode I;16*, I or F -> [1, h, w] in [0, 1]."""
+    low, high = gray.min().item(), gray.max().item()
+    if mode == "F":
+        if not (torch.isfinite(gray).all() and 0 <= low and high <= 1):
+            raise ValueError(
+                f"a floating-point image must hold values in [0, 1], got [{low:.4g}, {high:.4g}]"
+            )
+        return gray[None]
+    if mode == "I" and not (0 <= low and high <= 65535):
+        raise ValueError(
+            f"a 32-bit integer image must hold 16-bit values (0..65535), got {low:.0f}..{high:.0f}"
+        )
+    return gray[None] / 65535.0
+
+
+def exif_orientation_size(image: Image.Image) -> tuple[int, int]:
+    """(h, w) of `image` as shown, after its EXIF orientation (`load_image` turns it so),
+    read from the header without decoding the pixels."""
+    # Orientations 5-8 transpose the image (a quarter turn, possibly mirrored).
+    turned = _orientation(image) in (5, 6, 7, 8)
+    return (image.width, image.height) if turned else (image.height, image.width)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of `image` (1: stored upright)."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
 def load_image(path: str | Path) -> Tensor:
-    """Read an image file as [3, h, w] float RGB in [0, 1].
+    """Read an image file as [3, h, w] float RGB in [0, 1], turned upright by its EXIF
+    orientation (as viewers show it; see `_pil_to_tensor` for the modes read).
 
     Raises FileNotFoundError if the file is missing, ValueError if it cannot be decoded.
     """
@@ -381,19 +430,20 @@ def load_image(path: str | Path) -> Tensor:
     try:
         with Image.open(path) as image:
             return _pil_to_tensor(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 def decode_image(data: bytes, where: str) -> Tensor:
-    """Decode encoded image bytes (JPEG, PNG, ...) as [3, h, w] float RGB in [0, 1].
+    """Decode encoded image bytes (JPEG, PNG, ...) as [3, h, w] float RGB in [0, 1], as
+    `load_image` reads files (EXIF orientation applied).
 
     `where` names the data in the error raised when it cannot be decoded.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             return _pil_to_tensor(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{where}: cannot decode image: {err}") from err
 
 

@@ -23,6 +23,16 @@ from torch import Tensor
 SCENE_SCALE_FACTOR = 1.35
 POSE_ENCODING_DIM = 9
 CAMERA_TOKEN_DIM = 11
+# Scene normalisation measures camera distances with float32 norms, which square them:
+# for two cameras further apart than sqrt(float32 max) (1.8e19) the scene's scale
+# overflows to inf, every camera collapses onto the first and comes back as NaN. Cameras
+# within this distance of the origin are at most half that apart.
+MAX_TRANSLATION = math.sqrt(torch.finfo(torch.float32).max) / 4
+# The widest field of view `validate_cameras` accepts when asked (`max_fov_deg`): no
+# rectilinear lens comes near it (the widest reach about 130 degrees), while intrinsics
+# normalised by the image size (as raw RealEstate10K stores them, fx ~ 1) give nearly
+# 180 degrees on any image wider than about 25 pixels.
+MAX_FOV_DEG = 170.0
 
 
 # --------------------------------------------------------------------------------------
@@ -432,12 +442,15 @@ def validate_cameras(
     image_hw: tuple[int, int],
     where: str = "cameras",
     rotation_tol: float = 1e-3,
+    max_fov_deg: float | None = None,
 ) -> None:
     """Raise ValueError (naming `where` and the view) unless the cameras are usable.
 
     Checks shapes, finiteness, that each rotation is orthonormal with determinant +1
-    (an invertible rigid pose), positive focal lengths and a principal point inside
-    the image.
+    (an invertible rigid pose), a translation within `MAX_TRANSLATION`, positive focal
+    lengths and a principal point inside the image; with `max_fov_deg`, also that neither
+    field of view is wider (what user-given intrinsics in the wrong units give away).
+    The checks hold for w2c and c2w alike.
     """
     if c2w.ndim != 3 or c2w.shape[-2:] != (4, 4):
         raise ValueError(f"{where}: c2w must have shape [V,4,4], got {tuple(c2w.shape)}")
@@ -446,37 +459,59 @@ def validate_cameras(
             f"{where}: intrinsics must have shape [{c2w.shape[0]},4] (fx, fy, cx, cy), "
             f"got {tuple(fxfycxcy.shape)}"
         )
-    h, w = image_hw
     c2w64, k64 = c2w.double(), fxfycxcy.double()
     for i in range(c2w.shape[0]):
-        if not torch.isfinite(c2w64[i]).all():
-            raise ValueError(f"{where}: view {i}: pose has non-finite values")
-        if not torch.isfinite(k64[i]).all():
-            raise ValueError(f"{where}: view {i}: intrinsics have non-finite values")
-        R = c2w64[i, :3, :3]
-        err = (R.T @ R - torch.eye(3, dtype=R.dtype)).abs().max().item()
-        det = torch.linalg.det(R).item()
-        if err > rotation_tol or abs(det - 1) > rotation_tol:
-            raise ValueError(
-                f"{where}: view {i}: pose rotation is not a proper rotation "
-                f"(|R^T R - I| = {err:.3g}, det = {det:.3g}); "
-                "the pose is not an invertible rigid transform"
-            )
-        bottom = c2w64[i, 3]
-        if (bottom - bottom.new_tensor([0, 0, 0, 1])).abs().max() > 1e-6:
-            raise ValueError(
-                f"{where}: view {i}: last pose row must be [0,0,0,1], got {bottom.tolist()}"
-            )
-        fx, fy, cx, cy = k64[i].tolist()
-        if fx <= 0 or fy <= 0:
-            raise ValueError(
-                f"{where}: view {i}: focal lengths must be positive, got fx={fx}, fy={fy}"
-            )
-        if not (0 <= cx <= w and 0 <= cy <= h):
-            raise ValueError(
-                f"{where}: view {i}: principal point ({cx:.4g}, {cy:.4g}) lies outside the "
-                f"{w}x{h} image: intrinsics do not fit the image"
-            )
+        _validate_pose(c2w64[i], f"{where}: view {i}", rotation_tol)
+        _validate_intrinsics(k64[i], image_hw, f"{where}: view {i}", max_fov_deg)
+
+
+def _validate_pose(pose: Tensor, where: str, rotation_tol: float) -> None:
+    """ValueError unless pose [4, 4] (float64) is a finite rigid transform."""
+    if not torch.isfinite(pose).all():
+        raise ValueError(f"{where}: pose has non-finite values")
+    R = pose[:3, :3]
+    err = (R.T @ R - torch.eye(3, dtype=R.dtype)).abs().max().item()
+    det = torch.linalg.det(R).item()
+    if err > rotation_tol or abs(det - 1) > rotation_tol:
+        raise ValueError(
+            f"{where}: pose rotation is not a proper rotation "
+            f"(|R^T R - I| = {err:.3g}, det = {det:.3g}); "
+            "the pose is not an invertible rigid transform"
+        )
+    bottom = pose[3]
+    if (bottom - bottom.new_tensor([0, 0, 0, 1])).abs().max() > 1e-6:
+        raise ValueError(f"{where}: last pose row must be [0,0,0,1], got {bottom.tolist()}")
+    translation = pose[:3, 3].norm().item()
+    if translation > MAX_TRANSLATION:
+        shown = ", ".join(f"{x:.4g}" for x in pose[:3, 3].tolist())
+        raise ValueError(
+            f"{where}: pose translation ({shown}) is {translation:.3g} from the origin, more "
+            f"than {MAX_TRANSLATION:.3g}: the scene normalisation (float32) would overflow"
+        )
+
+
+def _validate_intrinsics(
+    k: Tensor, image_hw: tuple[int, int], where: str, max_fov_deg: float | None
+) -> None:
+    """ValueError unless fxfycxcy k [4] (float64) fits an `image_hw` image."""
+    h, w = image_hw
+    if not torch.isfinite(k).all():
+        raise ValueError(f"{where}: intrinsics have non-finite values")
+    fx, fy, cx, cy = k.tolist()
+    if fx <= 0 or fy <= 0:
+        raise ValueError(f"{where}: focal lengths must be positive, got fx={fx}, fy={fy}")
+    if not (0 <= cx <= w and 0 <= cy <= h):
+        raise ValueError(
+            f"{where}: principal point ({cx:.4g}, {cy:.4g}) lies outside the "
+            f"{w}x{h} image: intrinsics do not fit the image"
+        )
+    fov = math.degrees(2 * max(math.atan(w / 2 / fx), math.atan(h / 2 / fy)))
+    if max_fov_deg is not None and fov > max_fov_deg:
+        raise ValueError(
+            f"{where}: fx={fx:.4g}, fy={fy:.4g} give a {fov:.1f} degree field of view on the "
+            f"{w}x{h} image (at most {max_fov_deg:g}): fxfycxcy must be in pixels of the "
+            "image, not normalised by its size"
+        )
 
 
 def fov_to_focal(fov_rad: float, size: int) -> float:

@@ -277,6 +277,44 @@ DISTANCE_MEANING = (
     "orbit, pan: degrees; spiral, lemniscate: radius; zoom-in/out: focal factor; dolly, "
     "dolly-zoom, move: travel (scene units)"
 )
+# The farthest a trajectory or a single view goes (normalised scene units: the sources lie
+# within 1 / 1.35 of the first): well past anything the sources show, and far from the
+# float32 overflow that astronomical values end in.
+MAX_TRAVEL = 100.0
+# Focal factors past 10 either way leave a 64-pixel render 6 source pixels wide, or turn
+# a 60-degree camera into a 160-degree one.
+MAX_ZOOM = 10.0
+_DEGREES = ("degrees", -360.0, 360.0)
+_TRAVEL = ("a travel in scene units", -MAX_TRAVEL, MAX_TRAVEL)
+# name -> (what `distance` is, its lowest and highest value); presets missing here take none.
+DISTANCE_RANGES: dict[str, tuple[str, float, float]] = {
+    "orbit": _DEGREES,
+    "pan": _DEGREES,
+    "spiral": ("a radius in scene units", 0.0, MAX_TRAVEL),
+    "lemniscate": ("a radius in scene units", 0.0, MAX_TRAVEL),
+    "zoom-in": ("a focal factor", 1 / MAX_ZOOM, MAX_ZOOM),
+    "zoom-out": ("a focal factor", 1 / MAX_ZOOM, MAX_ZOOM),
+    **{name: _TRAVEL for name in ("dolly-in", "dolly-out", "dolly-zoom")},
+    **{f"move-{direction}": _TRAVEL for direction in MOVES},
+}
+
+
+def check_distance(name: str, distance: float | None) -> None:
+    """ValueError unless `distance` (None: the preset's default) is a valid extent of
+    trajectory `name` (`DISTANCE_RANGES`); the message names --trajectory-distance."""
+    if distance is None:
+        return
+    if name not in DISTANCE_RANGES:
+        raise ValueError(
+            f"trajectory distance (--trajectory-distance) does not apply to {name}; presets "
+            f"that take one: {', '.join(DISTANCE_RANGES)}"
+        )
+    meaning, low, high = DISTANCE_RANGES[name]
+    if not low <= distance <= high:  # NaN fails too
+        raise ValueError(
+            f"trajectory distance (--trajectory-distance) of {name} is {meaning} in "
+            f"[{low:g}, {high:g}], got {distance:g}"
+        )
 
 
 def _or(value: float | None, default: float) -> float:
@@ -307,13 +345,15 @@ def make_trajectory(
         the Trajectory (poses [num_frames, 4, 4] and focal scales).
     """
     if name == "interpolate":
+        check_distance(name, distance)
         poses = interpolate(source_c2w, num_frames)
         return Trajectory(poses, torch.ones(num_frames, dtype=torch.float64))
     if name not in TRAJECTORY_PRESETS:
         valid = ", ".join([*TRAJECTORY_PRESETS, "interpolate"])
         raise ValueError(f"unknown trajectory {name!r}; valid: {valid}")
-    if distance is not None and not math.isfinite(distance):
-        raise ValueError(f"trajectory distance must be finite, got {distance}")
+    check_distance(name, distance)
+    if not (math.isfinite(focus) and focus > 0):
+        raise ValueError(f"focus distance must be positive and finite, got {focus}")
     built = TRAJECTORY_PRESETS[name](source_c2w[0], num_frames, focus, distance)
     if isinstance(built, tuple):
         return Trajectory(*built)

@@ -27,22 +27,56 @@ EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 
 
+# The accepted forms, in the words of `--checkpoint --help`.
+HF_FILE_FORM = "hf://org/repo/file[@revision]"
+HF_EXPORT_FORM = "hf://org/repo[/subdir][@revision]"
+HF_HOST = "huggingface.co/"
+
+
+def split_hf_path(text: str, form: str = HF_FILE_FORM) -> tuple[str, str, str | None]:
+    """`hf://org/repo[/path][@revision]` -> (repo id "org/repo", path in the repo ("" for
+    none), revision or None). ValueError naming what was given and `form`, the accepted
+    form (`HF_FILE_FORM` needs a path in the repo, `HF_EXPORT_FORM` does not)."""
+    spec, revision = text.removeprefix(HF_PREFIX), None
+    if "@" in spec:
+        spec, revision = spec.rsplit("@", 1)
+    parts = spec.rstrip("/").split("/")
+    fewest = 3 if form == HF_FILE_FORM else 2
+    if not text.startswith(HF_PREFIX) or len(parts) < fewest or not all(parts) or revision == "":
+        raise ValueError(f"{text!r} is not a Hugging Face path: expected {form}")
+    return "/".join(parts[:2]), "/".join(parts[2:]), revision
+
+
+def _refuse_url(text: str, form: str) -> None:
+    """ValueError for a URL other than hf://, which as a local path would end in an odd
+    "not found" (`https:/...`); a huggingface.co URL is given its hf:// spelling."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "/" in scheme or text.startswith(HF_PREFIX):
+        return
+    hint = ""
+    host, _, location = rest.removeprefix("www.").partition("/")
+    parts = location.strip("/").split("/")
+    if host + "/" == HF_HOST and len(parts) >= 2 and all(parts[:2]):
+        revision = ""
+        if len(parts) > 3 and parts[2] in ("tree", "blob", "resolve"):
+            revision = "" if parts[3] == "main" else "@" + parts[3]
+            parts = parts[:2] + parts[4:]
+        hint = f" (here: hf://{'/'.join(parts)}{revision})"
+    raise ValueError(
+        f"checkpoint {text!r} is a URL; give a local path or a Hugging Face path, {form}{hint}"
+    )
+
+
 def resolve_path(path: str | Path) -> Path:
     """A local path, or the cached local copy of an `hf://org/repo/file[@rev]` path."""
     text = str(path)
+    _refuse_url(text, HF_FILE_FORM)
     if not text.startswith(HF_PREFIX):
         local = Path(text).expanduser()
         if not local.exists():
             raise FileNotFoundError(f"checkpoint not found: {local}")
         return local
-    spec = text[len(HF_PREFIX) :]
-    revision = None
-    if "@" in spec:
-        spec, revision = spec.rsplit("@", 1)
-    parts = spec.split("/")
-    if len(parts) < 3 or not all(parts):
-        raise ValueError(f"hf path must look like hf://org/repo/file, got {text!r}")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    repo_id, filename, revision = split_hf_path(text, HF_FILE_FORM)
     from huggingface_hub import hf_hub_download
 
     try:
@@ -117,19 +151,19 @@ def load_export(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """Read an export -> (config, state_dict).
 
     `path` is an export directory, its `model.safetensors`, or `hf://org/repo[/subdir]`
-    (the repo folder holding `config.json` and `model.safetensors`).
+    (the repo folder holding `config.json` and `model.safetensors`, `HF_EXPORT_FORM`);
+    ValueError naming what was given and the accepted forms for anything else.
     """
     text = str(path)
+    _refuse_url(text, HF_EXPORT_FORM)
     if text.startswith(HF_PREFIX):
-        base = text.rstrip("/")
-        revision = ""
-        if "@" in base:
-            base, revision = base.rsplit("@", 1)
-            revision = "@" + revision
-        if base.endswith(EXPORT_WEIGHTS):
-            base = base[: -len(EXPORT_WEIGHTS) - 1]
-        weights = resolve_path(f"{base}/{EXPORT_WEIGHTS}{revision}")
-        config_file = resolve_path(f"{base}/{EXPORT_CONFIG}{revision}")
+        repo_id, folder, revision = split_hf_path(text, HF_EXPORT_FORM)
+        if folder.split("/")[-1] == EXPORT_WEIGHTS:
+            folder = folder.rpartition("/")[0]
+        base = "/".join(filter(None, (HF_PREFIX + repo_id, folder)))
+        at = f"@{revision}" if revision else ""
+        weights = resolve_path(f"{base}/{EXPORT_WEIGHTS}{at}")
+        config_file = resolve_path(f"{base}/{EXPORT_CONFIG}{at}")
     else:
         location = resolve_path(path)
         if not location.is_dir() and location.name not in (EXPORT_WEIGHTS, EXPORT_CONFIG):
