@@ -45,6 +45,7 @@ from gen_nvs.inputs import (
 )
 from gen_nvs.models.decoder import DecoderOutput
 from gen_nvs.models.nvs import NVSModel, require_diffusion
+from gen_nvs.options import check_render_size
 from gen_nvs.outputs import (
     colorize_depth,
     fit_depth_scale,
@@ -266,9 +267,8 @@ class Engine:
         image_hw: tuple[int, int] = (64, 64),
         model_name: str = "the embedded default model",
     ) -> None:
-        patch = pipe.model.patch_size
-        if image_hw[0] % patch or image_hw[1] % patch:
-            raise ValueError(f"image size {list(image_hw)} is not a multiple of the patch {patch}")
+        # `gen-nvs app --size`: checked as render's, before the examples are made at it.
+        check_render_size(tuple(image_hw), pipe.model.patch_size)
         self.pipe = pipe
         self.device = pipe.device
         self.image_hw = tuple(image_hw)

@@ -75,6 +75,9 @@ MAX_IMAGE_SIDE = 4096
 DEFAULT_RESOLUTION = 64  # render/sample without --size: about 64 x 64 pixels
 CROP_NOTE_FRACTION = 0.02  # cropping more of a side than this is said on stderr
 MAX_UPSAMPLING = 4.0  # beyond this a source image is upsampled with a warning
+# The most views a trajectory may have: 7 minutes of video at 24 fps. Every view is kept
+# in memory (and in the video), so a mistyped count would allocate until it crashes.
+MAX_FRAMES = 10000
 # Pose-free input has no intrinsics; targets (and sources, where needed) assume this.
 DEFAULT_FOV_DEG = 60.0
 # Focus distance (normalised scene units) when no depth tells a better one.
@@ -416,8 +419,8 @@ class TargetSpec:
             raise ValueError(
                 f"unknown trajectory {self.trajectory!r}, expected one of {list(TRAJECTORY_NAMES)}"
             )
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if not 1 <= self.frames <= MAX_FRAMES:
+            raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {self.frames}")
         if self.azimuth_deg is not None and not math.isfinite(self.azimuth_deg):
             raise ValueError(f"azimuth must be a finite number of degrees, got {self.azimuth_deg}")
         if not -90 < self.elevation_deg < 90:

@@ -14,6 +14,7 @@ import torch
 from gen_nvs.geometry.trajectories import DISTANCE_MEANING, MAX_TRAVEL
 from gen_nvs.inputs import (
     DEFAULT_RESOLUTION,
+    MAX_FRAMES,
     MAX_IMAGE_SIDE,
     MAX_VIEWS,
     TRAJECTORY_NAMES,
@@ -104,7 +105,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         help="camera path around the first source camera (default orbit)",
     )
     group.add_argument(
-        "--frames", type=int, default=8, help="views along the trajectory (default 8)"
+        "--frames",
+        type=int,
+        default=8,
+        help=f"views along the trajectory or keyframe path, 1-{MAX_FRAMES} (default 8)",
     )
     group.add_argument(
         "--trajectory-distance",
@@ -153,6 +157,8 @@ def target_spec_from_args(args: argparse.Namespace) -> TargetSpec:
         value = getattr(args, option)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{option.replace('_', '-')} must be a finite number, got {value}")
+    if not 1 <= args.frames <= MAX_FRAMES:
+        raise ValueError(f"--frames must be between 1 and {MAX_FRAMES}, got {args.frames}")
     for option, value in (("--distance", args.distance), ("--focus", args.focus)):
         if value is not None and not 0 < value <= MAX_TRAVEL:
             raise ValueError(

@@ -5,7 +5,9 @@ its pictures (`app.visuals`, `gen_nvs.outputs`), its regression renders
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -326,6 +328,28 @@ def test_cameras_that_do_not_match_the_images(engine, session, tmp_path):
         "photo1.png",
         "photo2.png",
     ]
+
+
+@pytest.mark.parametrize(
+    ("image_hw", "message"),
+    [
+        ((100000, 100000), "--size 100000 100000 must be between 1 and 4096 pixels a side"),
+        ((0, 32), "--size 0 32 must be between 1 and 4096 pixels a side"),
+        ((-8, 32), "--size -8 32 must be between 1 and 4096 pixels a side"),
+        ((30, 32), "--size 30 32 must be multiples of the model's patch size 8"),
+    ],
+)
+def test_app_size_is_checked_before_the_examples_are_made(tmp_path, image_hw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Engine(NVSPipeline(_tiny(diffusion=False)), tmp_path, image_hw=image_hw)
+    assert not (tmp_path / "examples").exists()
+
+
+def test_too_many_frames_are_refused_before_rendering(engine, session):
+    runs = session.runs
+    with pytest.raises(ValueError, match="frames must be between 1 and 10000, got 10000000"):
+        engine.run(session, replace(VIDEO, frames=10_000_000))
+    assert session.runs == runs  # nothing rendered, the session's results kept
 
 
 def test_bad_sampling_options(engine, session):

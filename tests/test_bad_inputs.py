@@ -166,6 +166,10 @@ def azimuth_infinite(work):
     return _render(work, *_images(work), "--azimuth", "inf")
 
 
+def frames_too_many(work):
+    return _render(work, *_images(work), "--trajectory", "orbit", "--frames", "10000000")
+
+
 def output_under_a_file(work):
     out = work / "data" / "full_list.txt" / "out"
     return ["render", "--checkpoint", str(work / "model"), *_images(work), "--out", str(out)]
@@ -273,6 +277,11 @@ def reference_meta_not_json(work):
     return ["check-reference", str(work / "bad.safetensors")]
 
 
+def reference_meta_not_an_object(work):
+    save_file({"io.images": torch.zeros(1)}, str(work / "bad.safetensors"), {"meta": "{}"})
+    return ["check-reference", str(work / "bad.safetensors")]
+
+
 def _train(work: Path, *overrides: str) -> list[str]:
     return [
         "model.preset=tiny", "data.datasets.scenes.type=procedural", "train.cpu=true",
@@ -325,6 +334,7 @@ CASES = {
         "of dolly-zoom is a travel in scene units in [-100, 100], got 1e+300",
     ),
     "azimuth infinite": (azimuth_infinite, "--azimuth must be a finite number, got inf"),
+    "frames too many": (frames_too_many, "--frames must be between 1 and 10000, got 10000000"),
     "output under a file": (output_under_a_file, "cannot create the output folder"),
     "checkpoint truncated": (checkpoint_truncated, "not a readable safetensors file"),
     "checkpoint pickle": (checkpoint_pickle, "not a readable safetensors file"),
@@ -356,6 +366,11 @@ CASES = {
     "reference meta not JSON": (
         reference_meta_not_json,
         "bad.safetensors: the 'meta' entry of the safetensors header is not valid JSON",
+    ),
+    "reference meta not an object": (
+        reference_meta_not_an_object,
+        "bad.safetensors: the 'meta' entry lacks variant, num_source_views, image_hw, posed, "
+        "config; expected a JSON object with the keys",
     ),
     "train unknown key": (train_unknown_key, "stepz"),
     "train bad value": (train_bad_value, "train.lr must be >= 0, got -1"),

@@ -482,6 +482,11 @@ def test_re10k_absolute_and_moved_paths(tmp_path):
             ValueError,
             r"frames\[1\].*focal lengths must be positive",
         ),
+        (
+            lambda f: f.update(fxfycxcy=[0.06, 0.08, 0.5, 0.5]),  # normalised, as raw RE10K
+            ValueError,
+            r"frames\[1\].*fx=0\.06, fy=0\.08 give a 178\.3 degree field of view on the 8x6",
+        ),
         (lambda f: f.update(fxfycxcy="5 5 4 3"), ValueError, r"frames\[1\]\.fxfycxcy: expected"),
         (lambda f: f.pop("w2c"), ValueError, r"frames\[1\]: missing field 'w2c'"),
     ],
@@ -579,8 +584,12 @@ def test_pixelsplat_bad_cameras_and_images(tmp_path):
     broken["images"][2] = torch.tensor([1, 2, 3], dtype=torch.uint8)
     short = pixelsplat_example("ccc", 3)
     short["cameras"] = short["cameras"][:, :17]
-    torch.save([example, broken, short], tmp_path / "chunk.torch")
+    wide = pixelsplat_example("ddd", 3)
+    wide["cameras"][2, :2] = 0.01  # fx, fy of 0.24 and 0.16 pixels
+    torch.save([example, broken, short, wide], tmp_path / "chunk.torch")
     reader = PixelSplatReader(tmp_path, None)
+    with pytest.raises(ValueError, match=r"scene ddd\.cameras\[2\]: .* 177\.7 degree field of"):
+        reader.load("ddd", [0, 2], 1)
     with pytest.raises(ValueError, match=r"chunk.torch: scene aaa\.cameras: contains non-finite"):
         reader.load("aaa", [0], 1)
     with pytest.raises(ValueError, match=r"scene bbb\.images\[2\]: cannot decode"):
@@ -658,6 +667,10 @@ def test_nerfstudio_opengl_pose_projects_known_point(tmp_path):
         (
             lambda t: t["frames"][0]["transform_matrix"][1].__setitem__(1, 0.0),
             r"frames\[0\].*not a proper rotation",
+        ),
+        (
+            lambda t: t.update(fl_x=0.6, fl_y=0.6),  # normalised by the image size
+            r"frames\[0\].*fx=0\.6, fy=0\.6 give a 171\.4 degree field of view on the 16x12",
         ),
         (lambda t: t.update(w=100), r"frames\[0\]: the image read is 16x12"),
         (lambda t: t["frames"][0].update(file_path="images/nope.png"), r"nope.png"),

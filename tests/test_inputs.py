@@ -14,6 +14,7 @@ from gen_nvs.data.procedural import generate_scene
 from gen_nvs.data.re10k import write_re10k_scene
 from gen_nvs.geometry.cameras import crop_resize_intrinsics, invert_rigid
 from gen_nvs.inputs import (
+    MAX_FRAMES,
     TargetSpec,
     default_intrinsics,
     load_source_views,
@@ -310,8 +311,10 @@ def test_target_errors():
         TargetSpec(trajectory="orbit", azimuth_deg=10.0)
     with pytest.raises(ValueError, match="unknown trajectory 'loop'.*interpolate"):
         TargetSpec(trajectory="loop")
-    with pytest.raises(ValueError, match="frames must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="frames must be between 1 and 10000, got 0"):
         TargetSpec(frames=0)
+    with pytest.raises(ValueError, match="frames must be between 1 and 10000, got 10001"):
+        TargetSpec(frames=MAX_FRAMES + 1)
     with pytest.raises(ValueError, match="elevation .* got 90"):
         TargetSpec(azimuth_deg=0.0, elevation_deg=90.0)
     sources = torch.eye(4).expand(2, 4, 4)
@@ -346,6 +349,20 @@ def test_options_build_the_target_spec():
     assert target_spec_from_args(parse("--target-cameras", "t.json")).kind == "cameras"
     with pytest.raises(ValueError, match="got --trajectory and --azimuth"):
         target_spec_from_args(parse("--trajectory", "orbit", "--azimuth", "3"))
+
+
+@pytest.mark.parametrize("frames", ["0", "10001", "10000000"])
+def test_frames_out_of_range_are_refused_naming_the_option(frames):
+    args = parse("--trajectory", "orbit", "--frames", frames)
+    with pytest.raises(ValueError, match=f"--frames must be between 1 and 10000, got {frames}$"):
+        target_spec_from_args(args)
+    assert target_spec_from_args(parse("--frames", str(MAX_FRAMES))).frames == MAX_FRAMES
+
+
+def test_frames_help_gives_the_limit():
+    parser = argparse.ArgumentParser()
+    add_target_arguments(parser)
+    assert "1-10000 (default 8)" in " ".join(parser.format_help().split())
 
 
 def test_model_options_without_a_default_size():

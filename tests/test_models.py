@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -47,14 +49,31 @@ def test_check_fixture_reproduces_every_quantity(path):
 def test_check_reference_command_fails_on_a_tampered_fixture(tmp_path, capsys):
     meta, tensors = read_fixture(FIXTURES[0])
     tensors["io.rendered_targets"] = tensors["io.rendered_targets"] + 1e-3
-    import json
-
     bad = tmp_path / "tampered.safetensors"
     save_file(tensors, str(bad), metadata={"meta": json.dumps(meta)})
     assert main(["check-reference", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "io.rendered_targets" in out and "exceeds" in out
     assert main(["check-reference", str(tmp_path / "missing.safetensors")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ("{}", "the 'meta' entry lacks variant, num_source_views, image_hw, posed, config; "),
+        ("[1, 2]", "the 'meta' entry must be a JSON object with the keys variant, "),
+        (None, "the 'config' of the 'meta' entry lacks vggt_depth; expected a JSON object "),
+    ],
+)
+def test_fixture_meta_without_the_needed_keys_is_named(tmp_path, meta, message):
+    good, tensors = read_fixture(FIXTURES[0])
+    if meta is None:  # a valid meta whose config lost one key
+        good["config"].pop("vggt_depth")
+        meta = json.dumps(good)
+    bad = tmp_path / "bad_meta.safetensors"
+    save_file(tensors, str(bad), metadata={"meta": meta})
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: {message}")):
+        read_fixture(bad)
 
 
 def test_official_model_pt_files_load(tmp_path):

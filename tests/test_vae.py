@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from gen_nvs.cli import main as cli_main
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.eval.metrics import psnr
 from gen_nvs.geometry import cameras as C
+from gen_nvs.models.checkpoint import HF_EXPORT_FORM
 from gen_nvs.models.vae import LatentCodec, tiny_vae_config
 from gen_nvs.train import vae as train_vae
+from tests.test_checkpoint import populate_hf_cache
 
 SHIPPED_VAE = Path(gen_nvs.__file__).parent / "assets" / "vae"
 # The shipped VAE's mean PSNR on the probe views below (the first held-out scenes of
@@ -98,6 +101,31 @@ def test_clear_errors(tmp_path):
     codec.save_pretrained(pipeline / "vae")
     with pytest.raises(ValueError, match=r"lacks config\.json, .*pass .*pipeline/vae"):
         LatentCodec(pipeline)
+
+
+@pytest.mark.parametrize(
+    "given", ["hf://", "hf://justname", "hf://org//repo", "hf://org/repo@", "hf://org/repo/vae@"]
+)
+def test_malformed_hub_vaes_are_named_as_given_with_the_form(given):
+    expected = f"{given!r} is not a Hugging Face path: expected {HF_EXPORT_FORM}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        LatentCodec(given)
+
+
+def test_hub_vae_in_a_subfolder_loads_and_a_url_gets_its_hub_spelling(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    codec = make_codec()
+    codec.save_pretrained(tmp_path / "vae")
+    files = {f"vae/{f.name}": f.read_bytes() for f in (tmp_path / "vae").iterdir()}
+    populate_hf_cache(tmp_path / "hub", "org/pipeline", files)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    images = random_images(1, 16, 16)
+    loaded = LatentCodec("hf://org/pipeline/vae/")
+    assert torch.equal(loaded.encode(images), codec.encode(images))
+    with pytest.raises(ValueError, match=re.escape("(here: hf://org/pipeline/vae)")):
+        LatentCodec("https://huggingface.co/org/pipeline/tree/main/vae")
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])

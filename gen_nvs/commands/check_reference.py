@@ -22,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_nvs.fixtures import TOLERANCE
+    from gen_nvs.fixtures import TOLERANCE, check_fixture
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise CommandError(f"--tolerance must be a finite number >= 0, got {tolerance}")
     results, failed = {}, []
     for path in args.fixtures:
-        errors = _check(path)
+        errors = check_fixture(path)
         results[path] = errors
         bad = {k: v for k, v in errors.items() if not v <= tolerance}
         if bad:
@@ -45,16 +45,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} of {len(args.fixtures)} fixture(s) exceed {tolerance:g}")
         return 1
     return 0
-
-
-def _check(path: str) -> dict[str, float]:
-    """`check_fixture`, with a damaged `meta` header named: the JSON parser's own error
-    says neither the file nor the entry."""
-    from gen_nvs.fixtures import check_fixture
-
-    try:
-        return check_fixture(path)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: the 'meta' entry of the safetensors header is not valid JSON ({err})"
-        ) from err

@@ -32,7 +32,7 @@ from gen_nvs.data.scene import (
     load_image,
     resize_views,
 )
-from gen_nvs.geometry.cameras import validate_cameras
+from gen_nvs.geometry.cameras import MAX_FOV_DEG, validate_cameras
 
 TRANSFORMS = "transforms.json"
 # Where scenes sit below a root: the root itself, <scene>/, <batch>/<scene>/, and
@@ -203,7 +203,11 @@ class NerfstudioReader:
             hw = tuple(image.shape[-2:])
             intrinsics = _pixel_intrinsics(transforms.intrinsics[k], hw, where)[None]
             validate_cameras(
-                transforms.c2w[k : k + 1], intrinsics, hw, f"{where} (transform_matrix, intrinsics)"
+                transforms.c2w[k : k + 1],
+                intrinsics,
+                hw,
+                f"{where} (transform_matrix, intrinsics)",
+                max_fov_deg=MAX_FOV_DEG,
             )
             image, intrinsics, _, _ = resize_views(image[None], intrinsics.float(), self.image_hw)
             images.append(image)

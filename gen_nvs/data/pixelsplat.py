@@ -31,7 +31,7 @@ from gen_nvs.data.scene import (
     decode_image,
     resize_views,
 )
-from gen_nvs.geometry.cameras import invert_rigid, validate_cameras
+from gen_nvs.geometry.cameras import MAX_FOV_DEG, invert_rigid, validate_cameras
 
 INDEX_FILE = "index.json"
 CAMERA_DIM = 18
@@ -153,7 +153,7 @@ class PixelSplatReader:
             image = decode_image(jpegs[k].numpy().tobytes(), f"{where}.images[{k}]")
             hw = tuple(image.shape[-2:])
             w2c, intrinsics = decode_cameras(cameras[k : k + 1], hw)
-            validate_cameras(w2c, intrinsics, hw, f"{where}.cameras[{k}]")
+            validate_cameras(w2c, intrinsics, hw, f"{where}.cameras[{k}]", max_fov_deg=MAX_FOV_DEG)
             image, intrinsics, _, _ = resize_views(image[None], intrinsics.float(), self.image_hw)
             images.append(image)
             c2w.append(invert_rigid(w2c).float())

@@ -37,7 +37,7 @@ from gen_nvs.data.scene import (
     load_image,
     resize_views,
 )
-from gen_nvs.geometry.cameras import invert_rigid, validate_cameras
+from gen_nvs.geometry.cameras import MAX_FOV_DEG, invert_rigid, validate_cameras
 
 FULL_LIST = "full_list.txt"
 UINT16_MAX = 65535  # the largest stored depth value
@@ -171,7 +171,7 @@ def _load_frame(
     w2c, fxfycxcy = meta.w2c[k : k + 1], meta.fxfycxcy[k : k + 1]
     # Rigidity is the same check for w2c and c2w; checking before inverting keeps
     # singular matrices from turning into NaNs.
-    validate_cameras(w2c, fxfycxcy, hw, f"{where} (w2c, fxfycxcy)")
+    validate_cameras(w2c, fxfycxcy, hw, f"{where} (w2c, fxfycxcy)", max_fov_deg=MAX_FOV_DEG)
     depth = valid = None
     if with_depth:
         stored = meta.depth_paths[k]

@@ -47,7 +47,7 @@ def split_hf_path(text: str, form: str = HF_FILE_FORM) -> tuple[str, str, str | 
     return "/".join(parts[:2]), "/".join(parts[2:]), revision
 
 
-def _refuse_url(text: str, form: str) -> None:
+def refuse_url(text: str, form: str) -> None:
     """ValueError for a URL other than hf://, which as a local path would end in an odd
     "not found" (`https:/...`); a huggingface.co URL is given its hf:// spelling."""
     scheme, sep, rest = text.partition("://")
@@ -70,7 +70,7 @@ def _refuse_url(text: str, form: str) -> None:
 def resolve_path(path: str | Path) -> Path:
     """A local path, or the cached local copy of an `hf://org/repo/file[@rev]` path."""
     text = str(path)
-    _refuse_url(text, HF_FILE_FORM)
+    refuse_url(text, HF_FILE_FORM)
     if not text.startswith(HF_PREFIX):
         local = Path(text).expanduser()
         if not local.exists():
@@ -155,7 +155,7 @@ def load_export(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     ValueError naming what was given and the accepted forms for anything else.
     """
     text = str(path)
-    _refuse_url(text, HF_EXPORT_FORM)
+    refuse_url(text, HF_EXPORT_FORM)
     if text.startswith(HF_PREFIX):
         repo_id, folder, revision = split_hf_path(text, HF_EXPORT_FORM)
         if folder.split("/")[-1] == EXPORT_WEIGHTS:

@@ -21,13 +21,19 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
-from gen_nvs.models.checkpoint import HF_PREFIX, resolve_path
+from gen_nvs.models.checkpoint import (
+    HF_EXPORT_FORM,
+    HF_PREFIX,
+    refuse_url,
+    resolve_path,
+    split_hf_path,
+)
 
 VAE_CONFIG = "config.json"
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _EXPECTED = (
     f"a diffusers AutoencoderKL folder ({VAE_CONFIG} + {VAE_WEIGHTS}, as `save_pretrained` "
-    "writes it) or hf://org/repo[/subfolder]"
+    f"writes it) or {HF_EXPORT_FORM}"
 )
 
 
@@ -65,14 +71,16 @@ def tiny_vae_config(
 def _local_folder(source: str | Path) -> Path:
     """The local folder of a VAE: `source` itself, or the hub cache copy of an hf:// one."""
     text = str(source)
+    refuse_url(text, HF_EXPORT_FORM)  # a URL would otherwise be a folder "not found"
     if text.startswith(HF_PREFIX):
-        base, revision = text.rstrip("/"), ""
-        if "@" in base:
-            base, revision = base.rsplit("@", 1)
-            revision = "@" + revision
+        # Split as checkpoints are, so a malformed spec is named as given, not as the
+        # config path built from it.
+        repo_id, subfolder, revision = split_hf_path(text, HF_EXPORT_FORM)
+        base = "/".join(filter(None, (HF_PREFIX + repo_id, subfolder)))
+        at = f"@{revision}" if revision else ""
         try:
-            config = resolve_path(f"{base}/{VAE_CONFIG}{revision}")
-            resolve_path(f"{base}/{VAE_WEIGHTS}{revision}")  # lands beside the config
+            config = resolve_path(f"{base}/{VAE_CONFIG}{at}")
+            resolve_path(f"{base}/{VAE_WEIGHTS}{at}")  # lands beside the config
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"VAE {text}: expected {_EXPECTED}: {err}") from err
         return config.parent
