@@ -582,3 +582,23 @@ def test_flicker_benchmark_reports_ratios_to_the_truth():
     }
     assert all(value > 0 for value in change.values())
     assert report["ratio_to_truth"]["truth"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(frames=1), r"--frames in 2..10000 .* got 1, 1 and 1"),
+        (dict(frames=10**7), r"--frames in 2..10000 .* got 1, 10000000 and 1"),
+        (dict(size=100000), r"--size 100000 100000 must be between 1 and 4096"),
+    ],
+)
+def test_flicker_benchmark_refuses_bad_options_before_loading(change, message, monkeypatch):
+    import argparse
+
+    from gen_nvs.bench.flicker import run_flicker_bench
+    from gen_nvs.pipeline import NVSPipeline
+
+    monkeypatch.setattr(NVSPipeline, "from_pretrained", pytest.fail)  # never reached
+    args = dict(checkpoint=None, scenes=1, frames=3, degrees=20.0, steps=1, size=32)
+    with pytest.raises(ValueError, match=message):
+        run_flicker_bench(argparse.Namespace(**{**args, **change}))

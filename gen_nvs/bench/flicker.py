@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gen_nvs.inputs import MAX_FRAMES
+from gen_nvs.options import check_render_size
 from gen_nvs.sampling import SamplingConfig
 
 TEST_SEEDS = 1_000_000  # the held-out set's first seed (`gen_nvs.train.recipe.TEST_SET`)
@@ -36,8 +38,12 @@ def add_flicker_arguments(parser: argparse.ArgumentParser) -> None:
 def run_flicker_bench(args: argparse.Namespace) -> dict[str, Any]:
     from gen_nvs.pipeline import NVSPipeline
 
-    if args.scenes < 1 or args.frames < 2 or args.steps < 1:
-        raise ValueError("need --scenes >= 1, --frames >= 2 and --steps >= 1")
+    if args.scenes < 1 or not 2 <= args.frames <= MAX_FRAMES or args.steps < 1:
+        raise ValueError(
+            f"need --scenes >= 1, --frames in 2..{MAX_FRAMES} and --steps >= 1, got "
+            f"{args.scenes}, {args.frames} and {args.steps}"
+        )
+    check_render_size((args.size, args.size), 1)  # the pixel limit, before loading
     pipe = NVSPipeline.from_pretrained(args.checkpoint)
     if not pipe.model.can_sample:
         raise ValueError("bench flicker needs a model with a diffusion decoder")
