@@ -61,6 +61,16 @@ def tiny_config(tmp_path: Path, name: str, *overrides: str) -> dict:
     return load_config(None, [*TINY, f"run.output_dir={tmp_path}", f"run.name={name}", *overrides])
 
 
+def disk_only(root: Path) -> list[str]:
+    """Overrides that train on the RE10K-layout scenes under `root` alone."""
+    return [
+        "data.datasets.scenes.weight=0",
+        "data.datasets.disk.type=re10k",
+        f"data.datasets.disk.root={root}",
+        "data.datasets.disk.list_file=null",
+    ]
+
+
 def losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").open()]
 
@@ -257,10 +267,7 @@ def test_empty_data_path_fails_before_training(tmp_path):
     config = tiny_config(
         tmp_path,
         "empty",
-        "data.datasets.scenes.weight=0",
-        "data.datasets.disk.type=re10k",
-        f"data.datasets.disk.root={tmp_path / 'data'}",
-        "data.datasets.disk.list_file=null",
+        *disk_only(tmp_path / "data"),
     )
     with pytest.raises(ValueError, match=r"data.datasets.disk: no scenes found under"):
         train(config)
@@ -273,10 +280,7 @@ def test_negative_target_margin_fails_before_training(tmp_path):
     config = tiny_config(
         tmp_path,
         "margin",
-        "data.datasets.scenes.weight=0",
-        "data.datasets.disk.type=re10k",
-        f"data.datasets.disk.root={tmp_path / 'data'}",
-        "data.datasets.disk.list_file=null",
+        *disk_only(tmp_path / "data"),
         "data.datasets.disk.target_margin=-1",
     )
     with pytest.raises(ValueError, match=r"data.datasets.disk.target_margin must be >= 0, got -1"):
@@ -291,10 +295,7 @@ def test_images_smaller_than_requested_fail_before_training(tmp_path):
         tmp_path,
         "small",
         "data.image_size=[32, 32]",
-        "data.datasets.scenes.weight=0",
-        "data.datasets.disk.type=re10k",
-        f"data.datasets.disk.root={tmp_path / 'data'}",
-        "data.datasets.disk.list_file=null",
+        *disk_only(tmp_path / "data"),
     )
     with pytest.raises(ValueError, match=r"are 16x16 .* smaller than data.image_size 32x32"):
         train(config)

@@ -58,12 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise CommandError(f"--seed must be >= 0, got {args.seed}")
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CommandError(f"--out {out} is not empty (pass --overwrite to write into it)")
     device = resolve_device(args.device)
-    prepare_output_dir(out, args.overwrite)
+    prepare_output_dir(out, args.overwrite)  # a file there, or a non-empty folder: refused
 
     config = SceneConfig(rig=args.rig, walls=args.walls)
     image_hw = tuple(args.size)
