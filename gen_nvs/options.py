@@ -52,10 +52,18 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         f"sides multiples of the patch size, at most {MAX_IMAGE_SIDE} (default "
         f"{DEFAULT_RESOLUTION}, the embedded model's training size)",
     )
-    group.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    group.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out directory"
-    )
+    add_output_arguments(group, "output directory")
+
+
+def add_output_arguments(
+    group: argparse._ActionsContainer,
+    out_help: str,
+    overwrite_help: str = "write into a non-empty --out directory",
+) -> None:
+    """--out DIR (required) and --overwrite, the output folder of every command that
+    writes one (see `gen_nvs.outputs.check_output_dir`)."""
+    group.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    group.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
 def add_model_arguments(

@@ -34,7 +34,12 @@ from gen_nvs.data.re10k import FULL_LIST, RE10KReader
 from gen_nvs.eval.evaluate import RESULTS_FILE, FirstViewsDataset, SamplingSettings, evaluate
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR
 from gen_nvs.models.perceptual import load_lpips
-from gen_nvs.options import add_model_arguments, check_render_size, resolve_device
+from gen_nvs.options import (
+    add_model_arguments,
+    add_output_arguments,
+    check_render_size,
+    resolve_device,
+)
 from gen_nvs.outputs import check_output_dir, output_dir
 from gen_nvs.pipeline import NVSPipeline
 from gen_nvs.sampling import SamplingConfig, check_sampling_options
@@ -47,15 +52,12 @@ DEFAULT_MAX_TARGETS = 4
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root (RE10K layout)")
-    parser.add_argument(
-        "--out", type=Path, required=True, metavar="DIR",
-        help="output directory for results.json and grids/ (new or empty; see --overwrite)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--overwrite", action="store_true",
-        help="write into a non-empty --out directory: results.json and the evaluated scenes' "
+    add_output_arguments(
+        parser,
+        "output directory for results.json and grids/ (new or empty; see --overwrite)",
+        "write into a non-empty --out directory: results.json and the evaluated scenes' "
         "grids are replaced, other files stay",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--index", type=Path, help="evaluation index JSON (default: first views are sources)"
     )

@@ -16,12 +16,16 @@ from gen_nvs.cli import CommandError
 from gen_nvs.data.procedural import RIGS, WALLS, SceneConfig, generate_scene, scene_name
 from gen_nvs.data.re10k import write_full_list, write_re10k_scene
 from gen_nvs.inputs import MAX_IMAGE_SIDE
-from gen_nvs.options import resolve_device
+from gen_nvs.options import add_output_arguments, resolve_device
 from gen_nvs.outputs import prepare_output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output dataset root")
+    add_output_arguments(
+        parser,
+        "output dataset root (new or empty; see --overwrite)",
+        "write into a non-empty OUT, replacing files of the same names",
+    )
     parser.add_argument("--scenes", type=int, default=10, help="number of scenes (default 10)")
     parser.add_argument("--views", type=int, default=8, help="views per scene (default 8)")
     parser.add_argument(
@@ -41,11 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch device to render on: cpu (default), cuda, cuda:1, ..., auto (cuda when "
         "available)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="write into a non-empty OUT, replacing files of the same names",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.seed < 0:
         raise CommandError(f"--seed must be >= 0, got {args.seed}")
-    out: Path = args.out
+    out = Path(args.out)
     device = resolve_device(args.device)
     prepare_output_dir(out, args.overwrite)  # a file there, or a non-empty folder: refused
 
