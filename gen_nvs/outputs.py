@@ -235,7 +235,7 @@ def check_output_dir(path: str | Path, overwrite: bool) -> Path:
         raise ValueError(f"output {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ValueError(f"output directory {path} is not empty; pass --overwrite to write into it")
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         raise ValueError(f"cannot create the output folder {path}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -251,11 +251,16 @@ def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        parent = next(p for p in path.parents if p.is_dir() or p == p.parent)
         raise ValueError(
-            f"cannot create the output folder {path} in {parent}: {err.strerror or err}"
+            f"cannot create the output folder {path} in {_nearest_existing(path)}: "
+            f"{err.strerror or err}"
         ) from err
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself or its nearest ancestor that exists (the root at worst)."""
+    return next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ plus `full_list.txt`. The same arguments give the same bytes.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -56,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.seed < 0:
         raise CommandError(f"--seed must be >= 0, got {args.seed}")
-    out = Path(args.out)
     device = resolve_device(args.device)
-    prepare_output_dir(out, args.overwrite)  # a file there, or a non-empty folder: refused
+    out = prepare_output_dir(args.out, args.overwrite)  # a file there, a non-empty folder: refused
 
     config = SceneConfig(rig=args.rig, walls=args.walls)
     image_hw = tuple(args.size)
