@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-REGIONS = ("whole", "seen", "unseen")
+from gen_nvs.eval.evaluate import REGIONS as SPLIT_REGIONS
+
+REGIONS = ("whole", *SPLIT_REGIONS)  # the whole image, then the regions results.json splits
 OUTPUTS = ("regression", "samples", "best")
 METRICS = ("psnr", "ssim")
 
