@@ -14,6 +14,9 @@ and on the region some source saw (by the true depth), for:
 - the sources warped by the true depth, and by the model's own depths (`backward_warp`;
   the decoder's render where no source sees the point): what a plain warp gives;
 - the truth's own 8x8 patch means: the floor of a renderer that paints patch means;
+- the same refiner fed depths part of the way from the truth to the model's own (each
+  pixel's log depth mixed, `DEPTH_MIXES`): how the render falls with the depth's error,
+  so what error a target PSNR needs;
 
 and how far the model's depth of the targets is from the truth (median relative error,
 share of pixels within 1.25x), split into a scale per view (the spread of each view's
@@ -46,6 +49,7 @@ from gen_nvs.unseen import PREDICTED_REL_TOL
 SOURCES, TARGETS = (0, 3), (1, 2, 4, 5)
 TRUE_REL_TOL = 0.02  # the dataset's exact depth (as `gen-nvs eval`'s truth masks)
 PATCH = 8
+DEPTH_MIXES = (0.25, 0.5, 0.75)  # shares of the way from the true log depth to the model's
 
 
 def _psnr(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> float:
@@ -82,6 +86,15 @@ def scale_and_shape(depth: Tensor, true_depth: Tensor) -> tuple[Tensor, Tensor]:
     return scale, (log_ratio - scale[:, None]).exp().view_as(depth)
 
 
+def mixed_depth(true_depth: Tensor, depth: Tensor, share: float) -> Tensor:
+    """Depth `share` of the way from true_depth to depth in log space, per pixel (any
+    shape): true_depth * (depth / true_depth) ** share, so that its relative error is
+    about `share` times the depth's. A ratio that is not finite and positive counts as
+    100x off, as far as the mix goes."""
+    ratio = (depth / true_depth).nan_to_num(nan=1e-2, posinf=1e2, neginf=1e-2).clamp(1e-2, 1e2)
+    return true_depth * ratio**share
+
+
 @dataclass
 class Oracles:
     """psnr: {name: (whole, seen)} in dB, per-image PSNR averaged over the targets;
@@ -89,13 +102,16 @@ class Oracles:
     the truth, over all their pixels; depth_scale_spread: the standard deviation over the
     targets of each one's median log(model / true depth) (a wrong scale per view);
     depth_shape_rel_error: the median relative error once each target's median ratio is
-    divided out (what is wrong besides the scale)."""
+    divided out (what is wrong besides the scale); mix_rel_error: for each row of the
+    refiner fed a mixed depth (`DEPTH_MIXES`), that depth's median relative error over the
+    targets' pixels, as depth_median_rel_error is the model's own."""
 
     psnr: dict[str, tuple[float, float]]
     depth_median_rel_error: float
     depth_within_125: float
     depth_scale_spread: float
     depth_shape_rel_error: float
+    mix_rel_error: dict[str, float]
 
 
 @torch.no_grad()
@@ -104,6 +120,7 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
     s, t = list(SOURCES), list(TARGETS)
     rows: dict[str, list[Tensor]] = {}
     ratios, view_scales, shapes = [], [], []
+    mix_ratios: dict[str, list[Tensor]] = {}
 
     def add(name: str, pred: Tensor) -> None:
         rows.setdefault(name, []).append(pred)
@@ -168,6 +185,19 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
                 target_c2w[None], k_t[None], replace(refiner_sources, depth=model_s[None] * k),
             )  # fmt: skip
             add("refiner fed its depth, scene scale true", rescaled.rgb[0])
+            for share in DEPTH_MIXES:
+                name = f"refiner fed depth {share:.2f} of the way to its own"
+                mix_t, mix_s = (
+                    mixed_depth(true_t, model_t, share),
+                    mixed_depth(true_s, model_s, share),
+                )
+                mix_points = unproject_depth(mix_t, k_t, target_c2w)[None]
+                mixed = model.refine(
+                    replace(out, rgb=out.decoder_rgb, points=mix_points),
+                    target_c2w[None], k_t[None], replace(refiner_sources, depth=mix_s[None]),
+                )  # fmt: skip
+                add(name, mixed.rgb[0])
+                mix_ratios.setdefault(name, []).append((mix_t / true_t).flatten())
         add("warp by the true depth", torch.where(seen[:, None], true_warp, decoder))
         add("warp by the model's depths", torch.where(model_seen[:, None], model_warp, decoder))
         means = F.avg_pool2d(views.images[t], PATCH)
@@ -184,6 +214,10 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
         depth_within_125=float(((ratio > 1 / 1.25) & (ratio < 1.25)).float().mean()),
         depth_scale_spread=float(torch.cat(view_scales).std()),
         depth_shape_rel_error=float((shape - 1).abs().median()),
+        mix_rel_error={
+            name: float((torch.cat(r).nan_to_num(0.0) - 1).abs().median())
+            for name, r in mix_ratios.items()
+        },
     )
 
 
@@ -200,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     results = oracles(model, args.scenes)
     print(f"{args.scenes} probe scenes x {len(TARGETS)} novel views: PSNR whole / seen (dB)")
     for name, (whole, seen) in results.psnr.items():
-        print(f"  {name:<40} {whole:6.2f} / {seen:6.2f}")
+        error = results.mix_rel_error.get(name)
+        note = "" if error is None else f"  (its depth's median relative error {error:.3f})"
+        print(f"  {name:<48} {whole:6.2f} / {seen:6.2f}{note}")
     print(
         f"the model's depth of the targets: median relative error "
         f"{results.depth_median_rel_error:.3f}, {100 * results.depth_within_125:.1f} % of "
