@@ -411,7 +411,7 @@ def test_pose_free_scene_with_a_camera_head_is_refined():
 def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     """`python -m gen_nvs.eval.oracles` on a random tiny model with a refiner: every row is
     there, and the warp by the true depth beats the (untrained) render by far."""
-    from gen_nvs.eval.oracles import main, oracles
+    from gen_nvs.eval.oracles import DEPTH_MIXES, main, oracles
 
     model = _model_with_refiner()
     result = oracles(model, num_scenes=2)
@@ -424,15 +424,21 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
         "refiner fed the true depth",
         "refiner fed true 8x8 depth means",
         "refiner fed its depth, scene scale true",
+        *(f"refiner fed depth {share:.2f} of the way to its own" for share in DEPTH_MIXES),
         "warp by the true depth",
         "warp by the model's depths",
         "the truth's 8x8 patch means",
     }
+    # The mixed depths' errors grow with the share of the model's depth in them.
+    errors = list(result.mix_rel_error.values())
+    assert len(errors) == len(DEPTH_MIXES) and errors == sorted(errors)
+    assert errors[-1] < result.depth_median_rel_error
     whole, seen = results["warp by the true depth"]
     assert seen > results["decoder render"][1] + 5 and math.isfinite(whole)
     assert main(["--scenes", "1"]) == 0  # the embedded default model
     printed = capsys.readouterr().out
     assert "warp by the true depth" in printed and "once each view's scale" in printed
+    assert "0.50 of the way to its own" in printed and "its depth's median relative" in printed
     with pytest.raises(SystemExit):
         main(["--scenes", "0"])
 
@@ -462,6 +468,19 @@ def test_the_log_depth_loss_is_the_mean_log_ratio_over_valid_pixels(tmp_path):
     run = train(tiny_config(tmp_path, "logdepth", "loss.log_depth=1.0", "train.steps=2"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert all(math.isfinite(r["log_depth"]) for r in records)
+
+
+def test_a_mixed_depth_goes_from_the_truth_to_the_model_s_in_log_space():
+    from gen_nvs.eval.oracles import mixed_depth
+
+    true = torch.rand(2, 8, 8) * 4 + 1
+    model = true * torch.rand(2, 8, 8).add(0.5)
+    torch.testing.assert_close(mixed_depth(true, model, 0.0), true)
+    torch.testing.assert_close(mixed_depth(true, model, 1.0), model)
+    torch.testing.assert_close(mixed_depth(true, model, 0.5), (true * model).sqrt())
+    # A depth that is not a depth (behind the camera, NaN) counts as 100x too near.
+    model[0, 0, :3] = torch.tensor([-1.0, float("nan"), 0.0])
+    torch.testing.assert_close(mixed_depth(true, model, 0.5)[0, 0, :3], true[0, 0, :3] * 0.1)
 
 
 def test_the_depth_error_splits_into_a_scale_per_view_and_a_shape():

@@ -1,0 +1,94 @@
+"""`python -m gen_nvs.train.grow`: a deeper encoder that starts as the trained one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gen_nvs.data.procedural import generate_scene
+from gen_nvs.models.config import model_config
+from gen_nvs.models.nvs import build_model, load_model, save_model
+from gen_nvs.train.grow import grow_encoder, grown_order, main
+from gen_nvs.train.loop import train
+from tests.test_train import tiny_config
+
+FRAME = "encoder.aggregator.frame_blocks"
+
+
+def test_new_pairs_spread_between_the_trained_ones_and_the_last_stays_last():
+    assert grown_order(4, 7) == [0, None, 1, None, 2, None, 3]
+    assert grown_order(4, 8) == [0, None, None, 1, None, 2, None, 3]
+    assert grown_order(2, 4) == [0, None, None, 1]
+    assert grown_order(1, 3) == [None, None, 0]
+    assert grown_order(3, 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="new depth 2 < current depth 3"):
+        grown_order(3, 2)
+
+
+@pytest.fixture
+def trained_export(tmp_path):
+    """A tiny model (2 block pairs) whose every LayerScale is far from zero, as trained."""
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny").override({"encoder": {"image_size": 28}})).eval()
+    for name, param in model.named_parameters():
+        if name.endswith("gamma"):
+            param.data.uniform_(0.5, 1.0)
+    save_model(model, tmp_path / "small", training={"stage": "regression", "step": 7})
+    return tmp_path / "small"
+
+
+def _render(model, scene):
+    s, t = [0, 1], [2]
+    encoded = model.encode(scene.images[None, s], scene.c2w[None, s], scene.fxfycxcy[None, s])
+    out = model.render(encoded, scene.c2w[None, t], scene.fxfycxcy[None, t], (16, 16))
+    pose_free = model.encode(scene.images[None, s])  # the camera head reads the aggregator
+    return out.rgb, out.points, pose_free.source_c2w
+
+
+@torch.no_grad()
+def test_the_grown_model_renders_exactly_as_the_trained_one(trained_export, tmp_path):
+    grown_dir = grow_encoder(trained_export, 4, tmp_path / "grown")
+    small, grown = load_model(trained_export), load_model(grown_dir)
+    assert grown.config.encoder.depth == 4
+    assert grown.config.decoder == small.config.decoder
+    scene = generate_scene(3, 3, (16, 16))
+    for before, after in zip(_render(small, scene), _render(grown, scene), strict=True):
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    old, new = small.state_dict(), grown.state_dict()
+    # [0, new, new, 1]: the trained pairs at 0 and 3; the new ones start as the identity.
+    torch.testing.assert_close(new[f"{FRAME}.3.attn.qkv.weight"], old[f"{FRAME}.1.attn.qkv.weight"])
+    assert float(new[f"{FRAME}.1.ls1.gamma"].abs().max()) == 0.0
+    assert float(new["encoder.aggregator.global_blocks.2.ls2.gamma"].abs().max()) == 0.0
+    assert float(new[f"{FRAME}.1.attn.qkv.weight"].std()) > 0  # freshly initialised
+    stored = load_file(str(grown_dir / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in stored.values() if v.is_floating_point())
+    info = json.loads((grown_dir / "config.json").read_text())
+    assert info["grown_from"]["encoder_depth"] == 2 and info["training"]["step"] == 7
+
+
+def test_training_from_the_grown_export_moves_the_new_blocks(trained_export, tmp_path):
+    grow_encoder(trained_export, 3, tmp_path / "grown")
+    config = tiny_config(
+        tmp_path, "grown", f"model.init_from={tmp_path / 'grown'}", "train.steps=2", "loss.camera=0"
+    )
+    run = train(config)
+    trained = load_file(str(run / "export" / "model.safetensors"))
+    assert float(trained[f"{FRAME}.1.ls1.gamma"].abs().max()) > 0  # it learns
+    assert trained[f"{FRAME}.2.ls1.gamma"].shape == (trained[f"{FRAME}.0.ls1.gamma"].shape)
+
+
+def test_the_command_never_overwrites_and_never_shrinks(trained_export, tmp_path, capsys):
+    out = tmp_path / "grown"
+    assert main(["--from", str(trained_export), "--encoder-depth", "3", "--out", str(out)]) == 0
+    assert "encoder depth 3" in capsys.readouterr().out
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["--from", str(trained_export), "--encoder-depth", "4", "--out", str(out)])
+    assert "exists" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before  # nothing the user made is lost
+    with pytest.raises(SystemExit):
+        main(["--from", str(trained_export), "--encoder-depth", "1", "--out", str(tmp_path / "x")])
+    assert "new depth 1 < current depth 2" in capsys.readouterr().err
