@@ -60,9 +60,11 @@ def test_the_grown_model_renders_exactly_as_the_trained_one(trained_export, tmp_
     old, new = small.state_dict(), grown.state_dict()
     # [0, new, new, 1]: the trained pairs at 0 and 3; the new ones start as the identity.
     torch.testing.assert_close(new[f"{FRAME}.3.attn.qkv.weight"], old[f"{FRAME}.1.attn.qkv.weight"])
-    assert float(new[f"{FRAME}.1.ls1.gamma"].abs().max()) == 0.0
-    assert float(new["encoder.aggregator.global_blocks.2.ls2.gamma"].abs().max()) == 0.0
+    for key in ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias"):
+        assert float(new[f"{FRAME}.1.{key}"].abs().max()) == 0.0
+        assert float(new[f"encoder.aggregator.global_blocks.2.{key}"].abs().max()) == 0.0
     assert float(new[f"{FRAME}.1.attn.qkv.weight"].std()) > 0  # freshly initialised
+    assert float(new[f"{FRAME}.1.ls1.gamma"].abs().min()) > 0
     stored = load_file(str(grown_dir / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in stored.values() if v.is_floating_point())
     info = json.loads((grown_dir / "config.json").read_text())
@@ -76,7 +78,8 @@ def test_training_from_the_grown_export_moves_the_new_blocks(trained_export, tmp
     )
     run = train(config)
     trained = load_file(str(run / "export" / "model.safetensors"))
-    assert float(trained[f"{FRAME}.1.ls1.gamma"].abs().max()) > 0  # it learns
+    assert float(trained[f"{FRAME}.1.attn.proj.weight"].abs().max()) > 0  # it learns
+    assert float(trained[f"{FRAME}.1.mlp.fc2.weight"].abs().max()) > 0
     assert trained[f"{FRAME}.2.ls1.gamma"].shape == (trained[f"{FRAME}.0.ls1.gamma"].shape)
 
 
