@@ -329,3 +329,24 @@ def test_new_presets_geometrically():
     far = _focus(ref, 6.0) + 0.3 * x  # behind the focus plane: grows in the image
     uv_far, _ = C.project_points(far.expand(6, 1, 3), path.c2w, frames)
     assert (uv_far[-1, 0, 0] - 32) > (uv_far[0, 0, 0] - 32) * 1.2
+
+
+def test_mirrored_cameras_see_each_point_at_the_mirrored_pixel_and_depth():
+    gen = torch.Generator().manual_seed(3)
+    c2w = random_c2w(4, gen)
+    fxfycxcy = torch.tensor([[50.0, 52.0, 30.5, 33.0]], dtype=torch.float64).repeat(4, 1)
+    points = torch.randn(4, 20, 3, generator=gen, dtype=torch.float64)
+    points = points + c2w[:, None, :3, 3] + 4 * c2w[:, None, :3, 2]  # in front of each camera
+    uv, depth = C.project_points(points, c2w, fxfycxcy)
+    m_c2w, m_k = C.mirror_cameras(c2w, fxfycxcy, width=64)
+    m_points = points * points.new_tensor([-1.0, 1.0, 1.0])  # the world reflected in x
+    m_uv, m_depth = C.project_points(m_points, m_c2w, m_k)
+    torch.testing.assert_close(m_depth, depth)
+    torch.testing.assert_close(m_uv[..., 0], 64 - uv[..., 0])  # continuous u -> width - u
+    torch.testing.assert_close(m_uv[..., 1], uv[..., 1])
+    rotation = m_c2w[:, :3, :3]
+    torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(4, dtype=torch.float64))
+    # Mirroring twice gives the cameras back.
+    back_c2w, back_k = C.mirror_cameras(m_c2w, m_k, width=64)
+    torch.testing.assert_close(back_c2w, c2w)
+    torch.testing.assert_close(back_k, fxfycxcy)

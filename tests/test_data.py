@@ -29,6 +29,7 @@ from gen_nvs.data import (
     decode_image,
     load_image,
     load_scene,
+    mirror_scenes,
     sample_views,
     write_full_list,
     write_re10k_scene,
@@ -39,6 +40,7 @@ from gen_nvs.geometry.cameras import (
     invert_rigid,
     project_points,
 )
+from gen_nvs.geometry.warp import backward_warp
 from gen_nvs.outputs import fit_depth_scale, write_depth
 
 
@@ -771,3 +773,42 @@ def test_frames_of_different_sizes_are_named():
     check_same_size([torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)], [0, 1], "scene.json")
     with pytest.raises(ValueError, match=r"scene.json: frames \[0, 1\] differ in size"):
         check_same_size([torch.zeros(3, 8, 8), torch.zeros(3, 8, 6)], [0, 1], "scene.json")
+
+
+def test_mirrored_scenes_are_the_same_geometry_reflected():
+    """A mirrored scene is as consistent as the original: its sources warped by its true
+    depth into its targets give the mirrored targets, exactly as the original's do."""
+    from gen_nvs.data.procedural import generate_scene
+
+    samples = [generate_scene(seed, 4, (32, 32)) for seed in (1, 2)]
+    batch = collate_scenes(
+        [
+            SceneSample(
+                images=s.images, c2w=s.c2w, fxfycxcy=s.fxfycxcy, num_sources=2,
+                scene=f"scene{i}", frame_indices=torch.arange(4), depth=s.depth,
+                depth_valid=torch.ones_like(s.depth, dtype=torch.bool),
+            )
+            for i, s in enumerate(samples)
+        ]
+    )  # fmt: skip
+    mirrored = mirror_scenes(batch, torch.tensor([True, False]))
+    # Only the flagged scene changes; its images and depth are flipped along the width.
+    for name in ("images", "c2w", "fxfycxcy", "depth"):
+        torch.testing.assert_close(getattr(mirrored, name)[1], getattr(batch, name)[1])
+    torch.testing.assert_close(mirrored.images[0], batch.images[0].flip(-1))
+    torch.testing.assert_close(mirrored.depth[0], batch.depth[0].flip(-1))
+
+    def warped(b):
+        out = backward_warp(
+            b.images[:, :2], b.depth[:, :2], b.c2w[:, :2], b.fxfycxcy[:, :2],
+            b.depth[:, 2:], b.c2w[:, 2:], b.fxfycxcy[:, 2:], rel_tol=0.02,
+        )  # fmt: skip
+        return out.colors, out.visible
+
+    colors, visible = warped(batch)
+    m_colors, m_visible = warped(mirrored)
+    assert visible[0].float().mean() > 0.5
+    torch.testing.assert_close(m_visible[0], visible[0].flip(-1))
+    torch.testing.assert_close(m_colors[0], colors[0].flip(-1), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="one flag per scene"):
+        mirror_scenes(batch, torch.tensor([True]))

@@ -22,6 +22,7 @@ from gen_nvs.data.scene import (
     decode_image,
     frames_needed,
     load_image,
+    mirror_scenes,
     sample_views,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "load_chunk",
     "load_image",
     "load_scene",
+    "mirror_scenes",
     "opengl_to_opencv",
     "read_metadata",
     "sample_views",

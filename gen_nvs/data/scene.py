@@ -23,7 +23,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gen_nvs.geometry.cameras import center_crop_box, crop_resize_intrinsics
+from gen_nvs.geometry.cameras import center_crop_box, crop_resize_intrinsics, mirror_cameras
 
 
 @dataclass
@@ -141,6 +141,36 @@ class SceneBatch:
 
     def to(self, device: torch.device | str) -> SceneBatch:
         return _map_tensors(self, lambda x: x.to(device))
+
+
+def mirror_scenes(batch: SceneBatch, which: Tensor) -> SceneBatch:
+    """The scenes of `batch` where `which` [b] (bool) is set, reflected left-right
+    (`gen_nvs.geometry.cameras.mirror_cameras`: images and depth flipped along their
+    width, cameras reflected to match); the others as they are. A training augmentation:
+    the world has no handedness, a camera rig's motion may have (e.g. orbits drawn always
+    counter-clockwise), and a model should not learn it."""
+    if which.shape != (batch.images.shape[0],):
+        raise ValueError(
+            f"which must have one flag per scene, shape {(batch.images.shape[0],)}, "
+            f"got {tuple(which.shape)}"
+        )
+    width = batch.images.shape[-1]
+    c2w, fxfycxcy = mirror_cameras(batch.c2w, batch.fxfycxcy, width)
+    flags = which.to(batch.images.device)
+
+    def pick(mirrored: Tensor, original: Tensor) -> Tensor:
+        return torch.where(flags.view(-1, *[1] * (original.ndim - 1)), mirrored, original)
+
+    changes = {
+        "images": pick(batch.images.flip(-1), batch.images),
+        "c2w": pick(c2w, batch.c2w),
+        "fxfycxcy": pick(fxfycxcy, batch.fxfycxcy),
+    }
+    if batch.depth is not None:
+        changes["depth"] = pick(batch.depth.flip(-1), batch.depth)
+    if batch.depth_valid is not None:
+        changes["depth_valid"] = pick(batch.depth_valid.flip(-1), batch.depth_valid)
+    return replace(batch, **changes)
 
 
 def _map_tensors(obj, fn):

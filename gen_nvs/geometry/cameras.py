@@ -115,6 +115,21 @@ def crop_resize_intrinsics(
 # --------------------------------------------------------------------------------------
 
 
+def mirror_cameras(c2w: Tensor, fxfycxcy: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """The cameras of a scene reflected left-right: c2w [..., 4, 4], fxfycxcy [..., 4] of
+    images `width` pixels wide -> the same for the mirrored scene, whose images are the
+    originals flipped along their width and whose depths are the originals' flipped.
+
+    The world's x axis and each camera's x axis are reflected (c2w -> M c2w M, M =
+    diag(-1, 1, 1, 1)), so rotations stay proper, every point keeps its depth and a
+    pixel's centre u + 0.5 goes to width - (u + 0.5): cx -> width - cx.
+    """
+    sign = c2w.new_tensor([-1.0, 1.0, 1.0, 1.0])
+    mirrored = c2w * sign[:, None] * sign  # M c2w M: rows and columns 0 negated, (0, 0) kept
+    k = torch.cat([fxfycxcy[..., :2], width - fxfycxcy[..., 2:3], fxfycxcy[..., 3:]], -1)
+    return mirrored, k
+
+
 def invert_rigid(T: Tensor) -> Tensor:
     """Inverse of rigid 4x4 transforms [..., 4, 4] (c2w <-> w2c), exact for rotations."""
     R, t = T[..., :3, :3], T[..., :3, 3:]

@@ -31,7 +31,7 @@ from accelerate.utils import DistributedType, ProjectConfiguration
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from gen_nvs.data import SceneBatch
+from gen_nvs.data import SceneBatch, mirror_scenes
 from gen_nvs.models import checkpoint as ckpt
 from gen_nvs.models.config import DepthHeadConfig, LatentConfig, RefinerConfig, model_config
 from gen_nvs.models.diffusion import make_model_fn
@@ -55,6 +55,7 @@ NEVER_USED = ("encoder.aggregator.patch_embed.mask_token",)
 # The seed stream of the per-step draws (source count, pose dropout, noise), apart from
 # the data order's (stream 0).
 _STEP_STREAM = 1
+_MIRROR_STREAM = 2  # its own stream: mirroring leaves the data order as it was
 
 
 @dataclass
@@ -438,6 +439,7 @@ def check_config(config: dict) -> None:
     if config["stage"] not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {config['stage']!r}")
     view_counts(config["data"])
+    _check_number("data.mirror", config["data"]["mirror"], float, 0, 1)
     train = config["train"]
     for key, (kind, low, high) in TRAIN_NUMBERS.items():
         if key in train:
@@ -744,6 +746,7 @@ def train(config: dict) -> Path:
             write_export(run_dir / "export", weights, model, config, state)
 
     accum = t["gradient_accumulation"]
+    mirror = config["data"]["mirror"]
     loader = data.batches(state.step * accum, t["steps"] * accum)
     means = LossMeans(["loss", *term_names], accelerator.device)
     eval_every, eval_batch = evaluation_interval(config, accelerator), None
@@ -761,6 +764,11 @@ def train(config: dict) -> Path:
         num_sources = int(torch.randint(low, high + 1, (), generator=gen))
         posed = bool(torch.rand((), generator=gen) >= t["pose_dropout"])
         with accelerator.accumulate(forward):
+            if mirror > 0:
+                flips = torch.Generator().manual_seed(batch_seed(seed, micro, rank, _MIRROR_STREAM))
+                batch = mirror_scenes(
+                    batch, torch.rand(len(batch.scenes), generator=flips) < mirror
+                )
             batch = batch.to(accelerator.device)
             if stage == "geometry":
                 views = objectives.all_sources(batch)

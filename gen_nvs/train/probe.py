@@ -5,6 +5,10 @@
   learned a scene-level prior (layout, colours) scores no better than on novel views.
 - novel PSNR: views the sources did not see, between them ("interp") and beyond them
   ("extrap").
+- mirror novel PSNR: the same novel views of the same scenes reflected left-right
+  (`gen_nvs.geometry.cameras.mirror_cameras`). The world has no handedness; a model that
+  scores lower here has learned one from its training rigs (the procedural orbits all run
+  counter-clockwise) rather than geometry.
 
 The scenes are drawn on the fly from seeds far from any training seed (by default the
 held-out set `gen-nvs make-scenes --seed 1000000` writes, views 0 and 3 as sources and
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor
 
 from gen_nvs.data.procedural import generate_scene
+from gen_nvs.geometry.cameras import mirror_cameras
 from gen_nvs.models.nvs import NVSModel
 
 
@@ -68,7 +73,8 @@ class Probe:
     @torch.no_grad()
     def __call__(self, model: NVSModel) -> dict[str, float]:
         """{"probe/copy_psnr", "probe/novel_psnr", "probe/interp_psnr",
-        "probe/extrap_psnr"} (dB) for `model` as it is (eval mode is the caller's).
+        "probe/extrap_psnr", "probe/mirror_novel_psnr"} (dB) for `model` as it is (eval
+        mode is the caller's).
 
         A model with a warp refiner also gets "probe/decoder_copy_psnr" and
         "probe/decoder_novel_psnr", its decoder's own render before the refiner: at a
@@ -88,6 +94,11 @@ class Probe:
             result["probe/interp_psnr"] = novel_psnr[:, self.interp].mean()
         if (~self.interp).any():
             result["probe/extrap_psnr"] = novel_psnr[:, ~self.interp].mean()
+        c2w, fxfycxcy = mirror_cameras(self.c2w, self.fxfycxcy, w)
+        images = self.images.flip(-1)
+        mirrored = model.encode(images[:, s], c2w[:, s], fxfycxcy[:, s])
+        mirror_novel = model.render(mirrored, c2w[:, t], fxfycxcy[:, t], (h, w))
+        result["probe/mirror_novel_psnr"] = psnr(mirror_novel.rgb.float(), images[:, t]).mean()
         if novel.decoder_rgb is not None:
             decoder_copy = psnr(copy.decoder_rgb.float(), self.images[:, s])
             result["probe/decoder_copy_psnr"] = decoder_copy.mean()
