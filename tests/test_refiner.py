@@ -435,6 +435,15 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     assert errors[-1] < result.depth_median_rel_error
     whole, seen = results["warp by the true depth"]
     assert seen > results["decoder render"][1] + 5 and math.isfinite(whole)
+    # Mirrored scenes are the same geometry: what the truth alone gives does not change
+    # (the warp where a source sees; elsewhere it shows the model's render).
+    mirrored = oracles(model, num_scenes=2, mirror=True).psnr
+    truth_only = mirrored["the truth's 8x8 patch means"]
+    assert truth_only == pytest.approx(results["the truth's 8x8 patch means"], abs=1e-3)
+    seen_warp = mirrored["warp by the true depth"][1]
+    assert seen_warp == pytest.approx(results["warp by the true depth"][1], abs=1e-3)
+    assert main(["--scenes", "1", "--mirror"]) == 0
+    assert "1 mirrored probe scenes" in capsys.readouterr().out
     assert main(["--scenes", "1"]) == 0  # the embedded default model
     printed = capsys.readouterr().out
     assert "warp by the true depth" in printed and "once each view's scale" in printed

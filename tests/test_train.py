@@ -517,7 +517,7 @@ def test_regression_runs_log_the_copy_probe_and_held_out_psnr(tmp_path):
     records = [json.loads(line) for line in (run_dir / "probe.jsonl").open()]
     assert [r["step"] for r in records] == [2, 3]
     for record in records:
-        for name in ("copy", "novel", "interp", "extrap"):
+        for name in ("copy", "novel", "interp", "extrap", "mirror_novel"):
             assert 0 < record[f"probe/{name}_psnr"] < 60
     assert all("loss" in json.loads(line) for line in (run_dir / "metrics.jsonl").open())
 
@@ -535,7 +535,8 @@ def test_probe_psnr_is_perfect_for_a_model_that_returns_the_truth():
 
     probe = Probe(num_scenes=1, image_hw=(16, 16), sources=(0, 2), targets=(1, 3))
     assert set(probe(_Oracle(probe))) == {
-        "probe/copy_psnr", "probe/novel_psnr", "probe/interp_psnr", "probe/extrap_psnr"
+        "probe/copy_psnr", "probe/novel_psnr", "probe/interp_psnr", "probe/extrap_psnr",
+        "probe/mirror_novel_psnr",
     }  # fmt: skip
     assert min(probe(_Oracle(probe)).values()) > 90
     half = torch.full((3, 4, 4), 0.5)
@@ -554,10 +555,17 @@ class _Oracle:
         return None
 
     def render(self, scene, c2w, fxfycxcy, image_hw):
+        """The probe's images at these cameras, or flipped at their mirror images."""
+        from gen_nvs.geometry.cameras import mirror_cameras
         from gen_nvs.models.decoder import DecoderOutput
 
-        match = (c2w[:, :, None] == self.probe.c2w[:, None]).flatten(-2).all(-1)  # (b, t, v)
-        return DecoderOutput(rgb=self.probe.images[:, match[0].float().argmax(-1)])
+        mirrored, _ = mirror_cameras(self.probe.c2w, self.probe.fxfycxcy, image_hw[1])
+        for known, flip in ((self.probe.c2w, False), (mirrored, True)):
+            match = (c2w[:, :, None] == known[:, None]).flatten(-2).all(-1)  # (b, t, v)
+            if match.any(-1).all():
+                views = self.probe.images[:, match[0].float().argmax(-1)]
+                return DecoderOutput(rgb=views.flip(-1) if flip else views)
+        raise AssertionError("the probe asked for a camera it does not have")
 
 
 # --------------------------------------------------------------------------------------
@@ -687,3 +695,13 @@ def test_geometry_step_reaches_every_trained_parameter(with_depth):
     assert not any(
         n.startswith(("decoder.", "encoder.camera_mlp.", "encoder.ray_embed")) for n in trained
     )
+
+
+def test_mirrored_training_runs_and_its_share_is_checked(tmp_path):
+    """data.mirror reflects that share of the training scenes (tested for the geometry in
+    tests/test_data.py); a share outside [0, 1] is refused before training."""
+    run_dir = train(tiny_config(tmp_path, "mirror", "train.steps=2", "data.mirror=1.0"))
+    assert len(losses(run_dir)) == 2
+    with pytest.raises(ValueError, match=r"data.mirror must be in \[0, 1\], got 1.5"):
+        train(tiny_config(tmp_path, "bad", "data.mirror=1.5"))
+    assert not (tmp_path / "bad").exists()

@@ -1,6 +1,6 @@
 """Where a model's novel views lose: its render against what exact geometry would give.
 
-    python -m gen_nvs.eval.oracles [--checkpoint PATH] [--scenes 16]
+    python -m gen_nvs.eval.oracles [--checkpoint PATH] [--scenes 16] [--mirror]
 
 On the training probe's held-out procedural scenes (`gen_nvs.train.probe`: sources views 0
 and 3, targets 1, 2, 4, 5, with their true depth) it prints the PSNR of the targets, whole
@@ -23,6 +23,9 @@ share of pixels within 1.25x), split into a scale per view (the spread of each v
 median log ratio to the truth) and the shape (the median relative error left once each
 view's scale is divided out).
 
+`--mirror` measures the same scenes reflected left-right (`mirror_cameras`): a model
+that has learned geometry scores the same.
+
 Dimension legend:
     t   target views    s   source views    h, w   image size
 """
@@ -39,7 +42,7 @@ from torch import Tensor
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.eval import metrics
 from gen_nvs.eval.evaluate import PSNR_MAX_DB
-from gen_nvs.geometry.cameras import unproject_depth
+from gen_nvs.geometry.cameras import mirror_cameras, unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.geometry.warp import backward_warp
 from gen_nvs.models.nvs import NVSModel, RefinerSources, load_model_or_default
@@ -115,8 +118,11 @@ class Oracles:
 
 
 @torch.no_grad()
-def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Oracles:
-    """The oracles of the module docstring over `num_scenes` probe scenes."""
+def oracles(
+    model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000, mirror: bool = False
+) -> Oracles:
+    """The oracles of the module docstring over `num_scenes` probe scenes (reflected
+    left-right with `mirror`)."""
     s, t = list(SOURCES), list(TARGETS)
     rows: dict[str, list[Tensor]] = {}
     ratios, view_scales, shapes = [], [], []
@@ -128,6 +134,14 @@ def oracles(model: NVSModel, num_scenes: int = 16, seed: int = 1_000_000) -> Ora
     truths, seens = [], []
     for i in range(num_scenes):
         views = generate_scene(seed + i, max(t) + 1, (64, 64))
+        if mirror:
+            c2w, fxfycxcy = mirror_cameras(views.c2w, views.fxfycxcy, views.images.shape[-1])
+            world_x = views.points.new_tensor([-1.0, 1.0, 1.0])  # the world reflected too
+            views = replace(
+                views, images=views.images.flip(-1), depth=views.depth.flip(-1),
+                depth_valid=views.depth_valid.flip(-1), points=views.points.flip(-2) * world_x,
+                c2w=c2w, fxfycxcy=fxfycxcy,
+            )  # fmt: skip
         hw = tuple(views.images.shape[-2:])
         scene = model.encode(views.images[None, s], views.c2w[None, s], views.fxfycxcy[None, s])
         target_c2w = scene.normalize(views.c2w[None, t])[0]
@@ -227,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--checkpoint", default=None, help="model export (default: embedded)")
     parser.add_argument("--scenes", type=int, default=16, help="probe scenes (16)")
+    parser.add_argument("--mirror", action="store_true", help="the scenes reflected left-right")
     args = parser.parse_args(argv)
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
     model = load_model_or_default(args.checkpoint).eval()
-    results = oracles(model, args.scenes)
-    print(f"{args.scenes} probe scenes x {len(TARGETS)} novel views: PSNR whole / seen (dB)")
+    results = oracles(model, args.scenes, mirror=args.mirror)
+    kind = "mirrored probe scenes" if args.mirror else "probe scenes"
+    print(f"{args.scenes} {kind} x {len(TARGETS)} novel views: PSNR whole / seen (dB)")
     for name, (whole, seen) in results.psnr.items():
         error = results.mix_rel_error.get(name)
         note = "" if error is None else f"  (its depth's median relative error {error:.3f})"

@@ -18,6 +18,8 @@ PROBE_COLUMNS = {
     "probe/interp_psnr": "interp",
     "probe/extrap_psnr": "extrap",
 }
+# Runs since the probe measures mirrored scenes (older probe.jsonl files lack it).
+MIRROR_COLUMNS = {"probe/mirror_novel_psnr": "mirror novel"}
 # A model with a warp refiner's: its decoder's own render.
 DECODER_COLUMNS = {
     "probe/decoder_copy_psnr": "decoder copy",
@@ -37,8 +39,9 @@ def curve_table(run_dir: Path, every: int = 0) -> str:
     losses = read_jsonl(run_dir / "metrics.jsonl")
     terms = [k for k in losses[0] if k not in ("step", "time", "lr", "grad_norm", "skipped")]
     columns = dict(PROBE_COLUMNS)
-    if any(key in probe for probe in probes for key in DECODER_COLUMNS):
-        columns.update(DECODER_COLUMNS)
+    for optional in (MIRROR_COLUMNS, DECODER_COLUMNS):
+        if any(key in probe for probe in probes for key in optional):
+            columns.update(optional)
     rows, previous = [], 0
     for probe in probes:
         step = probe["step"]
