@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 import pytest
 import torch
@@ -292,3 +293,39 @@ def test_bench_scenes_prints_json(capsys):
         <= unseen["max"]
         <= 1
     )
+
+
+def _turns(c2w: torch.Tensor) -> float:
+    """The signed angle an orbit's viewing directions sweep around the vertical axis from
+    the first camera to the last (positive: counter-clockwise seen from above; cameras
+    looking at the centre turn as they go round it)."""
+    forward = c2w[:, :2, 2]
+    angle = torch.atan2(forward[:, 1], forward[:, 0])
+    step = torch.remainder(angle.diff() + math.pi, 2 * math.pi) - math.pi
+    return float(step.sum())
+
+
+def test_orbits_turn_one_way_by_default_and_both_ways_when_asked():
+    from gen_nvs.data.procedural.cameras import orbit_rig
+
+    def sweeps(config):
+        return [
+            _turns(orbit_rig(torch.Generator().manual_seed(seed), config, 6)) for seed in range(40)
+        ]
+
+    one_way = sweeps(SceneConfig())
+    assert all(turn > 0 for turn in one_way)
+    both = sweeps(SceneConfig(orbit_direction="both"))
+    assert 8 < sum(turn < 0 for turn in both) < 32
+    with pytest.raises(ValueError, match="orbit_direction"):
+        SceneConfig(orbit_direction="cw")
+
+
+def test_make_scenes_draws_orbits_both_ways_when_asked(tmp_path):
+    out = tmp_path / "both"
+    assert _make_scenes(out, "--rig", "orbit", "--orbit-direction", "both") == 0
+    config = SceneConfig(rig="orbit", orbit_direction="both")
+    for seed in (5, 6):
+        stored = load_scene(out, scene_name(seed), [0, 1, 2], image_hw=None)
+        drawn = generate_scene(seed, 3, (32, 32), config)
+        torch.testing.assert_close(stored.c2w, drawn.c2w, rtol=1e-5, atol=1e-5)

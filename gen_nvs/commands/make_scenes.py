@@ -12,7 +12,14 @@ import argparse
 from tqdm import tqdm
 
 from gen_nvs.cli import CommandError
-from gen_nvs.data.procedural import RIGS, WALLS, SceneConfig, generate_scene, scene_name
+from gen_nvs.data.procedural import (
+    ORBIT_DIRECTIONS,
+    RIGS,
+    WALLS,
+    SceneConfig,
+    generate_scene,
+    scene_name,
+)
 from gen_nvs.data.re10k import write_full_list, write_re10k_scene
 from gen_nvs.inputs import MAX_IMAGE_SIDE
 from gen_nvs.options import add_output_arguments, resolve_device
@@ -39,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rig", choices=RIGS, default="mixed", help="camera rig (default mixed)")
     parser.add_argument("--walls", choices=WALLS, default="random", help="walls (default random)")
     parser.add_argument(
+        "--orbit-direction", choices=ORBIT_DIRECTIONS, default="ccw",
+        help="ccw: every orbit counter-clockwise (default, as every dataset so far); both: "
+        "each orbit either way, so the rig teaches no handedness",
+    )  # fmt: skip
+    parser.add_argument(
         "--device",
         default="cpu",
         help="torch device to render on: cpu (default), cuda, cuda:1, ..., auto (cuda when "
@@ -58,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = prepare_output_dir(args.out, args.overwrite)  # a file there, a non-empty folder: refused
 
-    config = SceneConfig(rig=args.rig, walls=args.walls)
+    config = SceneConfig(rig=args.rig, walls=args.walls, orbit_direction=args.orbit_direction)
     image_hw = tuple(args.size)
     for seed in tqdm(range(args.seed, args.seed + args.scenes), desc="scenes", unit="scene"):
         views = generate_scene(seed, args.views, image_hw, config, device)

@@ -25,6 +25,7 @@ Modules, in the order a scene is made:
 from gen_nvs.data.procedural.cameras import orbit_rig, sample_cameras, walk_rig
 from gen_nvs.data.procedural.config import (
     OBJECT_KINDS,
+    ORBIT_DIRECTIONS,
     RIGS,
     TEXTURES,
     WALLS,
@@ -43,6 +44,7 @@ from gen_nvs.data.procedural.scene import ProceduralScene
 
 __all__ = [
     "OBJECT_KINDS",
+    "ORBIT_DIRECTIONS",
     "RIGS",
     "TEXTURES",
     "WALLS",

@@ -30,7 +30,8 @@ def _intrinsics(gen: torch.Generator, config: SceneConfig, n: int, image_hw) -> 
 def orbit_rig(gen: torch.Generator, config: SceneConfig, num_views: int) -> Tensor:
     """Cameras on an arc around the scene centre, looking at it: c2w [v, 4, 4].
 
-    The arc spans `orbit_arc_deg` of azimuth at a random start; each view has its own
+    The arc spans `orbit_arc_deg` of azimuth at a random start, counter-clockwise or, with
+    `orbit_direction="both"`, either way; each view has its own
     elevation around a per-scene one and a slightly jittered radius and look-at point.
     """
     center = torch.tensor(
@@ -40,6 +41,8 @@ def orbit_rig(gen: torch.Generator, config: SceneConfig, num_views: int) -> Tens
     radius = uniform(gen, *config.orbit_radius) * uniform(gen, 0.92, 1.08, num_views)
     arc = math.radians(uniform(gen, *config.orbit_arc_deg))
     azimuth = uniform(gen, 0, 2 * math.pi) + arc * uniform(gen, 0, 1, num_views).sort().values
+    if config.orbit_direction == "both" and uniform(gen, 0, 1) < 0.5:
+        azimuth = azimuth.flip(0)  # clockwise (drawn only then: "ccw" scenes stay as they were)
     low, high = (math.radians(x) for x in config.orbit_elevation_deg)
     base = uniform(gen, low, high)
     elevation = (base + uniform(gen, -0.15, 0.15, num_views)).clamp(low, high)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 RIGS = ("orbit", "walk", "mixed")
 WALLS = ("none", "back", "room", "random")
+ORBIT_DIRECTIONS = ("ccw", "both")
 TEXTURES = ("solid", "checkers", "stripes", "noise", "gradient")
 OBJECT_KINDS = ("sphere", "box", "cylinder")
 
@@ -31,6 +32,11 @@ class SceneConfig:
     orbit_radius: tuple[float, float] = (4.0, 6.5)
     orbit_elevation_deg: tuple[float, float] = (5.0, 40.0)
     orbit_arc_deg: tuple[float, float] = (40.0, 180.0)
+    # "ccw": every orbit turns counter-clockwise seen from above (the scenes every dataset
+    # and evaluation so far was drawn with); "both": each orbit picks its way at random, so
+    # the rig's motion has no handedness for a model to learn (`data.mirror` does the
+    # same by reflecting scenes).
+    orbit_direction: str = "ccw"
     walk_length: tuple[float, float] = (0.75, 3.5)
     walk_height: tuple[float, float] = (0.7, 1.8)
     walk_turn_deg: tuple[float, float] = (-20.0, 20.0)
@@ -52,6 +58,7 @@ class SceneConfig:
             raise ValueError("SceneConfig: object_size and scene_radius must be positive")
         for name, value, allowed in (
             ("rig", (self.rig,), RIGS),
+            ("orbit_direction", (self.orbit_direction,), ORBIT_DIRECTIONS),
             ("walls", (self.walls,), WALLS),
             ("textures", self.textures, TEXTURES),
             ("object_kinds", self.object_kinds, OBJECT_KINDS),
