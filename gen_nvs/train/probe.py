@@ -66,6 +66,9 @@ class Probe:
         self.images = torch.stack([v.images for v in views]).to(device)  # (b, v, 3, h, w)
         self.c2w = torch.stack([v.c2w for v in views]).to(device)
         self.fxfycxcy = torch.stack([v.fxfycxcy for v in views]).to(device)
+        # The same scenes reflected left-right, made once as the originals are.
+        self.mirror_images = self.images.flip(-1)
+        self.mirror_c2w, self.mirror_fxfycxcy = mirror_cameras(self.c2w, self.fxfycxcy, image_hw[1])
         self.sources, self.targets = list(sources), list(targets)
         low, high = min(sources), max(sources)
         self.interp = torch.tensor([low < t < high for t in targets])
@@ -94,8 +97,7 @@ class Probe:
             result["probe/interp_psnr"] = novel_psnr[:, self.interp].mean()
         if (~self.interp).any():
             result["probe/extrap_psnr"] = novel_psnr[:, ~self.interp].mean()
-        c2w, fxfycxcy = mirror_cameras(self.c2w, self.fxfycxcy, w)
-        images = self.images.flip(-1)
+        images, c2w, fxfycxcy = self.mirror_images, self.mirror_c2w, self.mirror_fxfycxcy
         mirrored = model.encode(images[:, s], c2w[:, s], fxfycxcy[:, s])
         mirror_novel = model.render(mirrored, c2w[:, t], fxfycxcy[:, t], (h, w))
         result["probe/mirror_novel_psnr"] = psnr(mirror_novel.rgb.float(), images[:, t]).mean()
