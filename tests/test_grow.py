@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from gen_nvs.data.procedural import generate_scene
 from gen_nvs.models.config import model_config
 from gen_nvs.models.nvs import build_model, load_model, save_model
-from gen_nvs.train.grow import grow_encoder, grown_order, main
+from gen_nvs.train.grow import grow_model, grown_order, main
 from gen_nvs.train.loop import train
 from tests.test_train import tiny_config
 
@@ -24,7 +24,7 @@ def test_new_pairs_spread_between_the_trained_ones_and_the_last_stays_last():
     assert grown_order(2, 4) == [0, None, None, 1]
     assert grown_order(1, 3) == [None, None, 0]
     assert grown_order(3, 3) == [0, 1, 2]
-    with pytest.raises(ValueError, match="new depth 2 < current depth 3"):
+    with pytest.raises(ValueError, match="new depth 2 < current 3"):
         grown_order(3, 2)
 
 
@@ -50,7 +50,7 @@ def _render(model, scene):
 
 @torch.no_grad()
 def test_the_grown_model_renders_exactly_as_the_trained_one(trained_export, tmp_path):
-    grown_dir = grow_encoder(trained_export, 4, tmp_path / "grown")
+    grown_dir = grow_model(trained_export, tmp_path / "grown", encoder_depth=4)
     small, grown = load_model(trained_export), load_model(grown_dir)
     assert grown.config.encoder.depth == 4
     assert grown.config.decoder == small.config.decoder
@@ -72,7 +72,7 @@ def test_the_grown_model_renders_exactly_as_the_trained_one(trained_export, tmp_
 
 
 def test_training_from_the_grown_export_moves_the_new_blocks(trained_export, tmp_path):
-    grow_encoder(trained_export, 3, tmp_path / "grown")
+    grow_model(trained_export, tmp_path / "grown", encoder_depth=3)
     config = tiny_config(
         tmp_path, "grown", f"model.init_from={tmp_path / 'grown'}", "train.steps=2", "loss.camera=0"
     )
@@ -94,4 +94,4 @@ def test_the_command_never_overwrites_and_never_shrinks(trained_export, tmp_path
     assert (out / "model.safetensors").read_bytes() == before  # nothing the user made is lost
     with pytest.raises(SystemExit):
         main(["--from", str(trained_export), "--encoder-depth", "1", "--out", str(tmp_path / "x")])
-    assert "new depth 1 < current depth 2" in capsys.readouterr().err
+    assert "new depth 1 < current 2" in capsys.readouterr().err
