@@ -95,3 +95,94 @@ def test_the_command_never_overwrites_and_never_shrinks(trained_export, tmp_path
     with pytest.raises(SystemExit):
         main(["--from", str(trained_export), "--encoder-depth", "1", "--out", str(tmp_path / "x")])
     assert "new depth 1 < current 2" in capsys.readouterr().err
+
+
+DECODER = "decoder.renderer_core.renderer_blocks"
+DIFFUSION = {
+    "prediction_type": "sample",
+    "noise_channels": 6,
+    "cond_dropout": 0.1,
+    "frequency_dim": 32,
+}
+
+
+def _trained_with_diffusion(variant: str) -> torch.nn.Module:
+    """A tiny model (3 decoder blocks) with a diffusion decoder whose adaLN modulations,
+    zero when converted, are as far from zero as a trained one's."""
+    torch.manual_seed(0)
+    options = {
+        "encoder": {"image_size": 28},
+        "decoder": {"variant": variant},
+        "diffusion": DIFFUSION,
+    }
+    model = build_model(model_config("tiny").override(options)).eval()
+    for name, param in model.named_parameters():
+        if "modulation" in name or "noise_embedder" in name:
+            param.data.normal_(0, 0.05)
+    return model
+
+
+def _render_and_denoise(model, scene):
+    s, t = [0, 1], [2]
+    encoded = model.encode(scene.images[None, s], scene.c2w[None, s], scene.fxfycxcy[None, s])
+    out = model.render(encoded, scene.c2w[None, t], scene.fxfycxcy[None, t], (16, 16))
+    generator = torch.Generator().manual_seed(1)
+    x_t = torch.randn(1, 1, 6, 16, 16, generator=generator)
+    rays = torch.randn(1, 1, 6, 16, 16, generator=generator)
+    denoised = model.diffusion.denoise(encoded.diffusion_cache, x_t, torch.tensor([500]), rays)
+    return out.rgb, out.points, denoised
+
+
+@pytest.mark.parametrize(
+    "variant", ["causal", "cross_attention", "bidirectional_cross_attention", "full_attention"]
+)
+@torch.no_grad()
+def test_a_grown_decoder_renders_and_denoises_exactly_as_the_trained_one(variant, tmp_path):
+    small = _trained_with_diffusion(variant)
+    save_model(small, tmp_path / "small", training={"stage": "diffusion", "step": 3})
+    grown_dir = grow_model(tmp_path / "small", tmp_path / "grown", decoder_depth=5)
+    grown = load_model(grown_dir)
+    assert grown.config.decoder.depth == 5 and grown.config.encoder == small.config.encoder
+    scene = generate_scene(4, 3, (16, 16))
+    for before, after in zip(
+        _render_and_denoise(small, scene), _render_and_denoise(grown, scene), strict=True
+    ):
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    old, new = small.state_dict(), grown.state_dict()
+    # [0, new, 1, new, 2]: trained blocks at 0, 2, 4; the diffusion decoder's the same.
+    for prefix in (DECODER, f"diffusion.{DECODER}"):
+        for key in [k for k in new if k.startswith(f"{prefix}.4.")]:
+            torch.testing.assert_close(new[key], old[key.replace(f"{prefix}.4.", f"{prefix}.2.")])
+        new_keys = [k for k in new if k.startswith(f"{prefix}.3.")]
+        zeroed = [k for k in new_keys if k.endswith((".proj.weight", ".fc2.weight"))]
+        assert zeroed and all(float(new[k].abs().max()) == 0.0 for k in zeroed)
+        assert all(float(new[k].std()) > 0 for k in new_keys if k.endswith("q_proj.weight"))
+    torch.testing.assert_close(
+        new["diffusion.block_modulation.2.weight"], old["diffusion.block_modulation.1.weight"]
+    )
+    info = json.loads((grown_dir / "config.json").read_text())
+    assert info["grown_from"]["decoder_depth"] == 3 and info["training"]["step"] == 3
+
+
+def test_training_from_a_grown_decoder_moves_its_new_blocks(trained_export, tmp_path):
+    grow_model(trained_export, tmp_path / "grown", decoder_depth=4)
+    config = tiny_config(
+        tmp_path,
+        "grown",
+        f"model.init_from={tmp_path / 'grown'}",
+        "model.decoder.depth=4",
+        "train.steps=2",
+        "loss.camera=0",
+    )
+    trained = load_file(str(train(config) / "export" / "model.safetensors"))
+    assert float(trained[f"{DECODER}.1.attn.proj.weight"].abs().max()) > 0  # it learns
+    assert float(trained[f"{DECODER}.1.mlp.fc2.weight"].abs().max()) > 0
+
+
+def test_growing_nothing_is_refused(trained_export, tmp_path, capsys):
+    with pytest.raises(ValueError, match="nothing to grow"):
+        grow_model(trained_export, tmp_path / "same")
+    with pytest.raises(SystemExit):
+        main(["--from", str(trained_export), "--decoder-depth", "1", "--out", str(tmp_path / "x")])
+    assert "new depth 1 < current 3" in capsys.readouterr().err
+    assert not (tmp_path / "same").exists() and not (tmp_path / "x").exists()

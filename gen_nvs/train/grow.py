@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} exists; give a new folder (nothing is overwritten)")
     try:
         out = grow_model(
-            args.export, args.out, encoder_depth=args.encoder_depth, decoder_depth=args.decoder_depth
+            args.export,
+            args.out,
+            encoder_depth=args.encoder_depth,
+            decoder_depth=args.decoder_depth,
         )
     except ValueError as err:
         parser.error(str(err))
