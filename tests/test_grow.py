@@ -170,7 +170,6 @@ def test_training_from_a_grown_decoder_moves_its_new_blocks(trained_export, tmp_
         tmp_path,
         "grown",
         f"model.init_from={tmp_path / 'grown'}",
-        "model.decoder.depth=4",
         "train.steps=2",
         "loss.camera=0",
     )
