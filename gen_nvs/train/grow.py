@@ -13,9 +13,10 @@ gradient: in a 900-step run they stayed at 0.001 and the new blocks never turned
 zero projection learns which of them to use from the first step, as a LoRA's or a zero
 convolution's): the grown export renders exactly as the one it came from, and training
 it (`model.init_from=DIR`; the export's config carries the new depths) adds capacity to
-a model that has stopped improving without starting it over. The trained blocks keep their order and the last one stays last,
-since the encoder's output is its last frame and global blocks' and the decoder's heads
-read its last block. A small-model option (it never touches the official presets).
+a model that has stopped improving without starting it over. The trained blocks keep
+their order and the last one stays last, since the encoder's output is its last frame
+and global blocks' and the decoder's heads read its last block. A small-model option
+(it never touches the official presets).
 """
 
 from __future__ import annotations

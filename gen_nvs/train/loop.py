@@ -428,6 +428,28 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
     return objectives.DiffusionForward(model), diffusion_step, ["denoising"]
 
 
+def step_inputs(
+    config: dict, batch: SceneBatch, micro: int, rank: int, device: torch.device
+) -> tuple[objectives.Views, bool, torch.Generator]:
+    """What micro-batch `micro` of process `rank` feeds the loss: (views, whether the
+    sources are posed, the step's generator for the loss's own draws). Its draws come from
+    the run's seed and the micro-batch index alone, so a resumed run repeats them."""
+    seed, data = config["run"]["seed"], config["data"]
+    gen = torch.Generator().manual_seed(batch_seed(seed, micro, rank, _STEP_STREAM))
+    low, high, _ = view_counts(data)
+    num_sources = int(torch.randint(low, high + 1, (), generator=gen))
+    posed = bool(torch.rand((), generator=gen) >= config["train"]["pose_dropout"])
+    if data["mirror"] > 0:
+        flips = torch.Generator().manual_seed(batch_seed(seed, micro, rank, _MIRROR_STREAM))
+        batch = mirror_scenes(
+            batch, torch.rand(len(batch.scenes), generator=flips) < data["mirror"]
+        )
+    batch = batch.to(device)
+    if config["stage"] == "geometry":
+        return objectives.all_sources(batch), posed, gen
+    return objectives.select_views(batch, num_sources, gen), posed, gen
+
+
 def mixed_precision(train: dict) -> str:
     if train["mixed_precision"] != "auto":
         return train["mixed_precision"]
@@ -701,7 +723,6 @@ def train(config: dict) -> Path:
         checkpoints.check_compatible(resume, stage, model.config)
     set_trainable(model, config)
     data = TrainingData(config["data"], batch_size=t["batch_size"], seed=seed, rank=rank)
-    low, high, _ = view_counts(config["data"])
     forward, step_loss, term_names = build_objective(config, model, accelerator.device)
     optimizer = build_optimizer(model, t)
     lr_schedule = build_lr_schedule(optimizer, t)
@@ -746,7 +767,6 @@ def train(config: dict) -> Path:
             write_export(run_dir / "export", weights, model, config, state)
 
     accum = t["gradient_accumulation"]
-    mirror = config["data"]["mirror"]
     loader = data.batches(state.step * accum, t["steps"] * accum)
     means = LossMeans(["loss", *term_names], accelerator.device)
     eval_every, eval_batch = evaluation_interval(config, accelerator), None
@@ -760,20 +780,8 @@ def train(config: dict) -> Path:
     )
     start = time.perf_counter()
     for micro, batch in enumerate(loader, start=state.step * accum):
-        gen = torch.Generator().manual_seed(batch_seed(seed, micro, rank, _STEP_STREAM))
-        num_sources = int(torch.randint(low, high + 1, (), generator=gen))
-        posed = bool(torch.rand((), generator=gen) >= t["pose_dropout"])
         with accelerator.accumulate(forward):
-            if mirror > 0:
-                flips = torch.Generator().manual_seed(batch_seed(seed, micro, rank, _MIRROR_STREAM))
-                batch = mirror_scenes(
-                    batch, torch.rand(len(batch.scenes), generator=flips) < mirror
-                )
-            batch = batch.to(accelerator.device)
-            if stage == "geometry":
-                views = objectives.all_sources(batch)
-            else:
-                views = objectives.select_views(batch, num_sources, gen)
+            views, posed, gen = step_inputs(config, batch, micro, rank, accelerator.device)
             loss, terms = step_loss(forward, views, posed, gen)
             accelerator.backward(loss)
             means.add({"loss": loss, **terms})
