@@ -119,7 +119,7 @@ def measure(config: dict, batches: int) -> dict:
     trained = [(n.split(".")[0], p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in trained]
     parts = sorted({part for part, _ in trained})
-    vectors: dict[str, list[Tensor]] = {part: [] for part in ["all", *parts]}
+    vectors: dict[str, list[Tensor]] = {part: [] for part in parts}
     for micro, batch in enumerate(data.batches(0, batches)):
         views, posed, gen = step_inputs(config, batch, micro, 0, device)
         loss, _ = step_loss(forward, views, posed, gen)
@@ -129,12 +129,13 @@ def measure(config: dict, batches: int) -> dict:
         for part in parts:
             own = [g.flatten() for (name, _), g in zip(trained, flat, strict=True) if name == part]
             vectors[part].append(torch.cat(own).float().cpu())
-        vectors["all"].append(torch.cat([g.flatten() for g in flat]).float().cpu())
-    result = {}
+    grams = {}
     for part, rows in vectors.items():
         stacked = torch.stack(rows).double()  # [K, n]
-        result[part] = noise_scale(stacked @ stacked.T, t["batch_size"], seed=config["run"]["seed"])
-    return result
+        grams[part] = stacked @ stacked.T
+    grams = {"all": sum(grams.values()), **grams}  # the parts' parameters are disjoint
+    seed = config["run"]["seed"]
+    return {part: noise_scale(gram, t["batch_size"], seed=seed) for part, gram in grams.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
