@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from gen_nvs.cli import main
 from gen_nvs.data.re10k import RE10KReader
+from gen_nvs.data.scene import SceneSample
 from gen_nvs.eval.evaluate import (
     PSNR_MAX_DB,
     FirstViewsDataset,
@@ -27,6 +28,7 @@ from gen_nvs.eval.evaluate import (
     map_tree,
     quality,
     unseen_masks,
+    view_change,
 )
 from gen_nvs.eval.metrics import mask_iou
 from gen_nvs.inputs import SourceViews
@@ -132,6 +134,10 @@ def test_regression_eval_without_lpips_weights(workspace, tmp_path, capsys):
             # The model's own unseen estimate, scored against the depth's.
             _check_mask_entry(target["mask"])
             assert target["mask"]["true_unseen_fraction"] == pytest.approx(share)
+            # Procedural scenes have depth: every target has its parallax.
+            change = target["view_change"]
+            assert change["baseline"] > 0 and change["parallax"] > 0
+            assert 0 <= change["rotation_deg"] <= 180
     assert results["mask"]["available"] is True and results["mask"]["reason"] is None
     _check_mask_entry(results["means"]["mask"])
     assert "unseen mask, model vs depth: iou" in captured.out
@@ -213,6 +219,49 @@ def test_copy_probe_targets_are_the_sources(workspace, tmp_path, capsys):
             assert target["diffusion"]["best_of_n"]["unseen"] is None
             assert target["regression"]["seen"]["psnr"] == target["regression"]["psnr"]
             _check_mask_entry(target["mask"])
+            assert target["view_change"] == pytest.approx(
+                {"baseline": 0.0, "rotation_deg": 0.0, "parallax": 0.0}, abs=1e-5
+            )
+
+
+def _rotation_y(degrees: float) -> torch.Tensor:
+    a = math.radians(degrees)
+    return torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+
+def test_view_change_measures_the_nearest_source():
+    """Sources at x = 0 and x = 2, targets at x = 0.5 (turned 30 degrees), x = 1.8 and on
+    the second source: baseline, rotation and parallax against the nearest source, whose
+    near depth is the 10 % quantile of its valid depth."""
+    centres = [(0, 0, 0), (2, 0, 0), (0.5, 0, 0), (1.8, 0, 0), (2, 0, 0)]
+    turns = [0, 0, 30, 0, 0]
+    c2w = torch.eye(4).repeat(5, 1, 1)
+    for v, (centre, turn) in enumerate(zip(centres, turns, strict=True)):
+        c2w[v, :3, :3] = _rotation_y(turn)
+        c2w[v, :3, 3] = torch.tensor(centre, dtype=torch.float32)
+    depth = torch.full((5, 10, 10), 5.0)
+    depth[0, 0] = 1.0  # the nearest 10 % of source 0's pixels
+    depth[1] = 8.0
+    valid = torch.ones(5, 10, 10, dtype=torch.bool)
+    valid[1, :5] = False  # invalid pixels do not count
+    depth[1, :5] = 0.1
+    sample = SceneSample(
+        images=torch.rand(5, 3, 10, 10),
+        c2w=c2w,
+        fxfycxcy=torch.tensor([[10.0, 10.0, 5.0, 5.0]]).repeat(5, 1),
+        num_sources=2,
+        scene="line",
+        frame_indices=torch.arange(5),
+        depth=depth,
+        depth_valid=valid,
+    )
+    first, second, on_source = view_change(sample)
+    assert first == pytest.approx({"baseline": 0.5, "rotation_deg": 30.0, "parallax": 0.5})
+    assert second == pytest.approx({"baseline": 0.2, "rotation_deg": 0.0, "parallax": 0.2 / 8})
+    assert on_source == pytest.approx({"baseline": 0.0, "rotation_deg": 0.0, "parallax": 0.0})
+    no_depth = dataclasses.replace(sample, depth=None, depth_valid=None)
+    assert [change["parallax"] for change in view_change(no_depth)] == [None] * 3
+    assert view_change(no_depth)[0]["baseline"] == pytest.approx(0.5)
 
 
 def test_no_mask_score_without_a_point_head(workspace):

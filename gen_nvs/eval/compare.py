@@ -42,8 +42,9 @@ class Difference:
     better: int  # scenes where NEW > BASE
 
 
-def load_scene_means(path: str | Path) -> dict[str, dict]:
-    """A results.json of `gen-nvs eval` -> {scene name: its per-scene means}."""
+def read_results(path: str | Path) -> dict:
+    """A results.json of `gen-nvs eval`, checked to hold a 'scenes' list; ValueError
+    naming the file otherwise."""
     path = Path(path)
     try:
         results = json.loads(path.read_text())
@@ -56,8 +57,13 @@ def load_scene_means(path: str | Path) -> dict[str, dict]:
     scenes = results.get("scenes") if isinstance(results, dict) else None
     if not isinstance(scenes, list):
         raise ValueError(f"{path}: no 'scenes' list (expected a results.json of gen-nvs eval)")
+    return results
+
+
+def load_scene_means(path: str | Path) -> dict[str, dict]:
+    """A results.json of `gen-nvs eval` -> {scene name: its per-scene means}."""
     means = {}
-    for i, scene in enumerate(scenes):
+    for i, scene in enumerate(read_results(path)["scenes"]):
         if not isinstance(scene, dict) or "scene" not in scene or "means" not in scene:
             raise ValueError(f"{path}: scenes[{i}] lacks 'scene' or 'means'")
         means[scene["scene"]] = scene["means"]

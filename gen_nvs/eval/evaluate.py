@@ -25,6 +25,10 @@ whose region is nearly flat in the truth can score 15x), together with the model
 dataset and settings; and one PNG grid per scene, a row per target: sources | target |
 regression | samples | unseen mask (white = unseen).
 
+Each target also records its `view_change` from the nearest source (`view_change`:
+baseline, rotation and, with depth, parallax), by which `python -m gen_nvs.eval.breakdown`
+groups the results.
+
 Per-image PSNR is capped at `PSNR_MAX_DB` so that means stay finite (a perfect
 prediction scores exactly that). Values that do not exist (a region with no pixels,
 LPIPS without VGG weights, diversity of one sample) are `null` and left out of means; a
@@ -225,6 +229,48 @@ def predicted_unseen_masks(
     if views is None:
         views = pipe.render(scene, targets, out_device=pipe.device)
     return pipe.unseen(scene, targets, views, mask_tolerance)
+
+
+# --------------------------------------------------------------------------------------
+# View change
+# --------------------------------------------------------------------------------------
+
+NEAR_DEPTH_QUANTILE = 0.1  # "how near the scene is": this quantile of a source's depth
+
+
+def view_change(sample: SceneSample) -> list[Tree]:
+    """How far each target's camera is from the nearest source's (by camera centre).
+
+    Per target: `baseline`, the distance between the two centres (scene units);
+    `rotation_deg`, the angle of the relative rotation; `parallax`, the baseline over
+    the near depth of that source (the `NEAR_DEPTH_QUANTILE` of its valid true depth:
+    the apparent motion of the nearest content, which sets how hard a view is), None
+    without depth. A target that is its own source has all three at 0.
+    """
+    s = sample.num_sources
+    centres = sample.c2w[:, :3, 3].double()  # (v, 3)
+    rotations = sample.c2w[:, :3, :3].double()  # (v, 3, 3)
+    entries = []
+    for k in range(s, sample.num_views):
+        distances = (centres[:s] - centres[k]).norm(dim=-1)  # (s,)
+        j = int(distances.argmin())
+        relative = rotations[j].transpose(0, 1) @ rotations[k]
+        cosine = ((torch.trace(relative) - 1) / 2).clamp(-1, 1)
+        parallax = None
+        if sample.has_depth and bool(sample.depth_valid[j].any()):
+            valid = sample.depth[j][sample.depth_valid[j]].double()
+            # kthvalue, not quantile: no limit on the image size
+            rank = max(1, math.ceil(NEAR_DEPTH_QUANTILE * valid.numel()))
+            near = valid.kthvalue(rank).values
+            parallax = float(distances[j] / near) if near > 0 else None
+        entries.append(
+            {
+                "baseline": float(distances[j]),
+                "rotation_deg": math.degrees(math.acos(float(cosine))),
+                "parallax": parallax,
+            }
+        )
+    return entries
 
 
 def _sources(sample: SceneSample) -> SourceViews:
@@ -467,10 +513,12 @@ def evaluate_scene(
         if sampling.num_samples >= 2:
             div_tree = diversity(samples, unseen, lpips_net)
 
+    change = view_change(sample)
     per_target = []
     for k in range(sample.num_targets):
         entry: Tree = {
             "frame": int(targets.frame_indices[k]),
+            "view_change": change[k],
             "unseen_fraction": None if unseen is None else _leaf(unseen[k].float().mean()),
             "empty_regions": empty[k],
             "mask": None if estimate is None else mask_quality(estimate[k], unseen[k]),
