@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from gen_nvs.cli import main
 from gen_nvs.data.re10k import RE10KReader
 from gen_nvs.data.scene import SceneSample
+from gen_nvs.eval.breakdown import main as breakdown_main
 from gen_nvs.eval.evaluate import (
     PSNR_MAX_DB,
     FirstViewsDataset,
@@ -150,6 +151,11 @@ def test_regression_eval_without_lpips_weights(workspace, tmp_path, capsys):
         np.median([u["sharpness"] for u in unseen if u["sharpness"] is not None])
     )
     assert "unseen-region sharpness vs the truth's: regression" in captured.out
+    # The results group by view change: 4 targets in 2 bins of 2.
+    assert breakdown_main([str(out / "results.json"), "--bins", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| parallax | targets | unseen fraction | regression/whole psnr |" in table
+    assert table.count(" | 2 | ") == 2 and "samples/" not in table
 
 
 def test_diffusion_eval_with_lpips(workspace, tmp_path, capsys):
