@@ -442,8 +442,22 @@ def test_oracles_report_the_warp_by_the_true_depth_above_the_render(capsys):
     assert truth_only == pytest.approx(results["the truth's 8x8 patch means"], abs=1e-3)
     seen_warp = mirrored["warp by the true depth"][1]
     assert seen_warp == pytest.approx(results["warp by the true depth"][1], abs=1e-3)
-    assert main(["--scenes", "1", "--mirror"]) == 0
-    assert "1 mirrored probe scenes" in capsys.readouterr().out
+    # Per target: its parallax and PSNR, whose means make up the rows' whole PSNR.
+    assert result.parallax.shape == (8,) and bool((result.parallax > 0).all())
+    warp = result.target_psnr["warp by the true depth"]
+    assert float(warp.mean()) == pytest.approx(whole, abs=1e-4)
+    groups = result.by_parallax(2)
+    assert [len(g) for g in groups] == [3, 3] and groups[0][1] <= groups[1][0]
+    low_half = result.parallax <= groups[0][1]
+    assert groups[0][2]["warp by the true depth"] == pytest.approx(float(warp[low_half].mean()))
+    with pytest.raises(ValueError, match="bins must be in 1..8"):
+        result.by_parallax(9)
+    assert main(["--scenes", "1", "--mirror", "--bins", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 mirrored probe scenes" in printed and "by the targets' parallax" in printed
+    with pytest.raises(SystemExit):
+        main(["--scenes", "1", "--bins", "5"])
+    assert "--bins must be in 1..4" in capsys.readouterr().err
     assert main(["--scenes", "1"]) == 0  # the embedded default model
     printed = capsys.readouterr().out
     assert "warp by the true depth" in printed and "once each view's scale" in printed

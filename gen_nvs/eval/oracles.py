@@ -24,7 +24,10 @@ median log ratio to the truth) and the shape (the median relative error left onc
 view's scale is divided out).
 
 `--mirror` measures the same scenes reflected left-right (`mirror_cameras`): a model
-that has learned geometry scores the same.
+that has learned geometry scores the same. `--bins K` also splits every row's whole-image
+PSNR by the targets' parallax (`gen_nvs.eval.evaluate.view_change`: the baseline to the
+nearest source over that source's near depth) into K groups of equal size: whether a
+small view change loses as much as a large one.
 
 Dimension legend:
     t   target views    s   source views    h, w   image size
@@ -35,13 +38,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gen_nvs.data.procedural import generate_scene
+from gen_nvs.data.scene import SceneSample
 from gen_nvs.eval import metrics
-from gen_nvs.eval.evaluate import PSNR_MAX_DB
+from gen_nvs.eval.evaluate import PSNR_MAX_DB, view_change
 from gen_nvs.geometry.cameras import mirror_cameras, unproject_depth
 from gen_nvs.geometry.rgbd import points_to_depth
 from gen_nvs.geometry.warp import backward_warp
@@ -107,7 +112,9 @@ class Oracles:
     depth_shape_rel_error: the median relative error once each target's median ratio is
     divided out (what is wrong besides the scale); mix_rel_error: for each row of the
     refiner fed a mixed depth (`DEPTH_MIXES`), that depth's median relative error over the
-    targets' pixels, as depth_median_rel_error is the model's own."""
+    targets' pixels, as depth_median_rel_error is the model's own; parallax [n] and
+    target_psnr {name: [n]}: every target's parallax and whole-image PSNR per row (n =
+    scenes x targets, scene by scene), for `by_parallax`."""
 
     psnr: dict[str, tuple[float, float]]
     depth_median_rel_error: float
@@ -115,6 +122,22 @@ class Oracles:
     depth_scale_spread: float
     depth_shape_rel_error: float
     mix_rel_error: dict[str, float]
+    parallax: Tensor
+    target_psnr: dict[str, Tensor]
+
+    def by_parallax(self, bins: int) -> list[tuple[float, float, dict[str, float]]]:
+        """The targets sorted by parallax in `bins` groups of equal size -> per group
+        (lowest, highest parallax, {row name: mean whole-image PSNR})."""
+        if not 1 <= bins <= len(self.parallax):
+            raise ValueError(f"bins must be in 1..{len(self.parallax)} (the targets), got {bins}")
+        order = self.parallax.argsort(stable=True)
+        groups = []
+        for chunk in np.array_split(order.numpy(), bins):
+            chunk = torch.from_numpy(chunk)
+            values = self.parallax[chunk]
+            means = {name: float(db[chunk].mean()) for name, db in self.target_psnr.items()}
+            groups.append((float(values.min()), float(values.max()), means))
+        return groups
 
 
 @torch.no_grad()
@@ -131,7 +154,7 @@ def oracles(
     def add(name: str, pred: Tensor) -> None:
         rows.setdefault(name, []).append(pred)
 
-    truths, seens = [], []
+    truths, seens, parallax = [], [], []
     for i in range(num_scenes):
         views = generate_scene(seed + i, max(t) + 1, (64, 64))
         if mirror:
@@ -143,6 +166,12 @@ def oracles(
                 c2w=c2w, fxfycxcy=fxfycxcy,
             )  # fmt: skip
         hw = tuple(views.images.shape[-2:])
+        probe = SceneSample(
+            images=views.images[s + t], c2w=views.c2w[s + t], fxfycxcy=views.fxfycxcy[s + t],
+            num_sources=len(s), scene=f"probe_{seed + i}", frame_indices=torch.tensor(s + t),
+            depth=views.depth[s + t], depth_valid=views.depth_valid[s + t],
+        )  # fmt: skip
+        parallax += [change["parallax"] for change in view_change(probe)]
         scene = model.encode(views.images[None, s], views.c2w[None, s], views.fxfycxcy[None, s])
         target_c2w = scene.normalize(views.c2w[None, t])[0]
         source_c2w = scene.source_c2w[0]
@@ -217,6 +246,11 @@ def oracles(
         means = F.avg_pool2d(views.images[t], PATCH)
         add("the truth's 8x8 patch means", F.interpolate(means, scale_factor=PATCH))
     truth, seen = torch.cat(truths), torch.cat(seens)
+
+    def per_target(preds: list[Tensor]) -> Tensor:
+        db = metrics.psnr(torch.cat(preds).clamp(0, 1), truth, None, max_db=PSNR_MAX_DB)
+        return db.float()
+
     ratio = torch.cat(ratios).nan_to_num(0.0)  # a pixel without depth counts as far off
     shape = torch.cat(shapes).nan_to_num(0.0)
     return Oracles(
@@ -232,6 +266,8 @@ def oracles(
             name: float((torch.cat(r).nan_to_num(0.0) - 1).abs().median())
             for name, r in mix_ratios.items()
         },
+        parallax=torch.tensor(parallax, dtype=torch.float64),
+        target_psnr={name: per_target(preds) for name, preds in rows.items()},
     )
 
 
@@ -242,9 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="model export (default: embedded)")
     parser.add_argument("--scenes", type=int, default=16, help="probe scenes (16)")
     parser.add_argument("--mirror", action="store_true", help="the scenes reflected left-right")
+    parser.add_argument(
+        "--bins", type=int, default=1, help="also split the PSNRs by parallax into K groups"
+    )
     args = parser.parse_args(argv)
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    if not 1 <= args.bins <= args.scenes * len(TARGETS):
+        parser.error(
+            f"--bins must be in 1..{args.scenes * len(TARGETS)} (the targets), got {args.bins}"
+        )
     model = load_model_or_default(args.checkpoint).eval()
     results = oracles(model, args.scenes, mirror=args.mirror)
     kind = "mirrored probe scenes" if args.mirror else "probe scenes"
@@ -263,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{results.depth_scale_spread:.3f} (std); shape: median relative error "
         f"{results.depth_shape_rel_error:.3f} once each view's scale is divided out"
     )
+    if args.bins > 1:
+        groups = results.by_parallax(args.bins)
+        print("whole-image PSNR (dB) by the targets' parallax, groups of equal size:")
+        print(f"  {'parallax':<48} " + " ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi, _ in groups))
+        for name in results.psnr:
+            cells = " ".join(f"{means[name]:9.2f}" for _, _, means in groups)
+            print(f"  {name:<48} {cells}")
     return 0
 
 
