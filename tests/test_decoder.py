@@ -345,6 +345,36 @@ def test_point_loss_confidence_gradient():
     assert torch.allclose(grad, error - alpha / conf.detach(), atol=1e-6)
 
 
+def test_point_loss_gradient_term_weighs_the_shape():
+    """VGGT's gradient term: a map shifted as a whole keeps its neighbours' differences (no
+    gradient term), a bumped pixel changes them; invalid pixels break their pairs."""
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(2, 4, 5, 3, generator=g)
+    conf = 1 + torch.rand(2, 4, 5, generator=g)
+    valid = torch.ones(2, 4, 5, dtype=torch.bool)
+    plain, shaped = ConfidencePointLoss(alpha=0.2), ConfidencePointLoss(alpha=0.2, gradient=1.0)
+    shifted = gt + torch.tensor([0.3, -0.2, 0.1])
+    assert torch.allclose(shaped(shifted, conf, gt, valid), plain(shifted, conf, gt, valid))
+    bumped = gt.clone()
+    bumped[0, 1, 2] += torch.tensor([0.5, 0.0, 0.0])
+    # The bump differs from its 4 neighbours by 0.5, weighted by the first pixel's conf,
+    # over the 2 * (4 * 4 + 3 * 5) = 62 neighbouring pairs.
+    weights = conf[0, 1, 2] * 2 + conf[0, 1, 1] + conf[0, 0, 2]
+    expected = plain(bumped, conf, gt, valid) + 0.5 * weights / 62
+    assert torch.allclose(shaped(bumped, conf, gt, valid), expected)
+    # With the bump invalid, its pairs drop out and the rest agree exactly.
+    valid[0, 1, 2] = False
+    assert torch.allclose(shaped(bumped, conf, gt, valid), plain(bumped, conf, gt, valid))
+    summed = ConfidencePointLoss(alpha=0.2, gradient=2.0, reduction="sum")
+    valid[0, 1, 2] = True
+    plain_sum = ConfidencePointLoss(alpha=0.2, reduction="sum")(bumped, conf, gt, valid)
+    assert torch.allclose(summed(bumped, conf, gt, valid), plain_sum + 2 * 0.5 * weights)
+    with pytest.raises(ValueError, match="gradient must be >= 0"):
+        ConfidencePointLoss(gradient=-1.0)
+    with pytest.raises(ValueError, match=r"needs maps \[..., h, w, ch\]"):
+        shaped(gt[0, 0], conf[0, 0], gt[0, 0], valid[0, 0])
+
+
 # --------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------

@@ -29,15 +29,30 @@ class ConfidencePointLoss:
     log term, so conf learns how far off each point is. Reduced over valid pixels by their
     mean (the default, so the scale does not depend on image size or mask coverage) or
     their sum.
+
+    With `gradient` > 0, VGGT's gradient term joins it: `gradient * conf * ||dp - dp_gt||`
+    for the differences dp of horizontally and vertically neighbouring pixels (inputs
+    [..., h, w, ch]; conf of the first pixel of each pair; pairs with both pixels valid,
+    reduced as the pixels are): it weighs the shape of the map (relative positions,
+    edges) apart from where the map sits as a whole.
     """
 
-    def __init__(self, *, alpha: float = 0.2, reduction: Literal["mean", "sum"] = "mean") -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.2,
+        reduction: Literal["mean", "sum"] = "mean",
+        gradient: float = 0.0,
+    ) -> None:
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
+        if gradient < 0:
+            raise ValueError(f"gradient must be >= 0, got {gradient}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.alpha = alpha
         self.reduction = reduction
+        self.gradient = gradient
 
     def __call__(self, points: Tensor, conf: Tensor, points_gt: Tensor, valid: Tensor) -> Tensor:
         """points, points_gt [..., ch] (ch = 3 for points); conf [...] (> 0); valid [...]
@@ -57,15 +72,35 @@ class ConfidencePointLoss:
             )
         if valid.dtype != torch.bool:
             raise ValueError(f"valid must be a bool mask, got {valid.dtype}")
+        if self.gradient > 0 and points.ndim < 3:
+            raise ValueError(
+                f"the gradient term needs maps [..., h, w, ch], got {list(points.shape)}"
+            )
         # Invalid pixels may hold NaN/inf ground truth; masking only the loss would still
         # send NaN gradients through them, so their target becomes the prediction itself.
         gt = torch.where(valid[..., None], points_gt, points.detach())
         error = torch.linalg.vector_norm(points - gt, dim=-1)  # [...]
         per_pixel = conf * error - self.alpha * torch.log(conf)
         total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
-        if self.reduction == "sum":
-            return total
-        return total / valid.sum().clamp(min=1)
+        loss = total if self.reduction == "sum" else total / valid.sum().clamp(min=1)
+        if self.gradient > 0:
+            loss = loss + self.gradient * self._gradient_term(points, gt, conf, valid)
+        return loss
+
+    def _gradient_term(self, points: Tensor, gt: Tensor, conf: Tensor, valid: Tensor) -> Tensor:
+        """conf * ||dp - dp_gt|| over neighbouring valid pairs along w, then h."""
+        total, pairs = points.new_zeros(()), valid.new_zeros((), dtype=torch.long)
+        for dim in (-2, -3):  # w, then h, of [..., h, w, ch]
+            n = points.shape[dim]
+            step = points.narrow(dim, 1, n - 1) - points.narrow(dim, 0, n - 1)
+            step_gt = gt.narrow(dim, 1, n - 1) - gt.narrow(dim, 0, n - 1)
+            both = valid.narrow(dim + 1, 1, n - 1) & valid.narrow(dim + 1, 0, n - 1)
+            error = conf.narrow(dim + 1, 0, n - 1) * torch.linalg.vector_norm(
+                step - step_gt, dim=-1
+            )
+            total = total + torch.where(both, error, torch.zeros_like(error)).sum()
+            pairs = pairs + both.sum()
+        return total if self.reduction == "sum" else total / pairs.clamp(min=1)
 
 
 class DenoisingLoss:

@@ -371,6 +371,7 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
             depth=loss["depth"],
             alpha=loss["point_alpha"],
             space=loss["point_space"],
+            gradient=loss["point_gradient"],
         )
 
         def geometry_step(forward, views, posed, generator):
@@ -394,6 +395,7 @@ def build_objective(config: dict, model: NVSModel, device: torch.device):
             point_space=loss["point_space"],
             decoder_l2=loss["decoder_l2"],
             log_depth=loss["log_depth"],
+            point_gradient=loss["point_gradient"],
             perceptual_fn=build_perceptual(loss, device),
             downsample=model.downsample,
         )

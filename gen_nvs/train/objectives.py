@@ -229,6 +229,7 @@ class RegressionLoss:
         point_space: str = "log",
         decoder_l2: float = 0.0,
         log_depth: float = 0.0,
+        point_gradient: float = 0.0,
         perceptual_fn=None,
         downsample: int = 1,
     ) -> None:
@@ -245,7 +246,7 @@ class RegressionLoss:
         }
         self.names = [name for name, weight in self.weights.items() if weight > 0]
         self.perceptual_fn = perceptual_fn
-        self.point_loss = ConfidencePointLoss(alpha=point_alpha)
+        self.point_loss = ConfidencePointLoss(alpha=point_alpha, gradient=point_gradient)
         self.point_space = point_space
         self.downsample = downsample
 
@@ -382,7 +383,15 @@ class GeometryLoss:
     parameter in the graph, as DDP needs) and its logged terms leave out "depth".
     """
 
-    def __init__(self, *, camera: float, depth: float, alpha: float, space: str = "log") -> None:
+    def __init__(
+        self,
+        *,
+        camera: float,
+        depth: float,
+        alpha: float,
+        space: str = "log",
+        gradient: float = 0.0,
+    ) -> None:
         check_point_space(space)
         if camera <= 0 or depth < 0:
             raise ValueError(
@@ -391,7 +400,7 @@ class GeometryLoss:
             )
         self.weights = {"camera": camera, "depth": depth}
         self.names = [name for name, weight in self.weights.items() if weight > 0]
-        self.depth_loss = ConfidencePointLoss(alpha=alpha)
+        self.depth_loss = ConfidencePointLoss(alpha=alpha, gradient=gradient)
         self.space = space
 
     def __call__(
