@@ -180,7 +180,7 @@ def test_regression_loss_is_l2_between_predicted_and_encoded_latents():
         "stage": "regression",
         "loss": {"l2": 1.0, "perceptual": 0.0, "points": 0.0, "camera": 0.0,
                  "point_alpha": 0.2, "point_space": "log", "decoder_l2": 0.0,
-                 "log_depth": 0.0},
+                 "log_depth": 0.0, "point_gradient": 0.0},
     }  # fmt: skip
     forward, step_loss, names = build_objective(config, model, torch.device("cpu"))
     assert names == ["l2"]
