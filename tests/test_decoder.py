@@ -369,6 +369,12 @@ def test_point_loss_gradient_term_weighs_the_shape():
     valid[0, 1, 2] = True
     plain_sum = ConfidencePointLoss(alpha=0.2, reduction="sum")(bumped, conf, gt, valid)
     assert torch.allclose(summed(bumped, conf, gt, valid), plain_sum + 2 * 0.5 * weights)
+    # NaN truth at invalid pixels: no effect on the gradient, which stays zero there.
+    polluted, valid = gt.clone(), torch.rand(2, 4, 5, generator=g) > 0.5
+    polluted[~valid] = float("nan")
+    points = torch.randn(gt.shape, generator=g).requires_grad_(True)
+    shaped(points, conf, polluted, valid).backward()
+    assert torch.isfinite(points.grad).all() and (points.grad[~valid] == 0).all()
     with pytest.raises(ValueError, match="gradient must be >= 0"):
         ConfidencePointLoss(gradient=-1.0)
     with pytest.raises(ValueError, match=r"needs maps \[..., h, w, ch\]"):
