@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen_nvs.eval.compare import METRICS, read_results, region_value
+from gen_nvs.eval.compare import METRICS, check_metric, read_results, region_value
 
 MEASURES = ("parallax", "baseline", "rotation_deg")
 # (output, region) pairs shown, as `compare.region_value` names them.
@@ -74,8 +74,7 @@ def breakdown(
     had no value of the measure and were left out)."""
     if by not in MEASURES:
         raise ValueError(f"by must be one of {', '.join(MEASURES)}, got {by!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    check_metric(metric)
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     measured = [t for t in targets if t["view_change"].get(by) is not None]

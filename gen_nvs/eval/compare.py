@@ -42,6 +42,12 @@ class Difference:
     better: int  # scenes where NEW > BASE
 
 
+def check_metric(metric: str) -> None:
+    """ValueError unless `metric` is one of `METRICS`."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+
+
 def read_results(path: str | Path) -> dict:
     """A results.json of `gen-nvs eval`, checked to hold a 'scenes' list; ValueError
     naming the file otherwise."""
@@ -98,8 +104,7 @@ def compare(
     `output` and `metric` are known."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    check_metric(metric)
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     only_base, only_new = sorted(set(base) - set(new)), sorted(set(new) - set(base))

@@ -60,11 +60,15 @@ PATCH = 8
 DEPTH_MIXES = (0.25, 0.5, 0.75)  # shares of the way from the true log depth to the model's
 
 
+def _psnr_each(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> Tensor:
+    """PSNR in dB [n] of each of [n, 3, h, w] images over its pixels in mask [n, h, w]
+    (all: None; NaN for an image without a masked pixel), as the training probe's."""
+    return metrics.psnr(pred.clamp(0, 1), truth, mask, max_db=PSNR_MAX_DB)
+
+
 def _psnr(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> float:
-    """Mean PSNR in dB of [n, 3, h, w] images over their pixels in mask [n, h, w] (all:
-    None; images without a masked pixel left out), as the training probe's."""
-    db = metrics.psnr(pred.clamp(0, 1), truth, mask, max_db=PSNR_MAX_DB)  # (n,), NaN: empty
-    return float(db.nanmean())
+    """Mean of `_psnr_each` over the images with a masked pixel."""
+    return float(_psnr_each(pred, truth, mask).nanmean())
 
 
 def _patch_means(depth: Tensor) -> Tensor:
@@ -246,17 +250,14 @@ def oracles(
         means = F.avg_pool2d(views.images[t], PATCH)
         add("the truth's 8x8 patch means", F.interpolate(means, scale_factor=PATCH))
     truth, seen = torch.cat(truths), torch.cat(seens)
-
-    def per_target(preds: list[Tensor]) -> Tensor:
-        db = metrics.psnr(torch.cat(preds).clamp(0, 1), truth, None, max_db=PSNR_MAX_DB)
-        return db.float()
-
+    preds = {name: torch.cat(images) for name, images in rows.items()}
+    whole = {name: _psnr_each(pred, truth).float() for name, pred in preds.items()}
     ratio = torch.cat(ratios).nan_to_num(0.0)  # a pixel without depth counts as far off
     shape = torch.cat(shapes).nan_to_num(0.0)
     return Oracles(
         psnr={
-            name: (_psnr(torch.cat(preds), truth), _psnr(torch.cat(preds), truth, seen))
-            for name, preds in rows.items()
+            name: (float(whole[name].nanmean()), _psnr(pred, truth, seen))
+            for name, pred in preds.items()
         },
         depth_median_rel_error=float((ratio - 1).abs().median()),
         depth_within_125=float(((ratio > 1 / 1.25) & (ratio < 1.25)).float().mean()),
@@ -267,7 +268,7 @@ def oracles(
             for name, r in mix_ratios.items()
         },
         parallax=torch.tensor(parallax, dtype=torch.float64),
-        target_psnr={name: per_target(preds) for name, preds in rows.items()},
+        target_psnr=whole,
     )
 
 
