@@ -269,6 +269,36 @@ def test_make_scenes_is_byte_deterministic(tmp_path):
     assert _folder_digest(tmp_path / "a") == _folder_digest(tmp_path / "b")
 
 
+def test_make_scenes_workers_write_the_same_bytes_as_one_thread(tmp_path):
+    """`--workers N` renders each scene in its own process on one thread: the same files
+    as one process on one thread, full_list.txt included."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _make_scenes(tmp_path / "one", "--scenes", "5") == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _make_scenes(tmp_path / "two", "--scenes", "5", "--workers", "2") == 0
+    assert len(list((tmp_path / "two" / "metadata").glob("*.json"))) == 5
+    assert _folder_digest(tmp_path / "one") == _folder_digest(tmp_path / "two")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--workers", "2", "--device", "cuda"], "--workers 2 renders on CPU processes"),
+    ],
+)
+def test_make_scenes_bad_workers(tmp_path, capsys, monkeypatch, extra, message):
+    import gen_nvs.commands.make_scenes as make_scenes
+
+    monkeypatch.setattr(make_scenes, "resolve_device", torch.device)  # cuda without a GPU
+    assert _make_scenes(tmp_path / "out", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_make_scenes_refuses_a_non_empty_folder(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert _make_scenes(tmp_path) == 2

@@ -262,6 +262,39 @@ def test_existing_states_need_resume(regression_run):
         train(config)
 
 
+def test_time_limit_ends_the_run_at_a_saved_probed_step(tmp_path):
+    """Past `train.max_minutes` the step is the last: logged, probed and saved (state and
+    export) as at `train.steps`; run_info.json says where and why it stopped, and the
+    run resumes from there."""
+    config = tiny_config(
+        tmp_path, "limited", "train.steps=50", "train.max_minutes=1e-9",
+        "log.every=10", "log.probe_every=40", "log.probe_scenes=2", "checkpoint.every=40",
+    )  # fmt: skip
+    run_dir = train(config)
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()] == [1]
+    assert [json.loads(line)["step"] for line in (run_dir / "probe.jsonl").open()] == [1]
+    assert [s.name for s in checkpoints.list_states(run_dir / "checkpoints")] == [
+        checkpoints.state_name(1)
+    ]
+    exported = json.loads((run_dir / "export" / "config.json").read_text())
+    assert exported["training"]["step"] == 1
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["stopped_early"] == {"step": 1, "reason": "train.max_minutes"}
+
+    config["train"]["max_minutes"] = 0
+    config["checkpoint"]["resume"] = "latest"
+    config["train"]["steps"] = 3
+    train(config)
+    assert json.loads((run_dir / "export" / "config.json").read_text())["training"]["step"] == 3
+    assert "stopped_early" not in json.loads((run_dir / "run_info.json").read_text())
+
+
+def test_negative_time_limit_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"train.max_minutes must be >= 0, got -1"):
+        train(tiny_config(tmp_path, "bad", "train.max_minutes=-1"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_empty_data_path_fails_before_training(tmp_path):
     (tmp_path / "data" / "metadata").mkdir(parents=True)
     config = tiny_config(

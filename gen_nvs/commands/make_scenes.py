@@ -2,13 +2,19 @@
 
 Scene i is procedural scene `seed + i` (see `gen_nvs.data.procedural`), written as
 `images/<scene>/NNNNN.png`, `depths/<scene>/NNNNN.png` and `metadata/<scene>.json`,
-plus `full_list.txt`. The same arguments give the same bytes.
+plus `full_list.txt`. The same arguments on the same number of CPU threads give the same
+bytes (across thread counts a depth pixel may differ in its last bit); `--workers N`
+renders each scene on one thread, exactly as one process with `OMP_NUM_THREADS=1`.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from gen_nvs.cli import CommandError
@@ -56,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch device to render on: cpu (default), cuda, cuda:1, ..., auto (cuda when "
         "available)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="processes rendering scenes on the CPU side by side (default 1)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,25 +77,65 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.seed < 0:
         raise CommandError(f"--seed must be >= 0, got {args.seed}")
+    if args.workers < 1:
+        raise CommandError(f"--workers must be >= 1, got {args.workers}")
     device = resolve_device(args.device)
+    if args.workers > 1 and device.type != "cpu":
+        raise CommandError(
+            f"--workers {args.workers} renders on CPU processes; with --device {args.device} "
+            "leave it at 1"
+        )
     out = prepare_output_dir(args.out, args.overwrite)  # a file there, a non-empty folder: refused
 
     config = SceneConfig(rig=args.rig, walls=args.walls, orbit_direction=args.orbit_direction)
     image_hw = tuple(args.size)
-    for seed in tqdm(range(args.seed, args.seed + args.scenes), desc="scenes", unit="scene"):
-        views = generate_scene(seed, args.views, image_hw, config, device)
-        write_re10k_scene(
-            out,
-            scene_name(seed),
-            views.images,
-            views.c2w,
-            views.fxfycxcy,
-            depth=views.depth,
-            depth_valid=views.depth_valid,
-        )
+    seeds = range(args.seed, args.seed + args.scenes)
+    progress = tqdm(total=args.scenes, desc="scenes", unit="scene")
+    if args.workers == 1:
+        for seed in seeds:
+            write_scene(out, seed, args.views, image_hw, config, device)
+            progress.update(1)
+    else:
+        # Chunks of a few scenes: few round trips, and the progress bar still moves.
+        chunks = [seeds[i : i + 16] for i in range(0, len(seeds), 16)]
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            jobs = [
+                pool.submit(write_scenes, out, chunk, args.views, image_hw, config)
+                for chunk in chunks
+            ]
+            for job, chunk in zip(jobs, chunks, strict=True):
+                job.result()
+                progress.update(len(chunk))
+    progress.close()
     list_path = write_full_list(out)
     print(
         f"wrote {args.scenes} scenes x {args.views} views at {image_hw[0]}x{image_hw[1]} "
         f"to {out} ({list_path.name})"
     )
     return 0
+
+
+def write_scene(
+    out: Path, seed: int, views: int, image_hw: tuple[int, int], config: SceneConfig, device
+) -> None:
+    """Render procedural scene `seed` and write it under `out` (RealEstate10K layout)."""
+    scene = generate_scene(seed, views, image_hw, config, device)
+    write_re10k_scene(
+        out,
+        scene_name(seed),
+        scene.images,
+        scene.c2w,
+        scene.fxfycxcy,
+        depth=scene.depth,
+        depth_valid=scene.depth_valid,
+    )
+
+
+def write_scenes(
+    out: Path, seeds: range, views: int, image_hw: tuple[int, int], config: SceneConfig
+) -> None:
+    """A worker's share: the scenes of `seeds`, on one CPU thread (one process per core)."""
+    torch.set_num_threads(1)
+    for seed in seeds:
+        write_scene(out, seed, views, image_hw, config, torch.device("cpu"))

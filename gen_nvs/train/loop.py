@@ -500,6 +500,7 @@ TRAIN_NUMBERS: dict[str, tuple[type, float, float | None]] = {
     "ema_decay": (float, 0, 1),
     "grad_clip": (float, 0, None),
     "pose_dropout": (float, 0, 1),
+    "max_minutes": (float, 0, None),
 }
 
 
@@ -570,6 +571,15 @@ def build_probe(config: dict, accelerator: Accelerator) -> tuple[int, Probe | No
         device=accelerator.device,
     )
     return every, probe
+
+
+def out_of_time(accelerator: Accelerator, start: float, max_minutes: float) -> bool:
+    """Whether this run has used its `train.max_minutes` of wall-clock time (0: no limit),
+    agreed by every process (the slowest clock decides), so that all stop at one step."""
+    if max_minutes <= 0:
+        return False
+    late = torch.tensor(float(time.perf_counter() - start >= 60 * max_minutes))
+    return bool(accelerator.reduce(late.to(accelerator.device), reduction="max").item())
 
 
 def append_record(path: Path, step: int, start: float, logs: dict) -> None:
@@ -798,8 +808,11 @@ def train(config: dict) -> Path:
             ema.update(model)
         state.step += 1
         progress.update(1)
+        # The last step: the schedule's, or the first past the time limit; either is
+        # logged, probed and saved.
+        last = state.step == t["steps"] or out_of_time(accelerator, start, t["max_minutes"])
 
-        if state.step % config["log"]["every"] == 0 or state.step == t["steps"]:
+        if state.step % config["log"]["every"] == 0 or last:
             logs = means.pop(accelerator)
             logs.update(lr=lr_schedule.get_last_lr()[0], grad_norm=norm, skipped=state.skipped)
             accelerator.log(logs, step=state.step)
@@ -807,7 +820,7 @@ def train(config: dict) -> Path:
             if main_process:
                 append_record(run_dir / "metrics.jsonl", state.step, start, logs)
 
-        if probe is not None and (state.step % probe_every == 0 or state.step == t["steps"]):
+        if probe is not None and (state.step % probe_every == 0 or last):
             model.eval()
             with ema.applied(model):
                 logs = probe(model)
@@ -834,8 +847,18 @@ def train(config: dict) -> Path:
             path.parent.mkdir(exist_ok=True)
             write_rgb(path, grid)
 
-        if state.step % config["checkpoint"]["every"] == 0 or state.step == t["steps"]:
+        if state.step % config["checkpoint"]["every"] == 0 or last:
             save()
+        if last:
+            break
+
+    if state.step < t["steps"]:
+        message = f"stopped at step {state.step} of {t['steps']}: train.max_minutes reached"
+        progress.write(message)
+        if main_process:
+            info = json.loads((run_dir / "run_info.json").read_text())
+            info["stopped_early"] = {"step": state.step, "reason": "train.max_minutes"}
+            (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
     progress.close()
     accelerator.end_training()
