@@ -79,8 +79,21 @@ class FakeTraining:
         out.mkdir(parents=True, exist_ok=True)
         if args[0] == "make-scenes":
             (out / "full_list.txt").write_text("metadata/x.json\n")
-        else:
-            (out / "results.json").write_text(json.dumps({"means": {"psnr": 21.5}}))
+        else:  # the model the run began from: 21.5 dB; what it trained: 0.1 dB better
+            start = args[args.index("--checkpoint") + 1].endswith("default")
+            (out / "results.json").write_text(json.dumps(_results(21.5 if start else 21.6)))
+
+
+def _results(psnr: float) -> dict:
+    """A results.json of `gen-nvs eval` as far as the device run reads it."""
+    scenes = []
+    for i in range(5):
+        region = {"psnr": psnr + 0.1 * i}
+        split = {**region, "seen": region, "unseen": region}
+        scenes.append(
+            {"scene": f"s{i}", "means": {"regression": split, "diffusion": {"mean": split}}}
+        )
+    return {"means": {"regression": {"psnr": psnr}}, "scenes": scenes}
 
 
 @pytest.fixture
@@ -111,7 +124,13 @@ def test_continuation_chains_its_stages_within_the_clock_and_packs_them(tmp_path
     assert [Path(c[2]).name for c in made] == ["proc64-train12", "proc64-train", "proc64-test"]
     assert all(c[c.index("--workers") + 1] == "3" for c in made)
     evals = [c for c in stand_in.commands if c[0] == "eval"]
-    assert [c[c.index("--samples") + 1] for c in evals] == ["0", "4"]  # copy probe first
+    assert [c[c.index("--samples") + 1] for c in evals] == ["0", "4", "4"]  # copy probe first
+    assert [Path(c[c.index("--out") + 1]).name for c in evals] == [
+        "eval-copy",
+        "eval",
+        "eval-start",
+    ]
+    assert evals[2][evals[2].index("--checkpoint") + 1].endswith("assets/default")
 
     stages = [c for c in stand_in.runs if not c["run"]["name"].endswith("-calibration")]
     assert [c["stage"] for c in stages] == ["regression", "geometry", "diffusion"]
@@ -143,7 +162,11 @@ def test_continuation_chains_its_stages_within_the_clock_and_packs_them(tmp_path
     assert summary["plan"] == "continue" and "error" not in summary
     assert summary["stages"]["regression"]["steps_done"] == regression["train"]["steps"]
     assert summary["stages"]["regression"]["probe"][0]["probe/novel_psnr"] == 21.0
-    assert summary["evaluation"]["eval"] == {"psnr": 21.5}
+    assert summary["evaluation"]["eval"] == {"regression": {"psnr": 21.6}}
+    for output in ("regression", "samples"):  # paired, per scene: +0.1 dB in all 5
+        rows = summary["comparison"][output]
+        assert [r["region"] for r in rows] == ["whole", "seen", "unseen"]
+        assert all(r["mean"] == pytest.approx(0.1) and r["better"] == 5 for r in rows)
 
     back = device.unpack(tmp_path / "out", tmp_path / "back")
     assert back == summary
@@ -250,6 +273,9 @@ def test_unpack_cli_describes_the_run(packed, tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.startswith("device run: continue from default on cpu")
     assert "regression:" in text and "export:" in text
+    assert "eval: regression PSNR 21.60 dB" in text
+    assert "regression PSNR, this run - the model it began from, per scene:" in text
+    assert "whole   +0.100 dB" in text and "better in 5 of 5 scenes" in text
 
 
 # --------------------------------------------------------------------------------------

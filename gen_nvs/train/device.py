@@ -47,10 +47,13 @@ import tarfile
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from gen_nvs.eval.compare import compare, load_scene_means, read_results
+from gen_nvs.eval.evaluate import RESULTS_FILE
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model
 from gen_nvs.train.config import CONFIG_DIR
 from gen_nvs.train.loop import train
@@ -267,30 +270,53 @@ def run_stages(
     return last_export
 
 
-def evaluate(export: Path, data: Path, runs: Path, clock: Clock, summary: dict) -> None:
+def evaluate(
+    export: Path, start: Path, data: Path, runs: Path, clock: Clock, summary: dict
+) -> None:
     """`gen-nvs eval` of `export`: the copy probe, then held-out novel views (4 samples
-    when it can sample), each cut short when packing would get too little time."""
-    samples = "4" if load_model(export).can_sample else "0"
-    for name, index, count in (  # the quick one first
-        ("eval-copy", "procedural64-copy.json", "0"),
-        ("eval", "procedural64-test.json", samples),
-    ):
+    when it can sample); then the held-out views of `start`, the model the run began from
+    (the shipped one for a plan from scratch), and the paired comparison of the two. Each
+    evaluation is cut short when packing would get too little time."""
+    runs_of = [
+        ("eval-copy", export, "procedural64-copy.json"),  # the quick one first
+        ("eval", export, "procedural64-test.json"),
+        ("eval-start", start, "procedural64-test.json"),
+    ]
+    for name, checkpoint, index in runs_of:
         timeout = clock.left() - PACK_SECONDS
         if timeout <= 0:
             summary["evaluation"][name] = "skipped: no time left"
             continue
+        samples = "0" if "copy" in index or not load_model(checkpoint).can_sample else "4"
         out = runs / name
         command = [
-            "eval", "--checkpoint", str(export), "--data", str(data / TEST_SET[0]),
+            "eval", "--checkpoint", str(checkpoint), "--data", str(data / TEST_SET[0]),
             "--out", str(out), "--index", str(CONFIG_DIR / "eval" / index),
-            "--samples", count, "--overwrite",
+            "--samples", samples, "--overwrite",
         ]  # fmt: skip
         try:
             _gen_nvs(command, timeout=timeout)
         except subprocess.TimeoutExpired:
             summary["evaluation"][name] = f"cut short after {timeout:.0f} s"
             continue
-        summary["evaluation"][name] = json.loads((out / "results.json").read_text())["means"]
+        summary["evaluation"][name] = read_results(out / RESULTS_FILE)["means"]
+    summary["comparison"] = paired_comparison(runs / "eval-start", runs / "eval")
+
+
+def paired_comparison(base: Path, new: Path) -> dict[str, list[dict]]:
+    """`gen_nvs.eval.compare` of the two evaluations' results (new - base per scene, per
+    region), for the regression render and the samples where both have them."""
+    if not (base / RESULTS_FILE).is_file() or not (new / RESULTS_FILE).is_file():
+        return {}
+    base_means = load_scene_means(base / RESULTS_FILE)
+    new_means = load_scene_means(new / RESULTS_FILE)
+    rows = {}
+    for output in ("regression", "samples"):
+        try:
+            rows[output] = [asdict(row) for row in compare(base_means, new_means, output=output)]
+        except ValueError:  # a model that does not sample
+            continue
+    return rows
 
 
 def bundle_files(runs: Path, export: Path | None) -> list[Path]:
@@ -336,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "stages": {},
         "evaluation": {},
+        "comparison": {},
     }
     args.runs.mkdir(parents=True, exist_ok=True)
     export = None
@@ -345,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
         summary["data_seconds"] = round(clock.elapsed(), 1)
         export = run_stages(args, clock, summary, overrides)
         if export is not None:
-            evaluate(export, args.data, args.runs, clock, summary)
+            start = DEFAULT_MODEL_DIR if plan == "scratch" else _export_path(args.init_from)
+            evaluate(export, Path(start), args.data, args.runs, clock, summary)
     except Exception as err:  # packed and reported, never lost: the machine goes back
         summary["error"] = "".join(traceback.format_exception(err))
         print(summary["error"], file=sys.stderr)
@@ -436,7 +464,18 @@ def describe(summary: dict, to: Path) -> str:
             f"{record['batch_size']}, {record.get('seconds_per_step', '?')} s a step"
         )
     for name, means in summary["evaluation"].items():
-        lines.append(f"  {name}: {json.dumps(means)[:300]}")
+        if isinstance(means, dict):
+            regression = means.get("regression") or {}
+            means = f"regression PSNR {regression.get('psnr', float('nan')):.2f} dB"
+        lines.append(f"  {name}: {means}")
+    for output, rows in summary.get("comparison", {}).items():
+        lines.append(f"  {output} PSNR, this run - the model it began from, per scene:")
+        for row in rows:
+            lines.append(
+                f"    {row['region']:<7} {row['mean']:+.3f} dB (95 % bootstrap "
+                f"{row['low']:+.3f} to {row['high']:+.3f}), better in {row['better']} of "
+                f"{row['scenes']} scenes"
+            )
     if summary.get("bundle", {}).get("export"):
         lines.append(f"  export: {to / summary['bundle']['export']}")
     if "error" in summary:
