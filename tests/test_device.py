@@ -181,12 +181,13 @@ def test_continuation_chains_its_stages_within_the_clock_and_packs_them(tmp_path
 
 def test_scratch_runs_every_recipe_stage(tmp_path, fake):
     stand_in = fake()
-    assert _run(tmp_path, "--from", "scratch") == 0
+    assert _run(tmp_path, "--from", "scratch", "--reserve", "0.5") == 0
     stages = [c for c in stand_in.runs if not c["run"]["name"].endswith("-calibration")]
     assert [c["run"]["name"] for c in stages] == [
         load_config(Path("configs") / STAGES[s][0])["run"]["name"] for s in STAGES
     ]
     assert stages[0]["model"]["init_from"] is None
+    assert stages[0]["train"]["max_minutes"] == pytest.approx(0.55 * 2.5, rel=0.01)
     made = [Path(c[2]).name for c in stand_in.commands if c[0] == "make-scenes"]
     assert made == ["proc64-train", "proc64-test"]
 
@@ -304,6 +305,7 @@ def test_device_command_fits_the_tool(tmp_path):
         (["run", "--scale", "0", "--out", "x"], "--scale must be >= 1, got 0"),
         (["run", "--from", "nowhere", "--out", "x"], "--from nowhere: no export there"),
         (["run", "--workers", "0", "--out", "x"], "--workers must be >= 1, got 0"),
+        (["run", "--reserve", "1", "--out", "x"], "--reserve must be in [0, 1), got 1.0"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, capsys, monkeypatch):

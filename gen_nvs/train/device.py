@@ -85,7 +85,7 @@ SHARES = {
     "continue": {"regression": 0.6, "camera": 0.1, "diffusion": 0.3},
     "scratch": {"regression": 0.55, "camera": 0.08, "diffusion": 0.25, "refiner": 0.12},
 }
-RESERVE = 0.15  # of --minutes, kept for the evaluation and the packing
+RESERVE = 0.15  # of --minutes, kept for the evaluations and the packing (--reserve)
 PACK_SECONDS = 30.0  # the least left for packing: the evaluation is cut short before it
 PART_BYTES = 15 * 2**20  # under the tool's 16 MiB a file
 BUNDLE = "bundle.tar"
@@ -232,7 +232,7 @@ def run_stages(
     """Train the plan's stages within the clock; returns the last export written."""
     plan = summary["plan"]
     shares = SHARES[plan]
-    training_end = (1 - RESERVE) * clock.budget  # on the clock
+    training_end = (1 - args.reserve) * clock.budget  # on the clock
     if training_end <= clock.elapsed():
         raise RuntimeError(f"no time left to train after the data ({clock.elapsed():.0f} s)")
     init_from = None if plan == "scratch" else _export_path(args.init_from)
@@ -507,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--calibration-steps", type=int, default=12)
     run_parser.add_argument("--cpu", action="store_true", help="train on the CPU (a rehearsal)")
     run_parser.add_argument(
+        "--reserve", type=float, default=RESERVE,
+        help=f"share of --minutes kept for evaluating and packing ({RESERVE}; a CPU "
+        "rehearsal's evaluations need about 11 minutes)",
+    )  # fmt: skip
+    run_parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
         help="one stage's config setting (repeatable), as the recipe's",
     )  # fmt: skip
@@ -537,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--out is required where $OUT is not set")
         if args.workers < 1:
             parser.error(f"--workers must be >= 1, got {args.workers}")
+        if not 0 <= args.reserve < 1:
+            parser.error(f"--reserve must be in [0, 1), got {args.reserve}")
         return run(args)
     try:
         summary = unpack(args.files, args.to)
