@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,15 @@ def test_gpu_check_refuses_without_cuda_in_one_line(capsys):
     assert main(["bench", "gpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bench gpu needs a CUDA device" in err
+
+
+def test_gpu_check_collects_only_the_files_with_cuda_tests():
+    """On a GPU machine the app's and the browser's test modules (gradio, Playwright) could
+    not be imported: the CUDA tests run from their own files alone, and those are all."""
+    from gen_nvs.bench.gpu import gpu_test_files
+
+    files = gpu_test_files()
+    names = [Path(f).name for f in files]
+    assert {"test_decoder.py", "test_procedural.py"} <= set(names)
+    assert "test_app.py" not in names and "test_browser.py" not in names
+    assert all("@pytest.mark.gpu" in Path(f).read_text() for f in files)

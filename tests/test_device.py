@@ -290,6 +290,9 @@ def test_device_command_fits_the_tool(tmp_path):
     assert ".whl/*.whl" in command and "--target /tmp/site" in command
     assert "PYTHONPATH=/tmp/site:$PWD" in command
     assert command.endswith("run --minutes 8 --from default --scale 16 --out $OUT")
+    bench = device.bench_command()
+    assert len(bench) <= 2000 and bench.startswith(command.split(" && python3 -m gen_nvs")[0])
+    assert bench.endswith("bench gpu --json > $OUT/bench-gpu.json")
 
     (tmp_path / ".git" / "info").mkdir(parents=True)
     device.exclude_from_git(tmp_path, "/.whl/")

@@ -62,8 +62,15 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def gpu_test_files() -> list[str]:
+    """The test files that hold CUDA tests: only these are collected, so that the app's
+    and the browser's tests (gradio, Playwright: not on a GPU machine) are not imported."""
+    tests = sorted((REPO / "tests").glob("test_*.py"))
+    return [str(path) for path in tests if "pytest.mark.gpu" in path.read_text()]
+
+
 def _cuda_tests() -> dict[str, Any]:
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"]
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", *gpu_test_files()]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-200:]
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}

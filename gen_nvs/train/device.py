@@ -118,15 +118,23 @@ def download_wheels(dest: Path) -> list[Path]:
 
 def device_command(minutes: float, init_from: str, scale: int) -> str:
     """The shell command for the device tool's `run` (its repository root is this one)."""
-    install = (
-        "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
-        "--upgrade --target /tmp/site .whl/*.whl"
-    )
     train_command = (
         f"python3 -m gen_nvs.train.device run --minutes {minutes:g} --from {init_from} "
         f"--scale {scale} --out $OUT"
     )
-    return f"{install} && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && {train_command}"
+    return f"{_WITH_WHEELS} && {train_command}"
+
+
+def bench_command() -> str:
+    """The device command of the GPU benchmark (`gen-nvs bench gpu`), with the same wheels."""
+    return f"{_WITH_WHEELS} && python3 -m gen_nvs.cli bench gpu --json > $OUT/bench-gpu.json"
+
+
+# The wheels installed apart and put first on the path, with the repository itself.
+_WITH_WHEELS = (
+    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+    "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1"
+)
 
 
 def exclude_from_git(repo: Path, pattern: str) -> None:
@@ -534,8 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         found = download_wheels(args.dir)
         exclude_from_git(Path.cwd(), f"/{args.dir.as_posix().strip('/')}/")
         print(f"{len(found)} wheels in {args.dir}: {', '.join(f.name for f in found)}")
-        print('device tool run, carry [".whl"], timeout_s 600:')
+        print('device tool run, carry [".whl"], timeout_s 600; the recipe:')
         print(device_command(args.minutes, args.init_from, args.scale))
+        print("or the GPU benchmark (README, Benchmarks; one of the two fits a session):")
+        print(bench_command())
         return 0
     if args.command == "run":
         if args.out is None:
