@@ -182,7 +182,7 @@ def test_recipe_evaluates_its_last_export_again_on_every_run(tmp_path, monkeypat
     monkeypatch.setattr(recipe, "make_data", lambda data: None)
     monkeypatch.setattr(recipe, "exported_step", lambda export: 10**9)  # every stage done
     monkeypatch.setattr(recipe, "load_model", lambda path: SimpleNamespace(can_sample=True))
-    monkeypatch.setattr(recipe, "_gen_nvs", calls.append)
+    monkeypatch.setattr(recipe, "run_cli", calls.append)
     runs = tmp_path / "runs"
     for _ in range(2):
         assert recipe.main(["--runs", str(runs), "--data", str(tmp_path / "data")]) == 0

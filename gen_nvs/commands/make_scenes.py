@@ -96,17 +96,23 @@ def run(args: argparse.Namespace) -> int:
             write_scene(out, seed, args.views, image_hw, config, device)
             progress.update(1)
     else:
-        # Chunks of a few scenes: few round trips, and the progress bar still moves.
-        chunks = [seeds[i : i + 16] for i in range(0, len(seeds), 16)]
+        # Chunks of at most 16 scenes, at least four per worker: few round trips, every
+        # worker busy, and the progress bar still moves.
+        size = max(1, min(16, len(seeds) // (4 * args.workers)))
+        chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
         with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
             jobs = [
                 pool.submit(write_scenes, out, chunk, args.views, image_hw, config)
                 for chunk in chunks
             ]
-            for job, chunk in zip(jobs, chunks, strict=True):
-                job.result()
-                progress.update(len(chunk))
+            try:
+                for job, chunk in zip(jobs, chunks, strict=True):
+                    job.result()
+                    progress.update(len(chunk))
+            except BaseException:  # a worker's error or an interrupt: no more new scenes
+                pool.shutdown(cancel_futures=True)
+                raise
     progress.close()
     list_path = write_full_list(out)
     print(

@@ -7,22 +7,27 @@ nothing once it is given back, and returns at most 8 files of at most 16 MiB fro
 (the export alone is 18 MB). Three steps:
 
     here:   python -m gen_nvs.train.device wheels   # the missing packages into .whl/
-    there:  the command `wheels` prints (carry [".whl"], timeout_s 600)
+    there:  the command `wheels` prints (with the carry list it prints, timeout_s 600)
     here:   python -m gen_nvs.train.device unpack FILES_AT --to runs-device
 
-`run` (there) writes the procedural data with every core, then trains the stages of its
-plan, each within its share of the training time left (what an earlier stage did not use
-passes on): a short calibration run of the stage's own config measures its seconds per
-step, the stage gets the steps its share allows (its cosine schedule ends with them),
-four probes and four saved states, and `train.max_minutes` as the backstop. It then
-evaluates the last export (the copy probe, then the held-out set's novel views with 4
-samples) and packs that export, both evaluations, every stage's logs and `summary.json`
-into one tar, cut into parts under $OUT. Whatever fails, what was made is packed before
-the command returns; `summary.json` (also beside the parts) says what ran, for how long,
-at which step each stage stopped, the held-out figures and any error. `unpack` (here)
-checks the parts against the tar's SHA-256 and extracts it; `gen-nvs eval` and `python -m
-gen_nvs.eval.compare` then decide whether the export beats the shipped model (`cp
-EXPORT/* gen_nvs/assets/default/`).
+`run` (there) checks every stage's config, writes the procedural data with every core,
+then trains the stages of its plan, each within its share of the training time left
+(what an earlier stage did not use passes on): a short calibration run of the stage's own
+config measures its seconds per step and its fixed cost (setup, final save), the stage
+gets the steps the rest of its share allows (its cosine schedule ends with them), four
+saved states (and, in the regression stage, four probes), and `train.max_minutes` as the
+backstop; a stage whose share holds no steps is skipped, with the stages after it. It
+then evaluates the last export (the copy probe, then the held-out set's novel views with
+4 samples) and the model the run began from on the same views, compares the two scene by
+scene (`gen_nvs.eval.compare`), and packs the export, the three evaluations' results,
+every stage's logs and `summary.json` into one tar, cut into parts under $OUT. It packs
+after the data and after every stage as well, so a run killed part-way still returns what
+its finished stages made; a Python error is caught, recorded in the summary and packed
+with the rest. `summary.json` (also beside the parts) says what ran, for how long, at
+which step each stage stopped, the held-out figures, the comparison and any error.
+`unpack` (here) checks the parts against the tar's SHA-256, extracts it and prints the
+comparison: ship the export (`cp EXPORT/* gen_nvs/assets/default/`) only where it is
+better beyond the bootstrap interval.
 
 Plans (`--from`): `default` continues the shipped model as its last CPU runs did (the
 regression stage end to end with `CONTINUE`, then the camera head and the diffusion
@@ -46,7 +51,6 @@ import sys
 import tarfile
 import time
 import traceback
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -55,13 +59,15 @@ import torch
 from gen_nvs.eval.compare import compare, load_scene_means, read_results
 from gen_nvs.eval.evaluate import RESULTS_FILE
 from gen_nvs.models.nvs import DEFAULT_MODEL_DIR, load_model
-from gen_nvs.train.config import CONFIG_DIR
 from gen_nvs.train.loop import train
 from gen_nvs.train.recipe import (
-    STAGES,
     TEST_SET,
     TRAIN_SET,
+    eval_command,
+    make_data,
     parse_stage_overrides,
+    run_cli,
+    run_name,
     stage_config,
 )
 
@@ -86,8 +92,10 @@ SHARES = {
     "scratch": {"regression": 0.55, "camera": 0.08, "diffusion": 0.25, "refiner": 0.12},
 }
 RESERVE = 0.15  # of --minutes, kept for the evaluations and the packing (--reserve)
-PACK_SECONDS = 30.0  # the least left for packing: the evaluation is cut short before it
+PACK_SECONDS = 30.0  # the least left for packing: an evaluation is cut short before it
+MAX_MINUTES = 9.5  # of one device command (600 s), the wheels' install included
 PART_BYTES = 15 * 2**20  # under the tool's 16 MiB a file
+MAX_PARTS = 7  # and summary.json: the tool's 8 files
 BUNDLE = "bundle.tar"
 SUMMARY = "summary.json"
 # Packages the device's Python lacks (diffusers' own needs beyond what it has, lpips), at
@@ -96,14 +104,17 @@ DEVICE_WHEELS = ("diffusers", "lpips", "importlib_metadata", "lazy-importer", "z
 
 
 # --------------------------------------------------------------------------------------
-# Here: the wheels and the command
+# Here: the wheels and the commands
 # --------------------------------------------------------------------------------------
 
 
 def download_wheels(dest: Path) -> list[Path]:
-    """pip-download `DEVICE_WHEELS` at this environment's versions into `dest`, for the
-    device's Python 3.12 on x86-64; returns the wheel files."""
+    """pip-download `DEVICE_WHEELS` at this environment's versions into `dest` (its old
+    wheels removed: two versions of a package stop the install there), for the device's
+    Python 3.12 on x86-64; returns the wheel files."""
     dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.whl"):
+        old.unlink()
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in DEVICE_WHEELS]
     platforms = ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "any"]
     command = [
@@ -116,25 +127,27 @@ def download_wheels(dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
-def device_command(minutes: float, init_from: str, scale: int) -> str:
-    """The shell command for the device tool's `run` (its repository root is this one)."""
-    train_command = (
-        f"python3 -m gen_nvs.train.device run --minutes {minutes:g} --from {init_from} "
-        f"--scale {scale} --out $OUT"
+def with_wheels(wheels: str) -> str:
+    """The start of a device command: the clock's start, then the wheels in `wheels`
+    installed apart and put first on the path, with the repository itself."""
+    return (
+        "T0=$(date +%s.%N) && python3 -m pip install -q --no-index --no-deps --no-compile "
+        f"--no-cache-dir --upgrade --target /tmp/site {wheels}/*.whl && "
+        "export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1"
     )
-    return f"{_WITH_WHEELS} && {train_command}"
 
 
-def bench_command() -> str:
+def device_command(minutes: float, init_from: str, scale: int, wheels: str = ".whl") -> str:
+    """The shell command for the device tool's `run` (its repository root is this one)."""
+    return (
+        f"{with_wheels(wheels)} && python3 -m gen_nvs.train.device run --started-at $T0 "
+        f"--minutes {minutes:g} --from {init_from} --scale {scale} --out $OUT"
+    )
+
+
+def bench_command(wheels: str = ".whl") -> str:
     """The device command of the GPU benchmark (`gen-nvs bench gpu`), with the same wheels."""
-    return f"{_WITH_WHEELS} && python3 -m gen_nvs.cli bench gpu --json > $OUT/bench-gpu.json"
-
-
-# The wheels installed apart and put first on the path, with the repository itself.
-_WITH_WHEELS = (
-    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
-    "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1"
-)
+    return f"{with_wheels(wheels)} && python3 -m gen_nvs.cli bench gpu --json > $OUT/bench-gpu.json"
 
 
 def exclude_from_git(repo: Path, pattern: str) -> None:
@@ -152,15 +165,21 @@ def exclude_from_git(repo: Path, pattern: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-class Clock:
-    """Seconds since the run started, against its budget."""
+def now() -> float:
+    """Wall-clock seconds since the epoch (the device command's `date +%s.%N`)."""
+    return time.time()
 
-    def __init__(self, minutes: float) -> None:
-        self.start = time.perf_counter()
+
+class Clock:
+    """Seconds since the run started (`started_at`, epoch seconds: the device command's
+    start, before the wheels' install and the imports), against its budget."""
+
+    def __init__(self, minutes: float, started_at: float | None = None) -> None:
+        self.start = now() if started_at is None else started_at
         self.budget = 60.0 * minutes
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return now() - self.start
 
     def left(self) -> float:
         return self.budget - self.elapsed()
@@ -174,36 +193,43 @@ def datasets(plan: str) -> list[tuple[str, list[str], int]]:
     return [TRAIN12_SET, TRAIN_SET, TEST_SET] if plan == "continue" else [TRAIN_SET, TEST_SET]
 
 
-def make_data(data: Path, plan: str, workers: int) -> None:
-    """The plan's procedural sets under `data`, each unless already there."""
-    for name, args, seed in datasets(plan):
-        root = data / name
-        if (root / "full_list.txt").is_file():
-            continue
-        _gen_nvs(
-            ["make-scenes", "--out", str(root), *args, "--seed", str(seed), "--overwrite",
-             "--workers", str(workers)]
+def stage_configs(args: argparse.Namespace) -> dict[str, dict]:
+    """Every stage's config of the plan, in order: the recipe's, scaled, with the
+    continuation's settings (its regression stage), the device's (logging, loader,
+    float16 exports: the shipped model's 18 MB in two parts) and the user's `--set`.
+    ValueError naming a bad setting, before anything runs."""
+    plan = plan_name(args.init_from)
+    user = parse_stage_overrides(args.overrides)
+    device = "cpu" if args.cpu else "auto"
+    configs = {}
+    for i, stage in enumerate(SHARES[plan]):
+        settings = []
+        if plan == "continue" and stage == "regression":
+            settings += [item.format(data=args.data) for item in CONTINUE]
+        settings += ["log.tracker=none", "log.eval_every=0", "checkpoint.export_dtype=float16"]
+        if device != "cpu":
+            settings.append(f"data.num_workers={min(8, max(1, (os.cpu_count() or 2) - 2))}")
+        for item in user[stage]:
+            if item.startswith("run."):
+                raise ValueError(f"--set {stage}:{item}: the device run names its own runs")
+        init_from = start_model(args.init_from) if i == 0 and plan == "continue" else None
+        configs[stage] = stage_config(
+            stage, args.runs, args.data, args.scale, device,
+            init_from=init_from, overrides=[*settings, *user[stage]],
         )  # fmt: skip
+    return configs
 
 
-def stage_settings(
-    stage: str, plan: str, data: Path, device: str, user: Sequence[str]
-) -> list[str]:
-    """Overrides of one stage: the continuation's (its regression stage), the device's
-    (logging, loader), then the user's `--set` for it."""
-    settings = []
-    if plan == "continue" and stage == "regression":
-        settings += [item.format(data=data) for item in CONTINUE]
-    # float16 exports: 18 MB for the shipped model's size, two parts to bring back
-    settings += ["log.tracker=none", "log.eval_every=0", "checkpoint.export_dtype=float16"]
-    if device != "cpu":
-        settings.append(f"data.num_workers={min(8, max(1, (os.cpu_count() or 2) - 2))}")
-    return [*settings, *user]
+def start_model(init_from: str) -> str:
+    """The export a run begins from (`default`: the shipped model)."""
+    return str(DEFAULT_MODEL_DIR) if init_from in ("default", "scratch") else init_from
 
 
-def seconds_per_step(config: dict, steps: int) -> float:
-    """Seconds per optimizer step of `config`, from a run of `steps` steps of it (the
-    first step, with its warm-up and compilation, left out); the run is removed."""
+def calibrate(config: dict, steps: int) -> tuple[float, float]:
+    """(seconds per optimizer step, fixed seconds) of `config`, from a run of `steps`
+    steps of it: the steps timed after the first (with its warm-up and compilation), the
+    fixed cost the rest of the run's wall time (setup, the first step, the final save).
+    The run is removed."""
     if steps < 3:
         raise ValueError(f"calibration needs at least 3 steps, got {steps}")
     trial = copy.deepcopy(config)
@@ -214,15 +240,19 @@ def seconds_per_step(config: dict, steps: int) -> float:
     trial["checkpoint"].update(every=steps, resume=None)
     run_dir = Path(trial["run"]["output_dir"]) / trial["run"]["name"]
     shutil.rmtree(run_dir, ignore_errors=True)
+    start = now()
     train(trial)
+    wall = now() - start
     times = [json.loads(line)["time"] for line in (run_dir / "metrics.jsonl").open()]
     shutil.rmtree(run_dir)
-    return (times[-1] - times[0]) / (len(times) - 1)
+    per_step = (times[-1] - times[0]) / (len(times) - 1)
+    return per_step, max(0.0, wall - (len(times) - 1) * per_step)
 
 
 def fit_to_clock(config: dict, seconds: float, per_step: float) -> None:
-    """Set `config`'s steps to what `seconds` allow at `per_step` (nine tenths of it, for
-    the probes and the saves), with four probes and saved states and the time limit."""
+    """Set `config`'s steps to what `seconds` of training allow at `per_step` (nine
+    tenths of it, for the probes and the saves), with four saved states (and probes where
+    the stage probes) and `seconds` as its time limit."""
     t = config["train"]
     steps = max(1, int(0.9 * seconds / per_step))
     t["steps"] = steps
@@ -235,87 +265,79 @@ def fit_to_clock(config: dict, seconds: float, per_step: float) -> None:
 
 
 def run_stages(
-    args: argparse.Namespace, clock: Clock, summary: dict, overrides: dict[str, list[str]]
-) -> Path | None:
-    """Train the plan's stages within the clock; returns the last export written."""
-    plan = summary["plan"]
-    shares = SHARES[plan]
+    args: argparse.Namespace, configs: dict[str, dict], clock: Clock, summary: dict
+) -> None:
+    """Train the stages of `configs` in order within the clock, packing after each;
+    `summary["export"]` is the last export a finished stage wrote."""
+    shares = SHARES[summary["plan"]]
     training_end = (1 - args.reserve) * clock.budget  # on the clock
-    if training_end <= clock.elapsed():
-        raise RuntimeError(f"no time left to train after the data ({clock.elapsed():.0f} s)")
-    init_from = None if plan == "scratch" else _export_path(args.init_from)
-    device = "cpu" if args.cpu else "auto"
-    last_export = None
-    stages = list(shares)
+    stages = list(configs)
     for i, stage in enumerate(stages):
         stage_start = clock.elapsed()
+        left = training_end - stage_start
         # Its share of the time left: what an earlier stage did not use passes on.
-        later = sum(shares[s] for s in stages[i:])
-        seconds = max(0.0, training_end - stage_start) * shares[stage] / later
-        settings = stage_settings(stage, plan, args.data, device, overrides[stage])
-        config = stage_config(
-            stage, args.runs, args.data, args.scale, device,
-            init_from=init_from if i == 0 else None, overrides=settings,
-        )  # fmt: skip
-        record = {"seconds_share": round(seconds, 1), "batch_size": config["train"]["batch_size"]}
-        record["lr"] = config["train"]["lr"]
+        seconds = left * shares[stage] / sum(shares[s] for s in stages[i:])
+        record: dict = {"seconds_share": round(max(seconds, 0.0), 1)}
         summary["stages"][stage] = record
-        per_step = seconds_per_step(config, args.calibration_steps)
-        record["seconds_per_step"] = round(per_step, 4)
-        fit_to_clock(config, seconds - (clock.elapsed() - stage_start), per_step)
+        if seconds <= 0:
+            record["skipped"] = f"no time left ({-left:.0f} s past the training time)"
+            break
+        config = copy.deepcopy(configs[stage])
+        record.update(batch_size=config["train"]["batch_size"], lr=config["train"]["lr"])
+        per_step, fixed = calibrate(config, args.calibration_steps)
+        record.update(seconds_per_step=round(per_step, 4), fixed_seconds=round(fixed, 1))
+        training = seconds - (clock.elapsed() - stage_start) - fixed
+        if training < 2 * per_step:
+            record["skipped"] = f"{training:.0f} s left of its share after calibration"
+            break
+        fit_to_clock(config, training, per_step)
         record["steps_planned"] = config["train"]["steps"]
-        run_dir = Path(config["run"]["output_dir"]) / config["run"]["name"]
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh machine: no earlier run
         print(f"device: {stage}: {config['train']['steps']} steps of {per_step:.3f} s", flush=True)
-        train(config)
-        last_export = run_dir / "export"
-        exported = json.loads((last_export / "config.json").read_text())
+        run_dir = train(config)
+        exported = json.loads((run_dir / "export" / "config.json").read_text())
         record["steps_done"] = exported["training"]["step"]
         record["seconds"] = round(clock.elapsed() - stage_start, 1)
-        probes = run_dir / "probe.jsonl"
-        if probes.is_file():
-            record["probe"] = [json.loads(line) for line in probes.open()]
-    return last_export
+        if (run_dir / "probe.jsonl").is_file():
+            record["probe"] = [json.loads(line) for line in (run_dir / "probe.jsonl").open()]
+        summary["export"] = str(run_dir / "export")
+        pack(args.runs, summary, args.out)
 
 
-def evaluate(
-    export: Path, start: Path, data: Path, runs: Path, clock: Clock, summary: dict
-) -> None:
+def evaluate(export: Path, start: Path, args: argparse.Namespace, clock: Clock, summary: dict):
     """`gen-nvs eval` of `export`: the copy probe, then held-out novel views (4 samples
     when it can sample); then the held-out views of `start`, the model the run began from
     (the shipped one for a plan from scratch), and the paired comparison of the two. Each
-    evaluation is cut short when packing would get too little time."""
-    runs_of = [
+    evaluation is cut short when packing would get too little time; one that fails is
+    recorded and the next runs."""
+    evaluations = [
         ("eval-copy", export, "procedural64-copy.json"),  # the quick one first
         ("eval", export, "procedural64-test.json"),
         ("eval-start", start, "procedural64-test.json"),
     ]
-    for name, checkpoint, index in runs_of:
+    for name, checkpoint, index in evaluations:
         timeout = clock.left() - PACK_SECONDS
         if timeout <= 0:
             summary["evaluation"][name] = "skipped: no time left"
             continue
-        samples = "0" if "copy" in index or not load_model(checkpoint).can_sample else "4"
-        out = runs / name
-        command = [
-            "eval", "--checkpoint", str(checkpoint), "--data", str(data / TEST_SET[0]),
-            "--out", str(out), "--index", str(CONFIG_DIR / "eval" / index),
-            "--samples", samples, "--overwrite",
-        ]  # fmt: skip
+        samples = 0 if "copy" in index or not load_model(checkpoint).can_sample else 4
+        out = args.runs / name
         try:
-            _gen_nvs(command, timeout=timeout)
+            run_cli(eval_command(checkpoint, args.data, out, index, samples), timeout=timeout)
         except subprocess.TimeoutExpired:
             summary["evaluation"][name] = f"cut short after {timeout:.0f} s"
             continue
+        except subprocess.CalledProcessError as err:
+            summary["evaluation"][name] = f"failed: exit status {err.returncode}"
+            continue
         summary["evaluation"][name] = read_results(out / RESULTS_FILE)["means"]
-    summary["comparison"] = paired_comparison(runs / "eval-start", runs / "eval")
+        summary["results"].append(str(out / RESULTS_FILE))
+    if isinstance(summary["evaluation"].get("eval-start"), dict):
+        summary["comparison"] = paired_comparison(args.runs / "eval-start", args.runs / "eval")
 
 
 def paired_comparison(base: Path, new: Path) -> dict[str, list[dict]]:
     """`gen_nvs.eval.compare` of the two evaluations' results (new - base per scene, per
     region), for the regression render and the samples where both have them."""
-    if not (base / RESULTS_FILE).is_file() or not (new / RESULTS_FILE).is_file():
-        return {}
     base_means = load_scene_means(base / RESULTS_FILE)
     new_means = load_scene_means(new / RESULTS_FILE)
     rows = {}
@@ -327,25 +349,37 @@ def paired_comparison(base: Path, new: Path) -> dict[str, list[dict]]:
     return rows
 
 
-def bundle_files(runs: Path, export: Path | None) -> list[Path]:
-    """What comes back: the export, the evaluations' results and every run's logs."""
-    files = sorted(export.glob("*")) if export is not None else []
-    files += sorted(runs.glob("eval*/results.json"))
-    for name in ("probe.jsonl", "metrics.jsonl", "config.yaml", "run_info.json"):
-        files += sorted(runs.glob(f"*/{name}"))
+def bundle_files(runs: Path, summary: dict, logs: bool = True) -> list[Path]:
+    """What comes back: the export, the evaluations' results, and (`logs`) every
+    stage's logs: the files this run recorded in `summary`, nothing else under `runs`."""
+    export = summary.get("export")
+    files = sorted(Path(export).glob("*")) if export else []
+    files += [Path(path) for path in summary["results"]]
+    if logs:
+        for stage in summary["stages"]:
+            if "steps_done" in summary["stages"][stage]:
+                run_dir = runs / run_name(stage)
+                for name in ("probe.jsonl", "metrics.jsonl", "config.yaml", "run_info.json"):
+                    files.append(run_dir / name)
     return [f for f in files if f.is_file()]
 
 
-def pack(runs: Path, export: Path | None, summary: dict, out: Path) -> None:
-    """Tar the bundle (paths relative to `runs`, summary.json in it) into `runs`, cut it
-    into `out`/bundle.tar.NN parts, and write summary.json (with the parts and the tar's
-    SHA-256) beside them."""
+def pack(runs: Path, summary: dict, out: Path) -> None:
+    """Tar this run's files (paths relative to `runs`, summary.json in it), cut the tar
+    into `out`/bundle.tar.NN parts (the last pack's removed first), and write summary.json
+    (with the parts and the tar's SHA-256) beside them. Past the tool's 7 parts the logs
+    are left out (`summary["bundle"]["logs"]` says so)."""
     out.mkdir(parents=True, exist_ok=True)
-    (runs / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    for old in out.glob(f"{BUNDLE}.*"):
+        old.unlink()
     tar_path = runs / BUNDLE
-    with tarfile.open(tar_path, "w") as tar:
-        for path in [runs / SUMMARY, *bundle_files(runs, export)]:
-            tar.add(path, arcname=str(path.relative_to(runs)))
+    for logs in (True, False):
+        (runs / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        with tarfile.open(tar_path, "w") as tar:
+            for path in [runs / SUMMARY, *bundle_files(runs, summary, logs)]:
+                tar.add(path, arcname=str(path.relative_to(runs)))
+        if tar_path.stat().st_size <= MAX_PARTS * PART_BYTES:
+            break
     digest, parts = hashlib.sha256(), []
     with tar_path.open("rb") as source:
         while chunk := source.read(PART_BYTES):
@@ -353,14 +387,20 @@ def pack(runs: Path, export: Path | None, summary: dict, out: Path) -> None:
             name = f"{BUNDLE}.{len(parts):02d}"
             (out / name).write_bytes(chunk)
             parts.append({"name": name, "bytes": len(chunk)})
-    summary["bundle"] = {"parts": parts, "sha256": digest.hexdigest()}
-    summary["bundle"]["export"] = None if export is None else str(export.relative_to(runs))
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     tar_path.unlink()
+    export = summary.get("export")
+    summary["bundle"] = {
+        "parts": parts,
+        "sha256": digest.hexdigest(),
+        "export": str(Path(export).relative_to(runs)) if export else None,
+        "logs": logs,
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def run(args: argparse.Namespace) -> int:
-    clock = Clock(args.minutes)
+def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
+    """The device run of the checked `configs`; 1 when anything failed (recorded)."""
+    clock = Clock(args.minutes, args.started_at)
     plan = plan_name(args.init_from)
     summary: dict = {
         "plan": plan,
@@ -371,48 +411,31 @@ def run(args: argparse.Namespace) -> int:
         "stages": {},
         "evaluation": {},
         "comparison": {},
+        "results": [],
+        "export": None,
+        "errors": [],
     }
     args.runs.mkdir(parents=True, exist_ok=True)
-    export = None
     try:
-        overrides = parse_stage_overrides(args.overrides)
-        make_data(args.data, plan, args.workers)
+        make_data(args.data, datasets(plan), args.workers, timeout=clock.left() - PACK_SECONDS)
         summary["data_seconds"] = round(clock.elapsed(), 1)
-        export = run_stages(args, clock, summary, overrides)
-        if export is not None:
-            start = DEFAULT_MODEL_DIR if plan == "scratch" else _export_path(args.init_from)
-            evaluate(export, Path(start), args.data, args.runs, clock, summary)
-    except Exception as err:  # packed and reported, never lost: the machine goes back
-        summary["error"] = "".join(traceback.format_exception(err))
-        print(summary["error"], file=sys.stderr)
-        export = _latest_export(args.runs, plan) or export
+        pack(args.runs, summary, args.out)
+        run_stages(args, configs, clock, summary)
+    except Exception as err:  # recorded and packed, never lost: the machine goes back
+        summary["errors"].append("".join(traceback.format_exception(err)))
+    if summary["export"] is not None:
+        start = Path(start_model(args.init_from))
+        try:
+            evaluate(Path(summary["export"]), start, args, clock, summary)
+        except Exception as err:
+            summary["errors"].append("".join(traceback.format_exception(err)))
+    for error in summary["errors"]:
+        print(error, file=sys.stderr)
     summary["seconds"] = round(clock.elapsed(), 1)
-    pack(args.runs, export, summary, args.out)
-    print(json.dumps({k: v for k, v in summary.items() if k != "stages"}, indent=2))
-    return 1 if "error" in summary else 0
-
-
-def _latest_export(runs: Path, plan: str) -> Path | None:
-    """The export of the furthest stage that wrote one (after a failure)."""
-    for stage in reversed(list(SHARES[plan])):
-        export = runs / _run_name(stage) / "export"
-        if (export / "config.json").is_file():
-            return export
-    return None
-
-
-def _run_name(stage: str) -> str:
-    from gen_nvs.train.config import load_config
-
-    return load_config(CONFIG_DIR / STAGES[stage][0])["run"]["name"]
-
-
-def _export_path(init_from: str) -> str:
-    return str(DEFAULT_MODEL_DIR) if init_from == "default" else init_from
-
-
-def _gen_nvs(args: list[str], timeout: float | None = None) -> None:
-    subprocess.run([sys.executable, "-m", "gen_nvs.cli", *args], check=True, timeout=timeout)
+    pack(args.runs, summary, args.out)
+    brief = {k: summary[k] for k in ("plan", "seconds", "evaluation", "comparison", "bundle")}
+    print(json.dumps(brief, indent=2))
+    return 1 if summary["errors"] else 0
 
 
 # --------------------------------------------------------------------------------------
@@ -420,44 +443,59 @@ def _gen_nvs(args: list[str], timeout: float | None = None) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def unpack(files: Path, to: Path) -> dict:
-    """Join the parts under `files` (summary.json names them), check the tar's SHA-256,
-    and extract it into `to`; returns the summary. ValueError naming what is missing,
-    short, corrupt or unsafe."""
-    summary_path = files / SUMMARY
-    if not summary_path.is_file():
+def read_summary(files: Path) -> dict:
+    """The summary.json of a device run's files; ValueError naming what is wrong."""
+    path = files / SUMMARY
+    if not path.is_file():
         raise ValueError(f"{files}: no {SUMMARY} (expected the files of a device run)")
-    summary = json.loads(summary_path.read_text())
-    bundle = summary.get("bundle")
-    if not isinstance(bundle, dict) or not bundle.get("parts"):
-        raise ValueError(f"{summary_path}: no 'bundle' with parts (the run packed nothing)")
+    try:
+        summary = json.loads(path.read_text())
+        parts, sha256 = summary["bundle"]["parts"], summary["bundle"]["sha256"]
+        names = [(part["name"], int(part["bytes"])) for part in parts]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        problem = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path}: not a device run's summary ({problem})") from None
+    if not names or not isinstance(sha256, str):
+        raise ValueError(f"{path}: its bundle has no parts (the run packed nothing)")
+    return summary
+
+
+def unpack(files: Path, to: Path, overwrite: bool = False) -> dict:
+    """Join the parts under `files` (summary.json names them), check the tar's SHA-256,
+    and extract it into `to` (new or empty unless `overwrite`); returns the summary.
+    ValueError naming what is missing, short, corrupt or unsafe."""
+    summary = read_summary(files)
+    if to.is_dir() and any(to.iterdir()) and not overwrite:
+        raise ValueError(f"{to} is not empty (unpack into a new folder, or --overwrite)")
     to.mkdir(parents=True, exist_ok=True)
     tar_path = to / BUNDLE
-    digest = hashlib.sha256()
-    with tar_path.open("wb") as joined:
-        for part in bundle["parts"]:
-            path = files / part["name"]
-            if not path.is_file():
-                raise ValueError(f"{path}: missing (part of {BUNDLE}, {part['bytes']} bytes)")
-            data = path.read_bytes()
-            if len(data) != part["bytes"]:
-                raise ValueError(f"{path}: {len(data)} bytes, expected {part['bytes']}")
-            digest.update(data)
-            joined.write(data)
-    if digest.hexdigest() != bundle["sha256"]:
-        tar_path.unlink()
-        raise ValueError(f"{files}: the joined parts' SHA-256 differs from {SUMMARY}'s")
-    with tarfile.open(tar_path) as tar:
-        members = tar.getmembers()
-        for member in members:
-            unsafe = Path(member.name).is_absolute() or ".." in Path(member.name).parts
-            if unsafe or not member.isfile():
-                raise ValueError(f"{tar_path}: refusing member {member.name!r}")
-        for member in members:
-            target = to / member.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-    tar_path.unlink()
+    try:
+        digest = hashlib.sha256()
+        with tar_path.open("wb") as joined:
+            for part in summary["bundle"]["parts"]:
+                path = files / part["name"]
+                if not path.is_file():
+                    raise ValueError(f"{path}: missing (part of {BUNDLE}, {part['bytes']} bytes)")
+                data = path.read_bytes()
+                if len(data) != part["bytes"]:
+                    raise ValueError(f"{path}: {len(data)} bytes, expected {part['bytes']}")
+                digest.update(data)
+                joined.write(data)
+        if digest.hexdigest() != summary["bundle"]["sha256"]:
+            raise ValueError(f"{files}: the joined parts' SHA-256 differs from {SUMMARY}'s")
+        with tarfile.open(tar_path) as tar:
+            members = tar.getmembers()
+            for member in members:
+                if Path(member.name).is_absolute() or ".." in Path(member.name).parts:
+                    raise ValueError(f"{files}: refusing {member.name!r}: outside its folder")
+                if not member.isfile():
+                    raise ValueError(f"{files}: refusing {member.name!r}: not a regular file")
+            for member in members:
+                target = to / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+    finally:
+        tar_path.unlink(missing_ok=True)
     return summary
 
 
@@ -466,17 +504,18 @@ def describe(summary: dict, to: Path) -> str:
     lines = [f"device run: {summary['plan']} from {summary['from']} on {summary['device']}, "
              f"{summary['seconds']} s of {60 * summary['minutes']:.0f}"]  # fmt: skip
     for stage, record in summary["stages"].items():
-        done = record.get("steps_done", "?")
+        if "skipped" in record:
+            lines.append(f"  {stage}: skipped, {record['skipped']}")
+            continue
         lines.append(
-            f"  {stage}: {done} of {record.get('steps_planned', '?')} steps, batch "
-            f"{record['batch_size']}, {record.get('seconds_per_step', '?')} s a step"
+            f"  {stage}: {record.get('steps_done', '?')} of {record.get('steps_planned', '?')} "
+            f"steps, batch {record['batch_size']}, {record.get('seconds_per_step', '?')} s a step"
         )
     for name, means in summary["evaluation"].items():
         if isinstance(means, dict):
-            regression = means.get("regression") or {}
-            means = f"regression PSNR {regression.get('psnr', float('nan')):.2f} dB"
+            means = f"regression PSNR {means['regression']['psnr']:.2f} dB"
         lines.append(f"  {name}: {means}")
-    for output, rows in summary.get("comparison", {}).items():
+    for output, rows in summary["comparison"].items():
         lines.append(f"  {output} PSNR, this run - the model it began from, per scene:")
         for row in rows:
             lines.append(
@@ -484,10 +523,10 @@ def describe(summary: dict, to: Path) -> str:
                 f"{row['low']:+.3f} to {row['high']:+.3f}), better in {row['better']} of "
                 f"{row['scenes']} scenes"
             )
-    if summary.get("bundle", {}).get("export"):
+    if summary["bundle"]["export"]:
         lines.append(f"  export: {to / summary['bundle']['export']}")
-    if "error" in summary:
-        lines.append(f"  error: {summary['error'].strip().splitlines()[-1]}")
+    for error in summary["errors"]:
+        lines.append(f"  error: {error.strip().splitlines()[-1]}")
     return "\n".join(lines)
 
 
@@ -496,12 +535,13 @@ def describe(summary: dict, to: Path) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gen_nvs.train.device", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     wheels = sub.add_parser("wheels", help="here: the packages the device lacks, into .whl/")
-    wheels.add_argument("--dir", type=Path, default=Path(".whl"))
-    for p in (wheels, run_parser := sub.add_parser("run", help="there: the budgeted recipe")):
+    wheels.add_argument("--dir", type=Path, default=Path(".whl"), help="wheel folder (.whl)")
+    run_parser = sub.add_parser("run", help="there: the budgeted recipe")
+    for p in (wheels, run_parser):
         p.add_argument("--minutes", type=float, default=8.0, help="the whole run's budget (8)")
         p.add_argument(
             "--from", dest="init_from", default="default",
@@ -512,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--runs", type=Path, default=Path("runs-device"))
     run_parser.add_argument("--data", type=Path, default=Path("data"))
     run_parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    run_parser.add_argument("--calibration-steps", type=int, default=12)
+    run_parser.add_argument("--calibration-steps", type=int, default=20)
+    run_parser.add_argument("--started-at", type=float, help="the command's start (epoch s)")
     run_parser.add_argument("--cpu", action="store_true", help="train on the CPU (a rehearsal)")
     run_parser.add_argument(
         "--reserve", type=float, default=RESERVE,
@@ -526,41 +567,69 @@ def main(argv: list[str] | None = None) -> int:
     unpack_parser = sub.add_parser("unpack", help="here: the files that came back")
     unpack_parser.add_argument("files", type=Path, help="the folder the parts landed in")
     unpack_parser.add_argument("--to", type=Path, default=Path("runs-device"))
-    args = parser.parse_args(argv)
+    unpack_parser.add_argument("--overwrite", action="store_true", help="into a non-empty --to")
+    return parser
 
-    if args.command in ("wheels", "run"):
-        if not args.minutes > 0:
-            parser.error(f"--minutes must be > 0, got {args.minutes}")
-        if args.command == "wheels" and args.minutes > 10:
-            parser.error(f"--minutes must be at most 10 (one device command), got {args.minutes}")
-        if args.scale < 1:
-            parser.error(f"--scale must be >= 1, got {args.scale}")
-        local = args.init_from not in ("default", "scratch")
-        if local and not (Path(args.init_from) / "config.json").is_file():
-            parser.error(f"--from {args.init_from}: no export there (expected config.json)")
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.minutes > 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes}")
+    if args.command == "wheels" and args.minutes > MAX_MINUTES:
+        parser.error(
+            f"--minutes must be at most {MAX_MINUTES} (one device command of 600 s, the "
+            f"install included), got {args.minutes}"
+        )
+    if args.scale < 1:
+        parser.error(f"--scale must be >= 1, got {args.scale}")
+    local = args.init_from not in ("default", "scratch")
+    if local and not (Path(args.init_from) / "config.json").is_file():
+        parser.error(f"--from {args.init_from}: no export there (expected config.json)")
+    if args.command == "wheels":
+        return
+    if args.out is None:
+        parser.error("--out is required where $OUT is not set")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.calibration_steps < 3:
+        parser.error(f"--calibration-steps must be >= 3, got {args.calibration_steps}")
+    if not 0 <= args.reserve < 1:
+        parser.error(f"--reserve must be in [0, 1), got {args.reserve}")
+    if args.runs.exists() and any(args.runs.iterdir()):
+        parser.error(
+            f"--runs {args.runs} is not empty: a device run starts from nothing (remove it, "
+            "or choose another folder)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "unpack":
+        try:
+            summary = unpack(args.files, args.to, args.overwrite)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        print(describe(summary, args.to))
+        return 1 if summary["errors"] else 0
+    check_run_arguments(parser, args)
     if args.command == "wheels":
         found = download_wheels(args.dir)
-        exclude_from_git(Path.cwd(), f"/{args.dir.as_posix().strip('/')}/")
+        wheels = args.dir.as_posix().strip("/")
+        exclude_from_git(Path.cwd(), f"/{wheels}/")
+        carry = [wheels]
+        if args.init_from not in ("default", "scratch"):  # an export here travels too
+            carry.append(args.init_from)
         print(f"{len(found)} wheels in {args.dir}: {', '.join(f.name for f in found)}")
-        print('device tool run, carry [".whl"], timeout_s 600; the recipe:')
-        print(device_command(args.minutes, args.init_from, args.scale))
+        print(f"device tool run, carry {json.dumps(carry)}, timeout_s 600; the recipe:")
+        print(device_command(args.minutes, args.init_from, args.scale, wheels))
         print("or the GPU benchmark (README, Benchmarks; one of the two fits a session):")
-        print(bench_command())
+        print(bench_command(wheels))
         return 0
-    if args.command == "run":
-        if args.out is None:
-            parser.error("--out is required where $OUT is not set")
-        if args.workers < 1:
-            parser.error(f"--workers must be >= 1, got {args.workers}")
-        if not 0 <= args.reserve < 1:
-            parser.error(f"--reserve must be in [0, 1), got {args.reserve}")
-        return run(args)
     try:
-        summary = unpack(args.files, args.to)
+        configs = stage_configs(args)
     except ValueError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(describe(summary, args.to))
-    return 1 if "error" in summary else 0
+        parser.error(str(err))
+    return run(args, configs)
 
 
 if __name__ == "__main__":

@@ -574,8 +574,9 @@ def build_probe(config: dict, accelerator: Accelerator) -> tuple[int, Probe | No
 
 
 def out_of_time(accelerator: Accelerator, start: float, max_minutes: float) -> bool:
-    """Whether this run has used its `train.max_minutes` of wall-clock time (0: no limit),
-    agreed by every process (the slowest clock decides), so that all stop at one step."""
+    """Whether this run's loop has used its `train.max_minutes` of wall-clock time (0: no
+    limit; counted from the first step, so setup and the final save come on top), agreed
+    by every process (the one that has run longest decides), so that all stop at one step."""
     if max_minutes <= 0:
         return False
     late = torch.tensor(float(time.perf_counter() - start >= 60 * max_minutes))
@@ -790,7 +791,7 @@ def train(config: dict) -> Path:
         desc=stage,
         dynamic_ncols=True,
     )
-    start = time.perf_counter()
+    start, timed_out = time.perf_counter(), False
     for micro, batch in enumerate(loader, start=state.step * accum):
         with accelerator.accumulate(forward):
             views, posed, gen = step_inputs(config, batch, micro, rank, accelerator.device)
@@ -810,7 +811,8 @@ def train(config: dict) -> Path:
         progress.update(1)
         # The last step: the schedule's, or the first past the time limit; either is
         # logged, probed and saved.
-        last = state.step == t["steps"] or out_of_time(accelerator, start, t["max_minutes"])
+        timed_out = state.step < t["steps"] and out_of_time(accelerator, start, t["max_minutes"])
+        last = state.step == t["steps"] or timed_out
 
         if state.step % config["log"]["every"] == 0 or last:
             logs = means.pop(accelerator)
@@ -852,13 +854,11 @@ def train(config: dict) -> Path:
         if last:
             break
 
-    if state.step < t["steps"]:
-        message = f"stopped at step {state.step} of {t['steps']}: train.max_minutes reached"
-        progress.write(message)
-        if main_process:
-            info = json.loads((run_dir / "run_info.json").read_text())
-            info["stopped_early"] = {"step": state.step, "reason": "train.max_minutes"}
-            (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if timed_out and main_process:
+        progress.write(f"stopped at step {state.step} of {t['steps']}: train.max_minutes reached")
+        info = json.loads((run_dir / "run_info.json").read_text())
+        info["stopped_early"] = {"step": state.step, "reason": "train.max_minutes"}
+        (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
     progress.close()
     accelerator.end_training()

@@ -27,6 +27,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,14 +50,32 @@ TRAIN_SET = ("proc64-train", ["--scenes", "6000", "--views", "6", "--size", "64"
 TEST_SET = ("proc64-test", ["--scenes", "100", "--views", "6", "--size", "64", "64"], 1_000_000)
 
 
-def make_data(data: Path) -> None:
-    """Write the training and held-out sets under `data` unless they are there."""
-    for name, args, seed in (TRAIN_SET, TEST_SET):
+def make_data(
+    data: Path,
+    sets: Sequence[tuple[str, list[str], int]] = (TRAIN_SET, TEST_SET),
+    workers: int = 1,
+    timeout: float | None = None,
+) -> None:
+    """Write the procedural `sets` (name, make-scenes arguments, seed) under `data`, each
+    unless it is there, in `workers` processes; `timeout` seconds for all of them."""
+    start = time.perf_counter()
+    for name, args, seed in sets:
         root = data / name
         if (root / "full_list.txt").is_file():
             continue
         command = ["make-scenes", "--out", str(root), *args, "--seed", str(seed), "--overwrite"]
-        _gen_nvs(command)
+        left = None if timeout is None else timeout - (time.perf_counter() - start)
+        run_cli([*command, "--workers", str(workers)], timeout=left)
+
+
+def eval_command(checkpoint: str | Path, data: Path, out: Path, index: str, samples: int) -> list:
+    """`gen-nvs eval` of `checkpoint` on the held-out set under `data` with the index
+    configs/eval/`index`, into `out` (rewritten: the recipe's own folder)."""
+    return [
+        "eval", "--checkpoint", str(checkpoint), "--data", str(data / TEST_SET[0]),
+        "--out", str(out), "--index", str(CONFIG_DIR / "eval" / index),
+        "--samples", str(samples), "--overwrite",
+    ]  # fmt: skip
 
 
 def stage_config(
@@ -78,7 +97,7 @@ def stage_config(
     if init_from is not None:
         settings.append(f"model.init_from={init_from}")
     elif previous is not None:
-        settings.append(f"model.init_from={runs / _run_name(previous) / 'export'}")
+        settings.append(f"model.init_from={runs / run_name(previous) / 'export'}")
     if device == "cpu":
         settings.append("train.cpu=true")
     config = load_config(CONFIG_DIR / file, [*settings, *overrides])
@@ -116,12 +135,14 @@ def exported_step(export: Path) -> int:
         return -1
 
 
-def _run_name(stage: str) -> str:
+def run_name(stage: str) -> str:
+    """The run folder's name of `stage` (its config's `run.name`)."""
     return load_config(CONFIG_DIR / STAGES[stage][0])["run"]["name"]
 
 
-def _gen_nvs(args: list[str]) -> None:
-    subprocess.run([sys.executable, "-m", "gen_nvs.cli", *args], check=True)
+def run_cli(args: list[str], timeout: float | None = None) -> None:
+    """`gen-nvs ARGS` in a subprocess; CalledProcessError / TimeoutExpired as it ends."""
+    subprocess.run([sys.executable, "-m", "gen_nvs.cli", *args], check=True, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,18 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recipe: {stage}: resuming from the latest state in {run_dir}", flush=True)
         print(f"recipe: {stage}: {steps} steps", flush=True)
         train(config)
-    final = args.runs / _run_name(args.stages[-1]) / "export"
-    test = args.data / TEST_SET[0]
-    samples = "4" if load_model(final).can_sample else "0"
+    final = args.runs / run_name(args.stages[-1]) / "export"
+    samples = 4 if load_model(final).can_sample else 0
     for index, out, count in (
         ("procedural64-test.json", "eval", samples),
-        ("procedural64-copy.json", "eval-copy", "0"),
+        ("procedural64-copy.json", "eval-copy", 0),
     ):
-        _gen_nvs(
-            ["eval", "--checkpoint", str(final), "--data", str(test), "--out",
-             str(args.runs / out), "--index", str(CONFIG_DIR / "eval" / index), "--samples", count,
-             "--overwrite"]  # the recipe's own evaluation of its latest export
-        )  # fmt: skip
+        run_cli(eval_command(final, args.data, args.runs / out, index, count))
     if args.install:
         for name in ("config.json", "model.safetensors"):
             shutil.copy2(final / name, DEFAULT_MODEL_DIR / name)
