@@ -385,6 +385,25 @@ def test_unpack_names_a_bad_summary(tmp_path, text, message):
         device.unpack(tmp_path, tmp_path / "back")
 
 
+def test_a_run_killed_part_way_returns_its_last_pack(tmp_path, fake, capsys, monkeypatch):
+    """The device tool returns $OUT as it is when it kills a command: the pack after the
+    last finished stage, which unpack reads and describes as such."""
+    stand_in = fake()
+
+    def killed(config):
+        if config["run"]["name"] == run_name("diffusion"):
+            raise KeyboardInterrupt  # as the tool's kill: nothing after it runs
+        return FakeDevice.train(stand_in, config)
+
+    monkeypatch.setattr(device, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    assert device.main(["unpack", str(tmp_path / "out"), "--to", str(tmp_path / "back")]) == 0
+    text = capsys.readouterr().out
+    assert "stopped part-way, packed last after camera" in text
+    assert (tmp_path / "back" / run_name("camera") / "export" / "model.safetensors").is_file()
+
+
 def test_unpack_cli_names_a_folder_without_a_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         device.main(["unpack", str(tmp_path)])

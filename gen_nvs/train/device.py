@@ -501,8 +501,13 @@ def unpack(files: Path, to: Path, overwrite: bool = False) -> dict:
 
 def describe(summary: dict, to: Path) -> str:
     """A few lines on what a device run did, for the terminal."""
-    lines = [f"device run: {summary['plan']} from {summary['from']} on {summary['device']}, "
-             f"{summary['seconds']} s of {60 * summary['minutes']:.0f}"]  # fmt: skip
+    head = f"device run: {summary['plan']} from {summary['from']} on {summary['device']}, "
+    if "seconds" in summary:
+        head += f"{summary['seconds']} s of {60 * summary['minutes']:.0f}"
+    else:  # killed part-way: the pack after the data or a stage is the last there is
+        done = [stage for stage, record in summary["stages"].items() if "steps_done" in record]
+        head += f"stopped part-way, packed last after {done[-1] if done else 'the data'}"
+    lines = [head]
     for stage, record in summary["stages"].items():
         if "skipped" in record:
             lines.append(f"  {stage}: skipped, {record['skipped']}")
