@@ -39,6 +39,8 @@ def test_calibration_from_a_real_run_leaves_nothing(tmp_path):
     assert 0 < per_step < 30 and fixed > 0  # setup, the first step and the save
     assert list(tmp_path.iterdir()) == []
     assert config["train"]["steps"] == 1000  # the stage's own config is not touched
+    assert device.calibrate(config, steps=4, seconds=1e-6) is None  # stopped after a step
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="at least 3 steps, got 2"):
         device.calibrate(config, steps=2)
 
@@ -50,13 +52,19 @@ def test_calibration_from_a_real_run_leaves_nothing(tmp_path):
 
 class FakeDevice:
     """Stands in for the clock, for `train` (a stage: its export at the step it reached,
-    its probes, and `stage_seconds` on the clock; a calibration: 0.5 s a step, no time)
+    its probes, and `stage_seconds` on the clock; a calibration: 0.5 s a step logged,
+    `calibration_seconds` on the clock)
     and for the gen-nvs commands (make-scenes writes a list, eval its results)."""
 
     def __init__(
-        self, stage_seconds: float = 0.0, fail: str | None = None, log_bytes: int = 100
+        self,
+        stage_seconds: float = 0.0,
+        fail: str | None = None,
+        log_bytes: int = 100,
+        calibration_seconds: float = 0.0,
     ) -> None:
         self.time = 1000.0
+        self.calibration_seconds = calibration_seconds
         self.log_bytes = log_bytes
         self.stage_seconds = stage_seconds
         self.fail = fail
@@ -83,8 +91,8 @@ class FakeDevice:
         if config["log"]["probe_every"] > 0:
             probe = {"step": steps, "probe/copy_psnr": 29.0, "probe/novel_psnr": 21.0}
             (run_dir / "probe.jsonl").write_text(json.dumps(probe) + "\n")
-        if not config["run"]["name"].endswith("-calibration"):
-            self.time += self.stage_seconds
+        calibration = config["run"]["name"].endswith("-calibration")
+        self.time += self.calibration_seconds if calibration else self.stage_seconds
         return run_dir
 
     def run_cli(self, args: list[str], timeout: float | None = None) -> None:
@@ -179,6 +187,7 @@ def test_continuation_chains_its_stages_within_the_clock_and_packs_them(tmp_path
 
     summary = _summary(tmp_path)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())  # the last pack's alone
+    assert summary["bundle"]["number"] == 4  # after the data, each of 3 stages, the end
     assert files == [*(part["name"] for part in summary["bundle"]["parts"]), "summary.json"]
     assert 2 <= len(files) - 1 <= device.MAX_PARTS and summary["bundle"]["logs"] is True
     assert summary["plan"] == "continue" and summary["errors"] == []
@@ -190,8 +199,9 @@ def test_continuation_chains_its_stages_within_the_clock_and_packs_them(tmp_path
         assert [r["region"] for r in rows] == ["whole", "seen", "unseen"]
         assert all(r["mean"] == pytest.approx(0.1) and r["better"] == 5 for r in rows)
 
-    back = device.unpack(tmp_path / "out", tmp_path / "back")
-    assert back == summary
+    assert device.unpack(tmp_path / "out", tmp_path / "back") == summary
+    inner = json.loads((tmp_path / "back" / "summary.json").read_text())
+    assert inner == {key: value for key, value in summary.items() if key != "bundle"}
     export = tmp_path / "back" / summary["bundle"]["export"]
     assert export == tmp_path / "back" / run_name("diffusion") / "export"
     sent = tmp_path / "runs" / run_name("diffusion") / "export" / "model.safetensors"
@@ -203,24 +213,40 @@ def test_continuation_chains_its_stages_within_the_clock_and_packs_them(tmp_path
 
 
 def test_what_a_stage_leaves_passes_on_and_a_late_stage_is_skipped(tmp_path, fake):
-    """Stages that take time: each gets its share of what is left; past the training
-    time the rest are skipped, the last finished export is evaluated, shipped back."""
-    fake(stage_seconds=150.0)  # 2.5 of the 4.25 training minutes a stage
+    """Stages that take time: each gets its share of what is left; a share under
+    MIN_STAGE_SECONDS trains nothing, and the last finished export is evaluated."""
+    fake(stage_seconds=100.0)
     assert _run(tmp_path) == 0
     summary = _summary(tmp_path)
     stages = summary["stages"]
-    training = 5 * 60 * (1 - device.RESERVE)  # 255 s
+    training = 5 * 60 * (1 - device.RESERVE)  # 210 s
     assert stages["regression"]["seconds_share"] == pytest.approx(0.6 * training, abs=0.1)
-    assert stages["camera"]["seconds_share"] == pytest.approx((training - 150) * 0.1 / 0.4, abs=0.1)
-    assert stages["diffusion"]["skipped"].startswith("no time left")
+    assert stages["camera"]["seconds_share"] == pytest.approx((training - 100) * 0.1 / 0.4, abs=0.1)
+    assert stages["diffusion"]["skipped"] == "10 s left of the training time"
     assert summary["export"].endswith(f"{run_name('camera')}/export")
-    assert summary["evaluation"]["eval-copy"] == "skipped: no time left"
+    assert summary["evaluation"]["eval-copy"] == {"regression": {"psnr": 21.6}}
+    assert summary["comparison"]["regression"][0]["mean"] == pytest.approx(0.1)
+
+
+def test_calibration_time_and_fixed_cost_come_off_a_stages_steps(tmp_path, fake, monkeypatch):
+    fake(calibration_seconds=11.5)  # 3 timed steps of 0.5 s: 10 s fixed
+    assert _run(tmp_path) == 0
+    regression = _summary(tmp_path)["stages"]["regression"]
+    assert regression["fixed_seconds"] == 10.0
+    training = 0.6 * 5 * 60 * (1 - device.RESERVE) - 11.5 - 10.0
+    assert regression["steps_planned"] == int(0.9 * training / 0.5)
+
+    monkeypatch.setattr(device, "calibrate", lambda config, steps, seconds: None)
+    assert _run(tmp_path / "again") == 0
+    stages = _summary(tmp_path / "again")["stages"]
+    assert stages["regression"]["skipped"] == "its share would not hold its calibration"
+    assert list(stages) == ["regression"]
 
 
 def test_evaluations_are_cut_short_before_the_packing(tmp_path, fake):
     """Each evaluation may run until PACK_SECONDS are left: here the stages end at 120 s
     of 300, an evaluation takes 100 s: the copy probe runs, the held-out one is cut short
-    at 50 s, the third finds no time."""
+    when PACK_SECONDS are left, the third finds no time."""
     import subprocess
 
     stand_in = fake(stage_seconds=40.0)
@@ -237,7 +263,8 @@ def test_evaluations_are_cut_short_before_the_packing(tmp_path, fake):
     summary = _summary(tmp_path)
     assert [summary["stages"][s]["seconds"] for s in summary["stages"]] == [40.0] * 3
     assert summary["evaluation"]["eval-copy"] == {"regression": {"psnr": 21.6}}
-    assert summary["evaluation"]["eval"] == "cut short after 50 s"
+    cut = 300 - 220 - device.PACK_SECONDS
+    assert summary["evaluation"]["eval"] == f"cut short after {cut:.0f} s"
     assert summary["evaluation"]["eval-start"] == "skipped: no time left"
     assert summary["comparison"] == {}
     assert summary["seconds"] == pytest.approx(300 - device.PACK_SECONDS)
@@ -311,12 +338,12 @@ def packed(tmp_path, fake) -> Path:
 
 
 def _parts(out: Path) -> list[Path]:
-    return sorted(out.glob(f"{device.BUNDLE}.*"))
+    return sorted(out.glob("bundle-*.tar.*"))
 
 
 def test_unpack_names_a_missing_part_and_leaves_no_partial_tar(packed, tmp_path):
     _parts(packed)[-1].unlink()
-    with pytest.raises(ValueError, match=r"bundle.tar.\d\d: missing"):
+    with pytest.raises(ValueError, match=r"bundle-\d+.tar.\d\d: missing"):
         device.unpack(packed, tmp_path / "back")
     assert list((tmp_path / "back").iterdir()) == []
 
@@ -324,7 +351,7 @@ def test_unpack_names_a_missing_part_and_leaves_no_partial_tar(packed, tmp_path)
 def test_unpack_names_a_short_part(packed, tmp_path):
     part = _parts(packed)[0]
     part.write_bytes(part.read_bytes()[:-1])
-    with pytest.raises(ValueError, match=r"bundle.tar.00: 19999 bytes, expected 20000"):
+    with pytest.raises(ValueError, match=r"bundle-\d+.tar.00: 19999 bytes, expected 20000"):
         device.unpack(packed, tmp_path / "back")
 
 
@@ -431,17 +458,35 @@ def test_device_commands_fit_the_tool(tmp_path):
     assert len(command) <= 2000  # the tool's limit on a command
     assert command.startswith("T0=$(date +%s.%N) && ")  # the clock counts the install
     assert ".whl/*.whl" in command and "--target /tmp/site" in command
-    assert "PYTHONPATH=/tmp/site:$PWD" in command
-    assert command.endswith("run --started-at $T0 --minutes 8 --from default --scale 16 --out $OUT")
+    assert 'PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"' in command
+    assert command.endswith(
+        "run --started-at $T0 --minutes 8 --from default --scale 16 "
+        '--runs "/tmp/gen-nvs-runs-$T0" --out "$OUT"'
+    )  # the runs outside the repository: a carried runs-device/ export leaves them empty
+    spaced = device.device_command(8, "runs-device/my export", 1)
+    assert "--from 'runs-device/my export'" in spaced
     assert "wheels2/*.whl" in device.device_command(8, "default", 16, wheels="wheels2")
     bench = device.bench_command()
     assert len(bench) <= 2000 and bench.startswith(device.with_wheels(".whl"))
-    assert bench.endswith("bench gpu --json > $OUT/bench-gpu.json")
+    assert bench.endswith('bench gpu --json > "$OUT/bench-gpu.json"')
 
     (tmp_path / ".git" / "info").mkdir(parents=True)
     device.exclude_from_git(tmp_path, "/.whl/")
     device.exclude_from_git(tmp_path, "/.whl/")
     assert (tmp_path / ".git" / "info" / "exclude").read_text() == "/.whl/\n"
+
+
+def test_device_commands_are_valid_posix_shell():
+    import subprocess
+
+    for command in (device.device_command(8, "runs-device/my export", 16), device.bench_command()):
+        assert subprocess.run(["sh", "-n", "-c", command], check=False).returncode == 0
+
+
+def test_wheels_refuse_folders_that_cannot_travel(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        device.main(["wheels", "--dir", str(tmp_path / "wheels")])
+    assert "not inside the repository" in capsys.readouterr().err
 
 
 def test_the_clock_starts_at_the_commands_start(monkeypatch):

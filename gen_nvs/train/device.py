@@ -21,9 +21,12 @@ then evaluates the last export (the copy probe, then the held-out set's novel vi
 4 samples) and the model the run began from on the same views, compares the two scene by
 scene (`gen_nvs.eval.compare`), and packs the export, the three evaluations' results,
 every stage's logs and `summary.json` into one tar, cut into parts under $OUT. It packs
-after the data and after every stage as well, so a run killed part-way still returns what
+after the data and after every stage as well (each pack complete, its summary renamed into
+place, before the one before it is removed), so a run killed part-way still returns what
 its finished stages made; a Python error is caught, recorded in the summary and packed
-with the rest. `summary.json` (also beside the parts) says what ran, for how long, at
+with the rest. The printed command puts the runs outside the repository (`/tmp`), so an
+export carried from an earlier device run, or a second call on a machine still held,
+finds them empty. `summary.json` (also beside the parts) says what ran, for how long, at
 which step each stage stopped, the held-out figures, the comparison and any error.
 `unpack` (here) checks the parts against the tar's SHA-256, extracts it and prints the
 comparison: ship the export (`cp EXPORT/* gen_nvs/assets/default/`) only where it is
@@ -45,6 +48,7 @@ import importlib.metadata
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,12 +95,15 @@ SHARES = {
     "continue": {"regression": 0.6, "camera": 0.1, "diffusion": 0.3},
     "scratch": {"regression": 0.55, "camera": 0.08, "diffusion": 0.25, "refiner": 0.12},
 }
-RESERVE = 0.15  # of --minutes, kept for the evaluations and the packing (--reserve)
-PACK_SECONDS = 30.0  # the least left for packing: an evaluation is cut short before it
+# Of --minutes, kept for the three evaluations (each its own process: imports, the model,
+# 100 scenes, samples) and the packing (--reserve).
+RESERVE = 0.3
+PACK_SECONDS = 15.0  # the least left for packing (about 1 s): an evaluation stops before it
+MIN_STAGE_SECONDS = 20.0  # a share under this (or under a calibration) trains nothing
 MAX_MINUTES = 9.5  # of one device command (600 s), the wheels' install included
 PART_BYTES = 15 * 2**20  # under the tool's 16 MiB a file
 MAX_PARTS = 7  # and summary.json: the tool's 8 files
-BUNDLE = "bundle.tar"
+BUNDLE = "bundle.tar"  # built under --runs; cut into bundle-N.tar.NN parts in $OUT
 SUMMARY = "summary.json"
 # Packages the device's Python lacks (diffusers' own needs beyond what it has, lpips), at
 # the versions installed here; pure-Python wheels.
@@ -128,26 +135,32 @@ def download_wheels(dest: Path) -> list[Path]:
 
 
 def with_wheels(wheels: str) -> str:
-    """The start of a device command: the clock's start, then the wheels in `wheels`
-    installed apart and put first on the path, with the repository itself."""
+    """The start of a device command: the clock's start, then the wheels in `wheels` (a
+    folder of the repository) installed apart and put first on the path, with the
+    repository itself (not installed there)."""
     return (
         "T0=$(date +%s.%N) && python3 -m pip install -q --no-index --no-deps --no-compile "
-        f"--no-cache-dir --upgrade --target /tmp/site {wheels}/*.whl && "
-        "export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1"
+        f"--no-cache-dir --upgrade --target /tmp/site {shlex.quote(wheels)}/*.whl && "
+        'export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1'
     )
 
 
 def device_command(minutes: float, init_from: str, scale: int, wheels: str = ".whl") -> str:
-    """The shell command for the device tool's `run` (its repository root is this one)."""
+    """The shell command for the device tool's `run` (its repository root is this one).
+    Its runs go outside the repository, in a folder of their own per call: an export
+    carried from an earlier device run (under runs-device/) and a second call on the same
+    machine find it empty."""
     return (
         f"{with_wheels(wheels)} && python3 -m gen_nvs.train.device run --started-at $T0 "
-        f"--minutes {minutes:g} --from {init_from} --scale {scale} --out $OUT"
+        f"--minutes {minutes:g} --from {shlex.quote(init_from)} --scale {scale} "
+        '--runs "/tmp/gen-nvs-runs-$T0" --out "$OUT"'
     )
 
 
 def bench_command(wheels: str = ".whl") -> str:
     """The device command of the GPU benchmark (`gen-nvs bench gpu`), with the same wheels."""
-    return f"{with_wheels(wheels)} && python3 -m gen_nvs.cli bench gpu --json > $OUT/bench-gpu.json"
+    bench = 'python3 -m gen_nvs.cli bench gpu --json > "$OUT/bench-gpu.json"'
+    return f"{with_wheels(wheels)} && {bench}"
 
 
 def exclude_from_git(repo: Path, pattern: str) -> None:
@@ -225,16 +238,17 @@ def start_model(init_from: str) -> str:
     return str(DEFAULT_MODEL_DIR) if init_from in ("default", "scratch") else init_from
 
 
-def calibrate(config: dict, steps: int) -> tuple[float, float]:
+def calibrate(config: dict, steps: int, seconds: float = 0.0) -> tuple[float, float] | None:
     """(seconds per optimizer step, fixed seconds) of `config`, from a run of `steps`
     steps of it: the steps timed after the first (with its warm-up and compilation), the
     fixed cost the rest of the run's wall time (setup, the first step, the final save).
-    The run is removed."""
+    `seconds` (> 0) limits its training loop; None when that left fewer than 3 steps to
+    time. The run is removed."""
     if steps < 3:
         raise ValueError(f"calibration needs at least 3 steps, got {steps}")
     trial = copy.deepcopy(config)
     trial["run"]["name"] = f"{config['run']['name']}-calibration"
-    trial["train"].update(steps=steps, max_minutes=0.0)
+    trial["train"].update(steps=steps, max_minutes=seconds / 60.0)
     trial["train"]["warmup_steps"] = min(trial["train"]["warmup_steps"], steps)
     trial["log"].update(every=1, probe_every=0, eval_every=0, tracker="none")
     trial["checkpoint"].update(every=steps, resume=None)
@@ -245,6 +259,8 @@ def calibrate(config: dict, steps: int) -> tuple[float, float]:
     wall = now() - start
     times = [json.loads(line)["time"] for line in (run_dir / "metrics.jsonl").open()]
     shutil.rmtree(run_dir)
+    if len(times) < 3:
+        return None
     per_step = (times[-1] - times[0]) / (len(times) - 1)
     return per_step, max(0.0, wall - (len(times) - 1) * per_step)
 
@@ -279,12 +295,16 @@ def run_stages(
         seconds = left * shares[stage] / sum(shares[s] for s in stages[i:])
         record: dict = {"seconds_share": round(max(seconds, 0.0), 1)}
         summary["stages"][stage] = record
-        if seconds <= 0:
-            record["skipped"] = f"no time left ({-left:.0f} s past the training time)"
+        if seconds < MIN_STAGE_SECONDS:
+            record["skipped"] = f"{max(seconds, 0.0):.0f} s left of the training time"
             break
         config = copy.deepcopy(configs[stage])
         record.update(batch_size=config["train"]["batch_size"], lr=config["train"]["lr"])
-        per_step, fixed = calibrate(config, args.calibration_steps)
+        timed = calibrate(config, args.calibration_steps, seconds / 2)
+        if timed is None:
+            record["skipped"] = "its share would not hold its calibration"
+            break
+        per_step, fixed = timed
         record.update(seconds_per_step=round(per_step, 4), fixed_seconds=round(fixed, 1))
         training = seconds - (clock.elapsed() - stage_start) - fixed
         if training < 2 * per_step:
@@ -315,37 +335,40 @@ def evaluate(export: Path, start: Path, args: argparse.Namespace, clock: Clock, 
         ("eval-start", start, "procedural64-test.json"),
     ]
     for name, checkpoint, index in evaluations:
-        timeout = clock.left() - PACK_SECONDS
-        if timeout <= 0:
-            summary["evaluation"][name] = "skipped: no time left"
-            continue
-        samples = 0 if "copy" in index or not load_model(checkpoint).can_sample else 4
         out = args.runs / name
         try:
+            samples = 0 if "copy" in index or not load_model(checkpoint).can_sample else 4
+            timeout = clock.left() - PACK_SECONDS
+            if timeout <= 0:
+                summary["evaluation"][name] = "skipped: no time left"
+                continue
             run_cli(eval_command(checkpoint, args.data, out, index, samples), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            summary["evaluation"][name] = f"cut short after {timeout:.0f} s"
-            continue
-        except subprocess.CalledProcessError as err:
-            summary["evaluation"][name] = f"failed: exit status {err.returncode}"
-            continue
-        summary["evaluation"][name] = read_results(out / RESULTS_FILE)["means"]
-        summary["results"].append(str(out / RESULTS_FILE))
-    if isinstance(summary["evaluation"].get("eval-start"), dict):
-        summary["comparison"] = paired_comparison(args.runs / "eval-start", args.runs / "eval")
+            summary["evaluation"][name] = read_results(out / RESULTS_FILE)["means"]
+            summary["results"].append(str(out / RESULTS_FILE))
+        except subprocess.TimeoutExpired as err:
+            summary["evaluation"][name] = f"cut short after {err.timeout:.0f} s"
+        except Exception as err:
+            summary["evaluation"][name] = f"failed: {type(err).__name__}: {err}"
+            summary["errors"].append(f"{name}: " + "".join(traceback.format_exception(err)))
+    if all(isinstance(summary["evaluation"].get(n), dict) for n in ("eval", "eval-start")):
+        try:
+            summary["comparison"] = paired_comparison(args.runs / "eval-start", args.runs / "eval")
+        except ValueError as err:
+            summary["errors"].append(f"comparison: {err}")
 
 
 def paired_comparison(base: Path, new: Path) -> dict[str, list[dict]]:
     """`gen_nvs.eval.compare` of the two evaluations' results (new - base per scene, per
-    region), for the regression render and the samples where both have them."""
+    region), for the regression render and, where both sampled, the samples. ValueError
+    for results that do not pair (other scenes)."""
     base_means = load_scene_means(base / RESULTS_FILE)
     new_means = load_scene_means(new / RESULTS_FILE)
-    rows = {}
-    for output in ("regression", "samples"):
-        try:
-            rows[output] = [asdict(row) for row in compare(base_means, new_means, output=output)]
-        except ValueError:  # a model that does not sample
-            continue
+    rows = {"regression": [asdict(row) for row in compare(base_means, new_means)]}
+    try:
+        rows["samples"] = [asdict(row) for row in compare(base_means, new_means, output="samples")]
+    except ValueError as err:
+        if "--samples 0" not in str(err):  # not a model that does not sample: a mismatch
+            raise
     return rows
 
 
@@ -365,16 +388,17 @@ def bundle_files(runs: Path, summary: dict, logs: bool = True) -> list[Path]:
 
 
 def pack(runs: Path, summary: dict, out: Path) -> None:
-    """Tar this run's files (paths relative to `runs`, summary.json in it), cut the tar
-    into `out`/bundle.tar.NN parts (the last pack's removed first), and write summary.json
-    (with the parts and the tar's SHA-256) beside them. Past the tool's 7 parts the logs
-    are left out (`summary["bundle"]["logs"]` says so)."""
+    """Tar this run's files (paths relative to `runs`, the summary so far in it), cut the
+    tar into `out`/bundle-N.tar.NN parts (N counts the packs), write summary.json (the
+    parts and the tar's SHA-256) beside them by an atomic rename, and only then remove
+    the parts of earlier packs: a kill at any point leaves one complete pack. Past the
+    tool's 7 parts the logs are left out (`summary["bundle"]["logs"]` says so)."""
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f"{BUNDLE}.*"):
-        old.unlink()
+    number = summary.get("bundle", {}).get("number", -1) + 1
     tar_path = runs / BUNDLE
+    inner = {key: value for key, value in summary.items() if key != "bundle"}
+    (runs / SUMMARY).write_text(json.dumps(inner, indent=2) + "\n")
     for logs in (True, False):
-        (runs / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         with tarfile.open(tar_path, "w") as tar:
             for path in [runs / SUMMARY, *bundle_files(runs, summary, logs)]:
                 tar.add(path, arcname=str(path.relative_to(runs)))
@@ -384,18 +408,24 @@ def pack(runs: Path, summary: dict, out: Path) -> None:
     with tar_path.open("rb") as source:
         while chunk := source.read(PART_BYTES):
             digest.update(chunk)
-            name = f"{BUNDLE}.{len(parts):02d}"
+            name = f"bundle-{number}.tar.{len(parts):02d}"
             (out / name).write_bytes(chunk)
             parts.append({"name": name, "bytes": len(chunk)})
     tar_path.unlink()
     export = summary.get("export")
     summary["bundle"] = {
+        "number": number,
         "parts": parts,
         "sha256": digest.hexdigest(),
         "export": str(Path(export).relative_to(runs)) if export else None,
         "logs": logs,
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    staged = out / f"{SUMMARY}.partial"
+    staged.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(staged, out / SUMMARY)
+    for old in out.glob("bundle-*.tar.*"):
+        if not old.name.startswith(f"bundle-{number}."):
+            old.unlink()
 
 
 def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
@@ -407,7 +437,7 @@ def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
         "from": args.init_from,
         "minutes": args.minutes,
         "scale": args.scale,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": "cpu",
         "stages": {},
         "evaluation": {},
         "comparison": {},
@@ -415,8 +445,10 @@ def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
         "export": None,
         "errors": [],
     }
-    args.runs.mkdir(parents=True, exist_ok=True)
     try:
+        if torch.cuda.is_available() and not args.cpu:
+            summary["device"] = torch.cuda.get_device_name(0)
+        args.runs.mkdir(parents=True, exist_ok=True)
         make_data(args.data, datasets(plan), args.workers, timeout=clock.left() - PACK_SECONDS)
         summary["data_seconds"] = round(clock.elapsed(), 1)
         pack(args.runs, summary, args.out)
@@ -432,7 +464,12 @@ def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
     for error in summary["errors"]:
         print(error, file=sys.stderr)
     summary["seconds"] = round(clock.elapsed(), 1)
-    pack(args.runs, summary, args.out)
+    try:
+        pack(args.runs, summary, args.out)
+    except Exception as err:  # the last complete pack stays in $OUT
+        summary["errors"].append("final pack: " + "".join(traceback.format_exception(err)))
+        print(summary["errors"][-1], file=sys.stderr)
+        return 1
     brief = {k: summary[k] for k in ("plan", "seconds", "evaluation", "comparison", "bundle")}
     print(json.dumps(brief, indent=2))
     return 1 if summary["errors"] else 0
@@ -606,6 +643,16 @@ def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
         )
 
 
+def in_repository(parser: argparse.ArgumentParser, option: str, path: Path) -> str:
+    """`path` relative to the repository root (the working folder), POSIX-style: only the
+    repository's folders travel to the device; parser error for one outside it."""
+    root = Path.cwd().resolve()
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        parser.error(f"{option} {path}: not inside the repository ({root}), so it cannot travel")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -618,15 +665,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if summary["errors"] else 0
     check_run_arguments(parser, args)
     if args.command == "wheels":
-        found = download_wheels(args.dir)
-        wheels = args.dir.as_posix().strip("/")
-        exclude_from_git(Path.cwd(), f"/{wheels}/")
+        wheels = in_repository(parser, "--dir", args.dir)
+        init_from = args.init_from
         carry = [wheels]
-        if args.init_from not in ("default", "scratch"):  # an export here travels too
-            carry.append(args.init_from)
+        if init_from not in ("default", "scratch"):  # an export here travels too
+            init_from = in_repository(parser, "--from", Path(init_from))
+            carry.append(init_from)
+        found = download_wheels(args.dir)
+        exclude_from_git(Path.cwd(), f"/{wheels}/")
         print(f"{len(found)} wheels in {args.dir}: {', '.join(f.name for f in found)}")
         print(f"device tool run, carry {json.dumps(carry)}, timeout_s 600; the recipe:")
-        print(device_command(args.minutes, args.init_from, args.scale, wheels))
+        print(device_command(args.minutes, init_from, args.scale, wheels))
         print("or the GPU benchmark (README, Benchmarks; one of the two fits a session):")
         print(bench_command(wheels))
         return 0
