@@ -71,7 +71,6 @@ from gen_nvs.train.recipe import (
     make_data,
     parse_stage_overrides,
     run_cli,
-    run_name,
     stage_config,
 )
 
@@ -233,9 +232,14 @@ def stage_configs(args: argparse.Namespace) -> dict[str, dict]:
     return configs
 
 
+def is_export(init_from: str) -> bool:
+    """Whether `--from` names an export folder rather than `default` or `scratch`."""
+    return init_from not in ("default", "scratch")
+
+
 def start_model(init_from: str) -> str:
-    """The export a run begins from (`default`: the shipped model)."""
-    return str(DEFAULT_MODEL_DIR) if init_from in ("default", "scratch") else init_from
+    """The export a run begins from (`default`, `scratch`: the shipped model)."""
+    return init_from if is_export(init_from) else str(DEFAULT_MODEL_DIR)
 
 
 def calibrate(config: dict, steps: int, seconds: float = 0.0) -> tuple[float, float] | None:
@@ -319,6 +323,7 @@ def run_stages(
         record["seconds"] = round(clock.elapsed() - stage_start, 1)
         if (run_dir / "probe.jsonl").is_file():
             record["probe"] = [json.loads(line) for line in (run_dir / "probe.jsonl").open()]
+        record["run_dir"] = str(run_dir)
         summary["export"] = str(run_dir / "export")
         pack(args.runs, summary, args.out)
 
@@ -349,7 +354,7 @@ def evaluate(export: Path, start: Path, args: argparse.Namespace, clock: Clock, 
             summary["evaluation"][name] = f"cut short after {err.timeout:.0f} s"
         except Exception as err:
             summary["evaluation"][name] = f"failed: {type(err).__name__}: {err}"
-            summary["errors"].append(f"{name}: " + "".join(traceback.format_exception(err)))
+            record_error(summary, err, name)
     if all(isinstance(summary["evaluation"].get(n), dict) for n in ("eval", "eval-start")):
         try:
             summary["comparison"] = paired_comparison(args.runs / "eval-start", args.runs / "eval")
@@ -379,11 +384,10 @@ def bundle_files(runs: Path, summary: dict, logs: bool = True) -> list[Path]:
     files = sorted(Path(export).glob("*")) if export else []
     files += [Path(path) for path in summary["results"]]
     if logs:
-        for stage in summary["stages"]:
-            if "steps_done" in summary["stages"][stage]:
-                run_dir = runs / run_name(stage)
+        for record in summary["stages"].values():
+            if "run_dir" in record:
                 for name in ("probe.jsonl", "metrics.jsonl", "config.yaml", "run_info.json"):
-                    files.append(run_dir / name)
+                    files.append(Path(record["run_dir"]) / name)
     return [f for f in files if f.is_file()]
 
 
@@ -428,6 +432,12 @@ def pack(runs: Path, summary: dict, out: Path) -> None:
             old.unlink()
 
 
+def record_error(summary: dict, err: BaseException, where: str = "") -> None:
+    """Add `err`'s traceback (after `where: `) to the summary's errors."""
+    trace = "".join(traceback.format_exception(err))
+    summary["errors"].append(f"{where}: {trace}" if where else trace)
+
+
 def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
     """The device run of the checked `configs`; 1 when anything failed (recorded)."""
     clock = Clock(args.minutes, args.started_at)
@@ -454,20 +464,20 @@ def run(args: argparse.Namespace, configs: dict[str, dict]) -> int:
         pack(args.runs, summary, args.out)
         run_stages(args, configs, clock, summary)
     except Exception as err:  # recorded and packed, never lost: the machine goes back
-        summary["errors"].append("".join(traceback.format_exception(err)))
+        record_error(summary, err)
     if summary["export"] is not None:
         start = Path(start_model(args.init_from))
         try:
             evaluate(Path(summary["export"]), start, args, clock, summary)
         except Exception as err:
-            summary["errors"].append("".join(traceback.format_exception(err)))
+            record_error(summary, err)
     for error in summary["errors"]:
         print(error, file=sys.stderr)
     summary["seconds"] = round(clock.elapsed(), 1)
     try:
         pack(args.runs, summary, args.out)
     except Exception as err:  # the last complete pack stays in $OUT
-        summary["errors"].append("final pack: " + "".join(traceback.format_exception(err)))
+        record_error(summary, err, "final pack")
         print(summary["errors"][-1], file=sys.stderr)
         return 1
     brief = {k: summary[k] for k in ("plan", "seconds", "evaluation", "comparison", "bundle")}
@@ -623,8 +633,7 @@ def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
         )
     if args.scale < 1:
         parser.error(f"--scale must be >= 1, got {args.scale}")
-    local = args.init_from not in ("default", "scratch")
-    if local and not (Path(args.init_from) / "config.json").is_file():
+    if is_export(args.init_from) and not (Path(args.init_from) / "config.json").is_file():
         parser.error(f"--from {args.init_from}: no export there (expected config.json)")
     if args.command == "wheels":
         return
@@ -668,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         wheels = in_repository(parser, "--dir", args.dir)
         init_from = args.init_from
         carry = [wheels]
-        if init_from not in ("default", "scratch"):  # an export here travels too
+        if is_export(init_from):  # an export here travels too
             init_from = in_repository(parser, "--from", Path(init_from))
             carry.append(init_from)
         found = download_wheels(args.dir)

@@ -579,8 +579,11 @@ def out_of_time(accelerator: Accelerator, start: float, max_minutes: float) -> b
     by every process (the one that has run longest decides), so that all stop at one step."""
     if max_minutes <= 0:
         return False
-    late = torch.tensor(float(time.perf_counter() - start >= 60 * max_minutes))
-    return bool(accelerator.reduce(late.to(accelerator.device), reduction="max").item())
+    late = time.perf_counter() - start >= 60 * max_minutes
+    if accelerator.num_processes == 1:  # nothing to agree on: no tensor, no device sync
+        return late
+    flag = torch.tensor(float(late), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max").item())
 
 
 def append_record(path: Path, step: int, start: float, logs: dict) -> None:
